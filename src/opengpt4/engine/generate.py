@@ -1,0 +1,200 @@
+"""Batched generation with a KV cache: prefill once, then one token per row per step.
+
+Prompts of different lengths share one right-padded prefill (the cache keeps a length
+per row). `n` samples of a prompt share its prefill: the cache rows are copied after it.
+Rows leave the batch as soon as they finish, so the remaining ones run at their own size.
+`stream` yields one `Delta` per row per step; `generate` collects them into `Completion`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from opengpt4.engine.detokenize import IncrementalDecoder
+from opengpt4.engine.sampling import SamplingParams, next_token, token_logprobs
+from opengpt4.model.transformer import KVCache, Transformer
+from opengpt4.model.vision import preprocess
+from opengpt4.tokenizer import Tokenizer
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    images: Tensor | None = None  # (N, 3, S, S) preprocessed pixels for its <|image|> placeholders
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Delta:
+    """What one step produced for one choice of one prompt."""
+
+    prompt_index: int
+    sample_index: int
+    text: str
+    token_id: int | None = None
+    logprob: TokenLogprob | None = None
+    finish_reason: str | None = None  # "stop" or "length" on the last delta of a choice
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class _Row:
+    prompt_index: int
+    sample_index: int
+    params: SamplingParams
+    max_new: int  # max_tokens, capped by the context left after the prompt
+    decoder: IncrementalDecoder
+    generator: torch.Generator | None
+    counts: Tensor | None  # generated-token counts, only when a penalty needs them
+    generated: int = 0
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.model.embed_tokens.weight.dtype
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
+        """Render chat messages (OpenAI format, images included) into a prompt for the assistant's turn."""
+        encoding = self.tokenizer.render_chat(messages, add_generation_prompt=True)
+        images = None
+        if encoding.images:
+            images = preprocess(encoding.images, self.config.vision)
+        return Prompt(encoding.ids, images)
+
+    def check_prompt(self, prompt: Prompt, max_tokens: int = 0) -> None:
+        limit = self.config.max_seq_len
+        if not prompt.ids:
+            raise ValueError("empty prompt: nothing to condition on")
+        if len(prompt.ids) + max(max_tokens, 1) > limit:
+            raise ValueError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(prompt.ids) + max_tokens} tokens ({len(prompt.ids)} in the messages, {max_tokens} in the completion)."
+            )
+
+    # --- generation ----------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt | list[int]], params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
+        """For each prompt, its `n` completions."""
+        prompts, params = self._normalize(prompts, params)
+        out = [[Completion("", [], "", len(p.ids), [] if sp.logprobs else None) for _ in range(sp.n)]
+               for p, sp in zip(prompts, params, strict=True)]
+        for d in self.stream(prompts, params):
+            c = out[d.prompt_index][d.sample_index]
+            c.text += d.text
+            if d.token_id is not None:
+                c.token_ids.append(d.token_id)
+            if d.logprob is not None and c.logprobs is not None:
+                c.logprobs.append(d.logprob)
+            if d.finish_reason is not None:
+                c.finish_reason = d.finish_reason
+        return out
+
+    @torch.inference_mode()
+    def stream(self, prompts: Sequence[Prompt | list[int]], params: SamplingParams | Sequence[SamplingParams]) -> Iterator[Delta]:
+        prompts, params = self._normalize(prompts, params)
+        for p in prompts:
+            self.check_prompt(p)
+        limit = self.config.max_seq_len
+        rows: list[_Row] = []
+        for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
+            for j in range(sp.n):
+                generator = None
+                if not sp.greedy:
+                    seed = sp.seed * 1_000_003 + j if sp.seed is not None else int(torch.randint(2**62, ()))
+                    generator = torch.Generator().manual_seed(seed)
+                counts = None
+                if sp.presence_penalty or sp.frequency_penalty:
+                    counts = torch.zeros(self.config.vocab_size)
+                rows.append(_Row(i, j, sp, min(sp.max_tokens, limit - len(p.ids)),
+                                 IncrementalDecoder(self.tokenizer, sp.stop), generator, counts))
+
+        logits, cache = self._prefill(prompts, max(len(prompts[r.prompt_index].ids) + r.max_new for r in rows))
+        expand = [r.prompt_index for r in rows]
+        if expand != list(range(len(prompts))):
+            cache, logits = cache.select(expand), logits[expand]
+        stop_ids = set(self.tokenizer.stop_ids)
+        while rows:
+            next_ids, keep = [], []
+            for b, row in enumerate(rows):
+                delta = self._step(row, logits[b], stop_ids)
+                yield delta
+                if delta.finish_reason is None:
+                    next_ids.append(delta.token_id)
+                    keep.append(b)
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                cache = cache.select(keep)
+                rows = [rows[b] for b in keep]
+            ids = torch.tensor(next_ids, device=self.device)[:, None]
+            logits = self.model(ids, cache=cache)[:, -1]
+
+    def _normalize(self, prompts, params) -> tuple[list[Prompt], list[SamplingParams]]:
+        prompts = [p if isinstance(p, Prompt) else Prompt(list(p)) for p in prompts]
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        return prompts, list(params)
+
+    def _prefill(self, prompts: list[Prompt], cache_len: int) -> tuple[Tensor, KVCache]:
+        """Run all prompts in one right-padded batch; logits (P, V) of each one's last token."""
+        lengths = [len(p.ids) for p in prompts]
+        batch = torch.full((len(prompts), max(lengths)), self.tokenizer.pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            batch[i, : len(p.ids)] = torch.tensor(p.ids)
+        images = [p.images for p in prompts if p.images is not None and len(p.images)]
+        pixels = torch.cat(images).to(self.device, self.dtype) if images else None
+        cache = KVCache(self.config, len(prompts), min(cache_len, self.config.max_seq_len), device=self.device, dtype=self.dtype)
+        num_valid = torch.tensor(lengths, device=self.device)
+        logits = self.model(batch.to(self.device), pixels, cache=cache, num_valid=num_valid, last_only=True)
+        return logits[:, -1], cache
+
+    def _step(self, row: _Row, logits: Tensor, stop_ids: set[int]) -> Delta:
+        sp = row.params
+        token = next_token(logits, sp, row.counts, row.generator)
+        logprob = None
+        if sp.logprobs:
+            lp, top = token_logprobs(logits, token, sp.top_logprobs)
+            name = self.tokenizer.decode
+            logprob = TokenLogprob(token, name([token]), lp, [(t, name([t]), v) for t, v in top])
+        row.generated += 1
+        if row.counts is not None:
+            row.counts[token] += 1
+        if token in stop_ids and not sp.ignore_eos:
+            return Delta(row.prompt_index, row.sample_index, row.decoder.finish(), token, logprob, "stop")
+        text = row.decoder.push(token)
+        if row.decoder.stopped:
+            return Delta(row.prompt_index, row.sample_index, text, token, logprob, "stop")
+        if row.generated >= row.max_new:
+            return Delta(row.prompt_index, row.sample_index, text + row.decoder.finish(), token, logprob, "length")
+        return Delta(row.prompt_index, row.sample_index, text, token, logprob)

@@ -1,0 +1,96 @@
+"""Sampling parameters and the logits → next token step.
+
+The conventions are the OpenAI API's: temperature 0 is greedy, top_p is nucleus sampling,
+presence/frequency penalties subtract from the logits of tokens already generated
+(`logit -= frequency * count + presence * (count > 0)`), logprobs are log-softmax of the
+model's raw logits (before temperature, penalties and truncation), as OpenAI reports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k truncation
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives reported per token (OpenAI allows 0..20)
+    n: int = 1
+    ignore_eos: bool = False  # keep going past end-of-turn tokens (benchmarks)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
+            (0.0 <= self.temperature <= 2.0, f"temperature must be in [0, 2], got {self.temperature}"),
+            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}"),
+            (-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (-2.0 <= self.frequency_penalty <= 2.0, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (0 <= self.top_logprobs <= 20, f"top_logprobs must be in [0, 20], got {self.top_logprobs}"),
+            (self.n >= 1, f"n must be >= 1, got {self.n}"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
+            (len(self.stop) <= 4, f"at most 4 stop sequences, got {len(self.stop)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def apply_penalties(logits: Tensor, counts: Tensor, presence: float, frequency: float) -> Tensor:
+    """logits (V,), counts (V,) of tokens generated so far."""
+    if presence == 0.0 and frequency == 0.0:
+        return logits
+    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+
+
+def truncate(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Mask (to -inf) every token outside the top-k and outside the smallest nucleus of mass top_p."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass before it already reaches top_p; the top token always stays.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, params: SamplingParams, counts: Tensor | None, generator: torch.Generator | None) -> int:
+    """Choose one token from a row of raw logits (V,) under `params`."""
+    logits = logits.float()
+    if counts is not None:
+        logits = apply_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
+    if params.greedy:
+        return int(logits.argmax())
+    logits = truncate(logits / params.temperature, params.top_k, params.top_p)
+    return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+
+
+def token_logprobs(logits: Tensor, chosen: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """Log-probability of `chosen` and the `top` most likely alternatives under the raw logits."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    alternatives: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(logp, top)
+        alternatives = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return float(logp[chosen]), alternatives

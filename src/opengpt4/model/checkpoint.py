@@ -1,0 +1,168 @@
+"""Checkpoint directories: config.json + model.safetensors + tokenizer.json (+ training state).
+
+A checkpoint is written into a hidden temp directory next to its destination and renamed
+into place, so a crash leaves either the old checkpoint or the new one, never half of one.
+Weights are safetensors only (no pickle). Loading checks every tensor name and shape
+against config.json and names the first one that disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from opengpt4.config import FORMAT_VERSION, ModelConfig
+from opengpt4.errors import CheckpointError, OpenGPT4Error
+from opengpt4.model.transformer import Transformer
+from opengpt4.tokenizer import Tokenizer
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+def opengpt4_home() -> Path:
+    return Path(os.environ.get("OPENGPT4_HOME", Path.home() / ".cache" / "opengpt4"))
+
+
+def resolve_model(model: str | Path) -> Path:
+    """MODEL is a checkpoint directory, or the name of one under $OPENGPT4_HOME/models/."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    named = opengpt4_home() / "models" / str(model)
+    if not path.is_absolute() and os.sep not in str(model) and named.is_dir():
+        return named
+    raise CheckpointError(f"{model}: no such checkpoint directory (nor a model named so under {named.parent})")
+
+
+def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint stores: tied lm_head left out (it is the embedding)."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run write(tmp_dir), then rename tmp_dir to `path` (replacing an older one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    *,
+    extra: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically. `extra` goes into config.json; `write_extra`
+    may add files (trainer state, optimizer) to the temp dir before the rename."""
+
+    def write(tmp: Path) -> None:
+        config = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), "tokenizer": tokenizer.metadata()}
+        config.update(extra or {})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(weights_state_dict(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        tokenizer.save(tmp)
+        if write_extra is not None:
+            write_extra(tmp)
+
+    return atomic_write_dir(path, write)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a checkpoint, checked for presence, JSON syntax and format version."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (is {path} a checkpoint directory?)")
+    try:
+        config = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or "model" not in config:
+        raise CheckpointError(f"{file}: no 'model' section")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format_version {version!r}, this opengpt4 reads {FORMAT_VERSION}")
+    return config
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    file = Path(path) / CONFIG_FILE
+    try:
+        return ModelConfig.from_dict(read_config(path)["model"])
+    except (OpenGPT4Error, TypeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{file}: invalid model config: {e}") from None
+
+
+def check_state_dict(model: Transformer, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming the first tensor that is missing, unexpected or misshapen."""
+    expected = weights_state_dict(model)
+    for name, tensor in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{source}: missing tensor {name} (shape {tuple(tensor.shape)})")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: tensor {name} has shape {tuple(state[name].shape)} but the config "
+                f"implies {tuple(tensor.shape)} — does config.json match these weights?"
+            )
+    for name in state:
+        if name not in expected:
+            raise CheckpointError(f"{source}: unexpected tensor {name} — does config.json match these weights?")
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> Transformer:
+    """A model with the given weights, built on the meta device so no random init is wasted."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    check_state_dict(model, state, source)
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False, assign=True)
+    model.tie_and_materialize()
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:
+    path = resolve_model(path)
+    config = load_model_config(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+    model = build_model(config, state, str(weights), dtype)
+    tokenizer = Tokenizer.from_dir(path, read_config(path).get("tokenizer"))
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{path / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens but the model has {config.vocab_size} embeddings"
+        )
+    if config.vision is not None:
+        tokenizer.tokens_per_image = config.vision.tokens_per_image
+    return model, tokenizer

@@ -1,0 +1,339 @@
+"""Byte-level BPE tokenizer (a thin wrapper over HF `tokenizers`) and ChatML rendering.
+
+Two sources: `Tokenizer.train` on our own corpus, and `Tokenizer.from_gguf` rebuilding an
+imported model's vocabulary. Both pre-tokenize the way SmolLM2 (and llama.cpp's "smollm"
+pre-tokenizer) does: every digit is its own piece, then GPT-2's byte-level regex. Splitting
+digits keeps numbers compositional, which matters for the arithmetic in our synthetic world.
+
+Chats are rendered as ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`). Control tokens are
+inserted as ids and text is encoded with special-token parsing off, so nothing a user types
+can become a control token. The result equals what transformers' `apply_chat_template`
+produces with the same ChatML template, token for token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tokenizers
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+
+from opengpt4.errors import TokenizerError
+
+if TYPE_CHECKING:
+    import gguf
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image|>", "<|pad|>"]  # ids 0..4 when trained
+ROLES = ("system", "user", "assistant")
+# llama.cpp pre-tokenizer names whose regex isolates each \p{N} before GPT-2's split.
+_DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva"}
+_GPT2_PRE = {"gpt-2", "gpt2"}
+_METADATA_KEYS = (
+    "bos_token",
+    "eos_token",
+    "pad_token",
+    "image_token",
+    "chat_template",
+    "default_system",
+    "tokens_per_image",
+)
+
+
+@dataclass
+class ChatEncoding:
+    ids: list[int]
+    loss_mask: list[int]  # 1 on assistant content and the <|im_end|> closing each assistant turn
+    images: list[Any] = field(default_factory=list)  # PIL images or url strings, in order; not decoded here
+
+
+def _pre_tokenizer(split_digits: bool) -> pre_tokenizers.PreTokenizer:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if not split_digits:
+        return byte_level
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+
+
+class Tokenizer:
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        *,
+        bos_token: str = "<|endoftext|>",
+        eos_token: str = "<|endoftext|>",
+        pad_token: str = "<|pad|>",
+        image_token: str | None = "<|image|>",
+        chat_template: str | None = None,
+        default_system: str | None = None,
+        tokens_per_image: int = 0,
+    ) -> None:
+        # Special-token strings in text are encoded as plain text; `encode(allow_special=True)`
+        # opts back in by splitting them out itself, so the flag never has to be toggled
+        # (it is per-backend state, and the engine encodes from several threads).
+        backend.encode_special_tokens = True
+        self._backend = backend
+        self.bos_token, self.eos_token, self.pad_token, self.image_token = bos_token, eos_token, pad_token, image_token
+        self.chat_template, self.default_system = chat_template, default_system
+        self.tokens_per_image = tokens_per_image
+        for name in ("bos_token", "eos_token", "pad_token", "image_token"):
+            token = getattr(self, name)
+            if token is not None and backend.token_to_id(token) is None:
+                raise TokenizerError(f"{name} {token!r} is not in the tokenizer's vocabulary")
+        specials = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        specials.sort(key=len, reverse=True)  # longest first, so no token matches a prefix of another
+        self._special_re = re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else None
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def train(
+        cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False
+    ) -> Tokenizer:
+        """Byte-level BPE; every byte is in the initial alphabet, so any text round-trips."""
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
+            raise TokenizerError(
+                f"vocab_size {vocab_size} is too small: the byte alphabet and special tokens alone need "
+                f"{len(alphabet) + len(SPECIAL_TOKENS)}"
+            )
+        backend = tokenizers.Tokenizer(models.BPE())
+        backend.pre_tokenizer = _pre_tokenizer(split_digits=True)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=alphabet,
+            show_progress=show_progress,
+        )
+        backend.train_from_iterator(texts, trainer)
+        return cls(backend)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, metadata: dict | None = None) -> Tokenizer:
+        """Load `path/tokenizer.json`; `metadata` is what `.metadata()` returned when it was saved."""
+        file = Path(path) / "tokenizer.json"
+        if not file.is_file():
+            raise TokenizerError(f"tokenizer file not found: {file}")
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:  # the Rust side raises a bare Exception for any parse error
+            raise TokenizerError(f"cannot read tokenizer file {file}: {e}") from e
+        metadata = dict(metadata or {})
+        unknown = sorted(set(metadata) - set(_METADATA_KEYS))
+        if unknown:
+            raise TokenizerError(f"unknown tokenizer metadata keys for {file}: {', '.join(unknown)}")
+        return cls(backend, **metadata)
+
+    def save(self, path: str | Path) -> None:
+        self._backend.save(str(Path(path) / "tokenizer.json"))
+
+    def metadata(self) -> dict:
+        """Everything besides tokenizer.json needed to rebuild this tokenizer (JSON-serialisable)."""
+        return {key: getattr(self, key) for key in _METADATA_KEYS}
+
+    @classmethod
+    def from_gguf(cls, reader: gguf.GGUFReader) -> Tokenizer:
+        """Rebuild the byte-level BPE an imported GGUF model was trained with."""
+
+        def read(key: str, default: Any = None) -> Any:
+            f = reader.fields.get(key)
+            return default if f is None else f.contents()
+
+        kind, pre = read("tokenizer.ggml.model"), read("tokenizer.ggml.pre", "gpt-2")
+        if kind != "gpt2":
+            raise TokenizerError(f"GGUF tokenizer.ggml.model {kind!r} is not supported; only byte-level BPE ('gpt2')")
+        if pre not in _DIGIT_SPLIT_PRE | _GPT2_PRE:
+            supported = ", ".join(sorted(_DIGIT_SPLIT_PRE | _GPT2_PRE))
+            raise TokenizerError(f"GGUF tokenizer.ggml.pre {pre!r} is not supported; supported: {supported}")
+        tokens, types = read("tokenizer.ggml.tokens"), read("tokenizer.ggml.token_type")
+        merges = [tuple(m.split(" ")) for m in read("tokenizer.ggml.merges", [])]
+        if not tokens or len(types or []) != len(tokens) or any(len(m) != 2 for m in merges):
+            raise TokenizerError(
+                "GGUF tokenizer.ggml.tokens/token_type are missing or tokenizer.ggml.merges is malformed"
+            )
+        backend = tokenizers.Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        backend.pre_tokenizer = _pre_tokenizer(split_digits=pre in _DIGIT_SPLIT_PRE)
+        backend.decoder = decoders.ByteLevel()
+        # Type 3 (CONTROL) tokens such as <|im_end|> must stay whole; they already have their ids.
+        control = [t for t, ty in zip(tokens, types, strict=True) if ty == 3]
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+        # The GGUF's own ids, as transformers' GGUF loader reads them (SmolLM2: bos <|im_start|>, eos <|im_end|>).
+        bos, eos = tokens[read("tokenizer.ggml.bos_token_id")], tokens[read("tokenizer.ggml.eos_token_id")]
+        pad_id = read("tokenizer.ggml.padding_token_id")
+        template = read("tokenizer.chat_template")
+        return cls(
+            backend,
+            bos_token=bos,
+            eos_token=eos,
+            pad_token=eos if pad_id is None else tokens[pad_id],
+            image_token=None,
+            chat_template=template,
+            default_system=_template_default_system(template),
+        )
+
+    # --- vocabulary ---------------------------------------------------------------------
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        return self._backend
+
+    @property
+    def vocab_size(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int:
+        return self._backend.token_to_id(self.bos_token)
+
+    @property
+    def eos_id(self) -> int:
+        return self._backend.token_to_id(self.eos_token)
+
+    @property
+    def pad_id(self) -> int:
+        return self._backend.token_to_id(self.pad_token)
+
+    @property
+    def image_id(self) -> int | None:
+        return None if self.image_token is None else self._backend.token_to_id(self.image_token)
+
+    @property
+    def im_start_id(self) -> int:
+        return self._chat_id("<|im_start|>")
+
+    @property
+    def im_end_id(self) -> int:
+        return self._chat_id("<|im_end|>")
+
+    def _chat_id(self, token: str) -> int:
+        i = self._backend.token_to_id(token)
+        if i is None:
+            raise TokenizerError(f"this tokenizer has no {token} token, so it cannot render ChatML chats")
+        return i
+
+    @property
+    def stop_ids(self) -> list[int]:
+        ids = [self.eos_id] + [self._backend.token_to_id(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        return list(dict.fromkeys(i for i in ids if i is not None))
+
+    def id_to_token(self, i: int) -> str:
+        return self._backend.id_to_token(i)
+
+    def token_to_id(self, s: str) -> int | None:
+        return self._backend.token_to_id(s)
+
+    # --- text ---------------------------------------------------------------------------
+    def encode(self, text: str, *, add_bos: bool = False, allow_special: bool = False) -> list[int]:
+        ids = [self.bos_id] if add_bos else []
+        if not (allow_special and self._special_re):
+            return ids + self._backend.encode(text, add_special_tokens=False).ids
+        for i, piece in enumerate(self._special_re.split(text)):  # odd pieces are the special tokens
+            if i % 2:
+                ids.append(self._backend.token_to_id(piece))
+            elif piece:
+                ids += self._backend.encode(piece, add_special_tokens=False).ids
+        return ids
+
+    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)  # tensors welcome
+
+    # --- chat ---------------------------------------------------------------------------
+    def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = False) -> ChatEncoding:
+        checked = [_check_message(i, m) for i, m in enumerate(messages)]
+        # Like SmolLM2's template: a conversation without a system message gets the default one.
+        if self.default_system is not None and checked and checked[0][0] != "system":
+            checked.insert(0, ("system", [("text", self.default_system)]))
+        out = ChatEncoding([], [])
+        newline = self.encode("\n")
+        for role, parts in checked:
+            train = role == "assistant"
+            out.ids.append(self.im_start_id)
+            out.loss_mask.append(0)
+            # The header and the text up to the first image are one segment, exactly as the
+            # template's single string is split at control tokens; `start` is where content begins.
+            text, start = role + "\n", len(role) + 1
+            for kind, value in parts:
+                if kind == "text":
+                    text += value
+                    continue
+                self._append_text(out, text, start if train else None)
+                text, start = "", 0
+                if self.image_id is None or self.tokens_per_image <= 0:
+                    raise TokenizerError("this model does not accept images (it has no image token)")
+                out.ids += [self.image_id] * self.tokens_per_image
+                out.loss_mask += [0] * self.tokens_per_image
+                out.images.append(value)
+            self._append_text(out, text, start if train else None)
+            out.ids += [self.im_end_id, *newline]
+            out.loss_mask += [int(train)] + [0] * len(newline)
+        if add_generation_prompt:
+            header = [self.im_start_id, *self.encode("assistant\n")]
+            out.ids += header
+            out.loss_mask += [0] * len(header)
+        return out
+
+    def _append_text(self, out: ChatEncoding, text: str, train_from: int | None) -> None:
+        """Encode `text`; mask 1 on tokens ending past char `train_from` (None: mask all 0)."""
+        enc = self._backend.encode(text, add_special_tokens=False)
+        out.ids += enc.ids
+        out.loss_mask += [int(train_from is not None and end > train_from) for _, end in enc.offsets]
+
+
+def _check_message(i: int, message: Any) -> tuple[str, list[tuple[str, Any]]]:
+    """Validate one OpenAI-style message; returns (role, [("text", str) | ("image", source)])."""
+    if not isinstance(message, dict):
+        raise TokenizerError(f"message {i} must be a dict with 'role' and 'content', got {type(message).__name__}")
+    if "role" not in message or "content" not in message:
+        missing = "role" if "role" not in message else "content"
+        raise TokenizerError(f"message {i} has no '{missing}'")
+    role, content = message["role"], message["content"]
+    if role not in ROLES:
+        raise TokenizerError(f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    if isinstance(content, str):
+        return role, [("text", content)]
+    if not isinstance(content, list):
+        raise TokenizerError(f"message {i} content must be a string or a list of parts, got {type(content).__name__}")
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append(("text", part["text"]))
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise TokenizerError(f"message {i} part {j}: image_url needs a 'url' string")
+            parts.append(("image", url))
+        elif kind == "image" and part.get("image") is not None:
+            parts.append(("image", part["image"]))
+        else:
+            raise TokenizerError(
+                f"message {i} part {j} is malformed or of unknown type {kind!r}; expected "
+                "{'type': 'text', 'text': str}, {'type': 'image_url', 'image_url': {'url': str}} "
+                "or {'type': 'image', 'image': <PIL image>}"
+            )
+    return role, parts
+
+
+def _template_default_system(template: str | None) -> str | None:
+    """The system prompt a chat template inserts when a conversation has none (SmolLM2's does).
+
+    Found by rendering the template on a one-message conversation rather than by parsing its
+    source, so it works however the template is written.
+    """
+    if not template:
+        return None
+    from jinja2.sandbox import ImmutableSandboxedEnvironment  # templates come from model files: sandbox them
+
+    try:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        out = env.from_string(template).render(messages=[{"role": "user", "content": "x"}], add_generation_prompt=False)
+    except Exception:  # a template we cannot render has no default we can find
+        return None
+    m = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", out, re.S)
+    return m.group(1) if m else None

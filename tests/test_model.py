@@ -1,0 +1,180 @@
+"""The decoder against transformers' LlamaForCausalLM, the KV cache against a full forward, and the image path."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from opengpt4.config import ModelConfig, get_preset
+from opengpt4.errors import ConfigError, ImageError
+from opengpt4.model.transformer import IGNORE_INDEX, KVCache, Transformer
+from opengpt4.model.vision import preprocess
+
+
+def tiny_config(tie: bool) -> ModelConfig:
+    return ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp_hidden=96,
+                       max_seq_len=64, rope_theta=500.0, tie_embeddings=tie)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_logits_equal_transformers_llama(tie):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tiny_config(tie)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=tie)).eval()
+    ours = Transformer(cfg).eval()
+    ours.load_state_dict(hf.state_dict(), strict=True)  # identical names and shapes
+    ids = torch.randint(0, 300, (3, 33))
+    with torch.no_grad():
+        diff = (ours(ids) - hf(ids).logits).abs().max().item()
+    assert diff <= 1e-4, diff
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tie
+
+
+def test_kv_cache_matches_full_forward():
+    torch.manual_seed(1)
+    model = Transformer(tiny_config(True)).eval()
+    model.init_weights()
+    ids = torch.randint(0, 300, (2, 24))
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, 2, 64)
+        parts = [model(ids[:, :10], cache=cache)] + [model(ids[:, t : t + 1], cache=cache) for t in range(10, 24)]
+    assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
+    assert cache.lengths.tolist() == [24, 24]
+
+
+def test_ragged_prefill_and_decode_match_each_row_alone():
+    """Right-padded rows of different lengths in one cache give each row's own logits."""
+    torch.manual_seed(2)
+    model = Transformer(tiny_config(False)).eval()
+    model.init_weights()
+    ids = torch.randint(0, 300, (3, 12))
+    lengths = torch.tensor([4, 12, 7])
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache(model.config, 3, 32)
+        last = model(ids, cache=cache, num_valid=lengths, last_only=True)[:, 0]
+        nxt = torch.tensor([[5], [6], [7]])
+        step = model(nxt, cache=cache)[:, 0]
+        for b in range(3):
+            n = int(lengths[b])
+            assert (last[b] - full[b, n - 1]).abs().max() <= 1e-5
+            alone = model(torch.cat([ids[b : b + 1, :n], nxt[b : b + 1]], 1))[0, -1]
+            assert (step[b] - alone).abs().max() <= 1e-5
+    # n samples share one prefill: selected (repeated) rows continue identically
+    copy = cache.select([1, 1])
+    assert copy.lengths.tolist() == [13, 13]
+    assert torch.equal(copy.k[:, 0], cache.k[:, 1])
+
+
+def test_cache_overflow_is_an_error():
+    model = Transformer(tiny_config(True)).eval()
+    cache = KVCache(model.config, 1, 8)
+    with pytest.raises(ValueError, match="KV cache overflow"):
+        model(torch.zeros(1, 9, dtype=torch.long), cache=cache)
+
+
+def test_loss_ignores_masked_targets_and_trains():
+    torch.manual_seed(3)
+    model = Transformer(tiny_config(True))
+    model.init_weights()
+    ids = torch.randint(0, 300, (4, 16))
+    targets = ids.roll(-1, 1)
+    targets[:, -1] = IGNORE_INDEX
+    loss0 = model(ids, targets=targets)
+    assert abs(loss0.item() - torch.log(torch.tensor(300.0)).item()) < 0.5  # near uniform at init
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        loss = model(ids, targets=targets)
+        loss.backward()
+        opt.step()
+    assert loss.item() < loss0.item() - 1.0
+
+
+def multimodal_batch(cfg: ModelConfig, images_per_row=(0, 1, 2), length=24):
+    """Rows with 0, 1 and 2 images: each image is K placeholder ids somewhere in the row."""
+    k = cfg.vision.tokens_per_image
+    rows = []
+    for n in images_per_row:
+        row = torch.randint(5, cfg.vocab_size, (length,))
+        for i in range(n):
+            start = 2 + i * (k + 3)
+            row[start : start + k] = cfg.image_token_id
+        rows.append(row)
+    colors = ["red", "green", "blue"]
+    from PIL import Image
+
+    images = [Image.new("RGB", (40, 30), colors[i % 3]) for i in range(sum(images_per_row))]
+    return torch.stack(rows), preprocess(images, cfg.vision)
+
+
+def test_multimodal_forward_backward_with_0_1_2_images():
+    torch.manual_seed(4)
+    cfg = dataclasses.replace(get_preset("test"), image_token_id=4)
+    model = Transformer(cfg)
+    model.init_weights()
+    ids, pixels = multimodal_batch(cfg)
+    assert pixels.shape == (3, 3, cfg.vision.image_size, cfg.vision.image_size)
+    loss = model(ids, pixels, targets=ids.roll(-1, 1))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name in ("vision.patch_embed.weight", "projector.fc1.weight", "model.layers.0.self_attn.q_proj.weight"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    # the images matter: other pixels give other logits at the text positions after them
+    with torch.no_grad():
+        a = model(ids, pixels)
+        b = model(ids, torch.flip(pixels, dims=[0]))
+    assert not torch.allclose(a[1:], b[1:])
+    assert torch.allclose(a[0], b[0])  # row 0 has no image
+
+
+def test_wrong_placeholder_count_is_a_clear_error():
+    cfg = dataclasses.replace(get_preset("test"), image_token_id=4)
+    model = Transformer(cfg)
+    ids, pixels = multimodal_batch(cfg, (1, 1))
+    ids[0, 2] = 7  # one placeholder too few
+    with pytest.raises(ImageError, match="placeholder"):
+        model(ids, pixels)
+    with pytest.raises(ImageError, match="no images"):
+        model(ids)
+
+
+def test_text_model_rejects_images():
+    cfg = tiny_config(True)
+    model = Transformer(cfg)
+    with pytest.raises(ImageError, match="does not accept images"):
+        model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, 32, 32))
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    with pytest.raises(ConfigError, match="n_head .* must divide n_embd"):
+        ModelConfig(n_embd=100, n_head=3)
+    with pytest.raises(ConfigError, match="n_kv_head"):
+        ModelConfig(n_embd=384, n_head=6, n_kv_head=4)
+    with pytest.raises(ConfigError, match="unknown model config keys: bogus"):
+        ModelConfig.from_dict({"bogus": 1})
+    for name in ["test", "d4", "d6", "d12", "smollm2-135m"]:
+        cfg = get_preset(name)
+        cfg.to_json(tmp_path / "c.json")
+        assert ModelConfig.from_json(tmp_path / "c.json") == cfg
+    d4, d12 = get_preset("d4"), get_preset("d12")
+    assert (d4.n_embd, d4.n_head, d4.n_kv_head, d4.mlp_hidden) == (256, 4, 2, 704)
+    assert (d12.n_embd, d12.n_head, d12.n_kv_head) == (768, 12, 6)
+    assert get_preset("smollm2-135m").num_params() == 134_515_008  # SmolLM2-135M's published count
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        get_preset("d99")
+
+
+def test_test_preset_trains_a_step_quickly():
+    cfg = dataclasses.replace(get_preset("test"), image_token_id=4)
+    model = Transformer(cfg)
+    model.init_weights()
+    assert model.num_params() < 200_000
+    ids, pixels = multimodal_batch(cfg, (1, 0, 1, 0), length=64)
+    model(ids, pixels, targets=ids).backward()
