@@ -40,6 +40,7 @@ _METADATA_KEYS = (
     "chat_template",
     "default_system",
     "tokens_per_image",
+    "add_bos",
 )
 
 
@@ -69,15 +70,17 @@ class Tokenizer:
         chat_template: str | None = None,
         default_system: str | None = None,
         tokens_per_image: int = 0,
+        add_bos: bool = True,
     ) -> None:
         # Special-token strings in text are encoded as plain text; `encode(allow_special=True)`
-        # opts back in by splitting them out itself, so the flag never has to be toggled
-        # (it is per-backend state, and the engine encodes from several threads).
+        # opts back in by splitting them out itself. The flag is shared backend state, so
+        # toggling it per call would race between threads. (It is not saved in tokenizer.json.)
         backend.encode_special_tokens = True
         self._backend = backend
         self.bos_token, self.eos_token, self.pad_token, self.image_token = bos_token, eos_token, pad_token, image_token
         self.chat_template, self.default_system = chat_template, default_system
         self.tokens_per_image = tokens_per_image
+        self.add_bos = add_bos  # whether plain-text prompts start with BOS (our pretraining separates documents so)
         for name in ("bos_token", "eos_token", "pad_token", "image_token"):
             token = getattr(self, name)
             if token is not None and backend.token_to_id(token) is None:
@@ -150,9 +153,16 @@ class Tokenizer:
             raise TokenizerError(f"GGUF tokenizer.ggml.pre {pre!r} is not supported; supported: {supported}")
         tokens, types = read("tokenizer.ggml.tokens"), read("tokenizer.ggml.token_type")
         merges = [tuple(m.split(" ")) for m in read("tokenizer.ggml.merges", [])]
-        if not tokens or len(types or []) != len(tokens) or any(len(m) != 2 for m in merges):
+        bos_id, eos_id = read("tokenizer.ggml.bos_token_id"), read("tokenizer.ggml.eos_token_id")
+        if (
+            not tokens
+            or len(types or []) != len(tokens)
+            or any(len(m) != 2 for m in merges)
+            or None in (bos_id, eos_id)
+        ):
             raise TokenizerError(
-                "GGUF tokenizer.ggml.tokens/token_type are missing or tokenizer.ggml.merges is malformed"
+                "GGUF tokenizer is incomplete: it needs tokenizer.ggml.tokens, token_type, well-formed merges, "
+                "bos_token_id and eos_token_id"
             )
         backend = tokenizers.Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
         backend.pre_tokenizer = _pre_tokenizer(split_digits=pre in _DIGIT_SPLIT_PRE)
@@ -161,7 +171,7 @@ class Tokenizer:
         control = [t for t, ty in zip(tokens, types, strict=True) if ty == 3]
         backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
         # The GGUF's own ids, as transformers' GGUF loader reads them (SmolLM2: bos <|im_start|>, eos <|im_end|>).
-        bos, eos = tokens[read("tokenizer.ggml.bos_token_id")], tokens[read("tokenizer.ggml.eos_token_id")]
+        bos, eos = tokens[bos_id], tokens[eos_id]
         pad_id = read("tokenizer.ggml.padding_token_id")
         template = read("tokenizer.chat_template")
         return cls(
@@ -172,6 +182,7 @@ class Tokenizer:
             image_token=None,
             chat_template=template,
             default_system=_template_default_system(template),
+            add_bos=bool(read("tokenizer.ggml.add_bos_token", False)),
         )
 
     # --- vocabulary ---------------------------------------------------------------------
@@ -240,7 +251,7 @@ class Tokenizer:
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)  # tensors welcome
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)  # int(): tensors too
 
     # --- chat ---------------------------------------------------------------------------
     def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = False) -> ChatEncoding:

@@ -181,7 +181,11 @@ class Engine:
 
     def _step(self, row: _Row, logits: Tensor, stop_ids: set[int]) -> Delta:
         sp = row.params
-        token = next_token(logits, sp, row.counts, row.generator)
+        allowed = logits
+        if self.tokenizer.image_id is not None:  # a generated placeholder would have no image behind it
+            allowed = logits.clone()
+            allowed[self.tokenizer.image_id] = float("-inf")
+        token = next_token(allowed, sp, row.counts, row.generator)
         logprob = None
         if sp.logprobs:
             lp, top = token_logprobs(logits, token, sp.top_logprobs)
@@ -190,7 +194,7 @@ class Engine:
         row.generated += 1
         if row.counts is not None:
             row.counts[token] += 1
-        if token in stop_ids and not sp.ignore_eos:
+        if (token in stop_ids and not sp.ignore_eos) or token in sp.stop_token_ids:
             return Delta(row.prompt_index, row.sample_index, row.decoder.finish(), token, logprob, "stop")
         text = row.decoder.push(token)
         if row.decoder.stopped:

@@ -27,7 +27,8 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives reported per token (OpenAI allows 0..20)
     n: int = 1
-    ignore_eos: bool = False  # keep going past end-of-turn tokens (benchmarks)
+    stop_token_ids: list[int] = field(default_factory=list)  # extra ids that end a choice (vLLM's name)
+    ignore_eos: bool = False  # keep going past the tokenizer's end-of-turn tokens (benchmarks)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny trained tokenizer and a tiny random model that runs in milliseconds."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from opengpt4.config import get_preset
+from opengpt4.model.transformer import Transformer
+from opengpt4.tokenizer import Tokenizer
+
+WORDS = ("the cat sat on a mat while seven blue birds sang about 42 apples and 1337 pears in Paris "
+         "def add(a, b): return a + b # héllo wörld naïve café").split()
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> Tokenizer:
+    return Tokenizer.train(corpus(), vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer) -> Transformer:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_preset("test"), vocab_size=tiny_tokenizer.vocab_size,
+                              image_token_id=tiny_tokenizer.image_id, tie_embeddings=False)
+    model = Transformer(cfg)
+    model.init_weights()
+    with torch.no_grad():  # a less flat next-token distribution than at init, still varied
+        model.lm_head.weight.mul_(5)
+    tiny_tokenizer.tokens_per_image = cfg.vision.tokens_per_image
+    return model.eval()
