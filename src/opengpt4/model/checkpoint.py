@@ -58,6 +58,11 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         write(tmp)
+        # mkdtemp makes a private (0700) dir and some writers make 0600 files; a checkpoint is
+        # meant to be shared (a server, a container, another user), so give it normal modes.
+        tmp.chmod(0o755)
+        for file in tmp.rglob("*"):
+            file.chmod(0o755 if file.is_dir() else 0o644)
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             path.rename(old)
