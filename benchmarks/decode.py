@@ -1,11 +1,11 @@
 """Decode speed of SmolLM2-135M: opengpt4's engine vs transformers' generate(), same weights, same run.
 
-    python benchmarks/decode.py [--prompt-tokens 128] [--new-tokens 64] [--batch 8] [--dtype float32]
+    python benchmarks/decode.py [--prompt-tokens 128] [--new-tokens 64] [--batch 8] [--dtype float32 bfloat16]
 
-Each side runs in its own subprocess (so peak memory is its own) on the same CPU threads:
-prefill tokens/s (one prompt), decode tokens/s at batch 1 and aggregate at batch N
-(greedy, EOS ignored, timed from the first generated token to the last), peak RSS.
-Prints one JSON object with both sides and the ratios.
+Each side runs in its own subprocess (so peak memory is its own) on the same CPU threads, at
+each precision asked for (both sides at the same one): prefill tokens/s (one prompt), decode
+tokens/s at batch 1 and aggregate at batch N (greedy, EOS ignored, timed from the first
+generated token to the last), peak RSS. Prints one JSON object with both sides and the ratios.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def prompts(tokenizer_encode, n: int, length: int) -> list[list[int]]:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: the latter survives exec, so
+    a worker would report its parent's peak if that were higher."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -107,11 +112,11 @@ def run_transformers(args) -> dict:
 def measure(prefill, decode, args) -> dict:
     prefill()  # warm-up: allocator, thread pool, kernels
     decode(1)
-    prefill_s = statistics.median(prefill() for _ in range(5))
-    return {
+    prefill_s = statistics.median(prefill() for _ in range(7))
+    return {  # medians: this is a shared 2-core VM, single runs vary by +-20%
         "prefill_tokens_per_s": args.prompt_tokens / prefill_s,
-        "decode_tokens_per_s_batch1": statistics.median(decode(1) for _ in range(3)),
-        f"decode_tokens_per_s_batch{args.batch}": statistics.median(decode(args.batch) for _ in range(2)),
+        "decode_tokens_per_s_batch1": statistics.median(decode(1) for _ in range(5)),
+        f"decode_tokens_per_s_batch{args.batch}": statistics.median(decode(args.batch) for _ in range(3)),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -122,11 +127,13 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                   help="precisions to compare at (both sides use the same one)")
     p.add_argument("--worker", choices=["ours", "transformers"], help=argparse.SUPPRESS)
     p.add_argument("--hf-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        args.dtype = args.dtype[0]
         print(json.dumps(run_ours(args) if args.worker == "ours" else run_transformers(args)))
         return
 
@@ -139,28 +146,35 @@ def main() -> None:
             model = str(convert.import_gguf(None, Path(tmp) / "smollm2"))
         hf_dir = convert.export_hf(model, Path(tmp) / "hf")
         common = ["--model", model, "--hf-dir", str(hf_dir), "--prompt-tokens", str(args.prompt_tokens),
-                  "--new-tokens", str(args.new_tokens), "--batch", str(args.batch), "--dtype", args.dtype]
-        results = {}
-        for side in ("ours", "transformers"):
-            out = subprocess.run([sys.executable, __file__, "--worker", side, *common], check=True,
-                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+                  "--new-tokens", str(args.new_tokens), "--batch", str(args.batch)]
+        runs = []
+        for dtype in args.dtype:
+            sides = {}
+            for side in ("ours", "transformers"):
+                out = subprocess.run([sys.executable, __file__, "--worker", side, "--dtype", dtype, *common],
+                                     check=True, capture_output=True, text=True,
+                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                sides[side] = json.loads(out.stdout.strip().splitlines()[-1])
+            runs.append(compare(dtype, sides["ours"], sides["transformers"], args.batch))
     import torch
     import transformers
 
-    ours, theirs = results["ours"], results["transformers"]
-    b = f"decode_tokens_per_s_batch{args.batch}"
-    report = {
-        "model": "SmolLM2-135M-Instruct", "dtype": args.dtype, "threads": torch.get_num_threads(),
-        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "batch": args.batch,
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "opengpt4": ours, "transformers_generate": theirs,
+    print(json.dumps({
+        "model": "SmolLM2-135M-Instruct", "threads": torch.get_num_threads(), "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens, "batch": args.batch, "torch": torch.__version__,
+        "transformers": transformers.__version__, "runs": runs,
+    }, indent=2))
+
+
+def compare(dtype: str, ours: dict, theirs: dict, batch: int) -> dict:
+    b = f"decode_tokens_per_s_batch{batch}"
+    return {
+        "dtype": dtype, "opengpt4": ours, "transformers_generate": theirs,
         "ratio_decode_batch1_vs_transformers": ours["decode_tokens_per_s_batch1"] / theirs["decode_tokens_per_s_batch1"],
-        f"ratio_decode_batch{args.batch}_vs_transformers": ours[b] / theirs[b],
+        f"ratio_decode_batch{batch}_vs_transformers": ours[b] / theirs[b],
         "ratio_prefill_vs_transformers": ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"],
-        f"ours_batch{args.batch}_aggregate_vs_batch1": ours[b] / ours["decode_tokens_per_s_batch1"],
+        f"ours_batch{batch}_aggregate_vs_batch1": ours[b] / ours["decode_tokens_per_s_batch1"],
     }
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

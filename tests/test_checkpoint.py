@@ -81,7 +81,7 @@ def test_mismatched_config_and_weights_name_the_tensor(ckpt):
     config = json.loads((ckpt / "config.json").read_text())
     config["model"]["mlp_hidden"] = 256
     (ckpt / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"gate_proj\.weight has shape \(128, 64\) but the config implies \(256, 64\)"):
+    with pytest.raises(CheckpointError, match=r"down_proj\.weight has shape \(64, 128\) but the config implies \(64, 256\)"):
         load_checkpoint(ckpt)
     config["model"]["mlp_hidden"] = 128
     config["model"]["n_layer"] = 3

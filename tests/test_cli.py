@@ -23,7 +23,7 @@ def ckpt(tmp_path_factory, tiny_model, tiny_tokenizer):
 
 def test_generate_prints_only_the_completion(ckpt, tiny_model, tiny_tokenizer):
     r = run_cli("generate", "--model", str(ckpt), "--prompt", "the cat", "--system", "be brief",
-                "--max-tokens", "8", "--temperature", "0")
+                "--max-tokens", "8", "--temperature", "0", "--dtype", "float32")
     assert r.returncode == 0, r.stderr
     engine = Engine(tiny_model, tiny_tokenizer)
     prompt = engine.chat_prompt([{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat"}])

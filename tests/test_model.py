@@ -123,7 +123,7 @@ def test_multimodal_forward_backward_with_0_1_2_images():
     loss = model(ids, pixels, targets=ids.roll(-1, 1))
     loss.backward()
     assert torch.isfinite(loss)
-    for name in ("vision.patch_embed.weight", "projector.fc1.weight", "model.layers.0.self_attn.q_proj.weight"):
+    for name in ("vision.patch_embed.weight", "projector.fc1.weight", "model.layers.0.self_attn.qkv_proj.weight"):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     # the images matter: other pixels give other logits at the text positions after them
@@ -178,3 +178,23 @@ def test_test_preset_trains_a_step_quickly():
     assert model.num_params() < 200_000
     ids, pixels = multimodal_batch(cfg, (1, 0, 1, 0), length=64)
     model(ids, pixels, targets=ids).backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_match_plain_and_never_go_stale(dtype):
+    torch.manual_seed(5)
+    model = Transformer(tiny_config(False)).to(dtype).eval()
+    model.init_weights()
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        plain = model(ids).float()
+        if model.pack_for_cpu_inference() == 0:
+            pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU")
+        packed = model(ids).float()
+        tol = 1e-4 if dtype == torch.float32 else 0.1
+        assert (packed - plain).abs().max() <= tol
+        model.lm_head.weight.mul_(2)  # an in-place update makes the packed copy stale: it must not be used
+        assert torch.allclose(model(ids).float(), 2 * plain, atol=2 * tol)
+    loss = model(ids, targets=ids)  # with autograd on, the plain weights are used and get gradients
+    loss.backward()
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None

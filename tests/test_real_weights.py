@@ -73,7 +73,7 @@ def test_transformers_llama_imported_generates_the_same_greedy_continuation(tmp_
                           eos_token_id=ours_tok.stop_ids, pad_token_id=ours_tok.pad_id)[0, len(ids):].tolist()
         expected = ours_tok.decode(out, skip_special=True)
         r = run_cli("generate", "--model", str(tmp_path / "ours"), "--prompt", prompt, "--raw",
-                    "--max-tokens", "20", "--temperature", "0")
+                    "--max-tokens", "20", "--temperature", "0", "--dtype", "float32")
         assert r.returncode == 0, r.stderr
         assert r.stdout == expected + "\n"
         checked += len(out)

@@ -16,13 +16,11 @@ from opengpt4.errors import OpenGPT4Error
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 
 
-def _load(model: str, dtype: str = "float32"):
-    import torch
-
-    from opengpt4.engine.generate import Engine
+def _load(model: str, dtype: str = "auto"):
+    from opengpt4.engine.generate import Engine, inference_dtype
     from opengpt4.model.checkpoint import load_checkpoint
 
-    m, tok = load_checkpoint(model, dtype=getattr(torch, dtype))
+    m, tok = load_checkpoint(model, dtype=inference_dtype(dtype))
     return Engine(m, tok)
 
 
@@ -166,8 +164,9 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int = 256, temperature
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", help="stop string (repeatable); never part of the output")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="weights and activations precision (default float32)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="weights and activations precision; auto: bfloat16 where the CPU has native "
+                        "bf16 (AVX512-BF16/AMX), else float32 (default auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:

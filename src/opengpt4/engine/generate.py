@@ -22,6 +22,14 @@ from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
 
 
+def inference_dtype(name: str = "auto") -> torch.dtype:
+    """`auto` is bfloat16 where the CPU computes it natively (AVX512-BF16/AMX: half the bytes
+    per token, ~2x faster decoding), else float32."""
+    if name != "auto":
+        return getattr(torch, name)
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
 @dataclass
 class Prompt:
     ids: list[int]
@@ -70,10 +78,13 @@ class _Row:
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer) -> None:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, pack: bool = True) -> None:
+        """pack: prepack the weights for oneDNN on CPU (1.5-2x faster decoding; more memory)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
+        if pack:
+            model.pack_for_cpu_inference()
 
     @property
     def device(self) -> torch.device:
@@ -181,11 +192,8 @@ class Engine:
 
     def _step(self, row: _Row, logits: Tensor, stop_ids: set[int]) -> Delta:
         sp = row.params
-        allowed = logits
-        if self.tokenizer.image_id is not None:  # a generated placeholder would have no image behind it
-            allowed = logits.clone()
-            allowed[self.tokenizer.image_id] = float("-inf")
-        token = next_token(allowed, sp, row.counts, row.generator)
+        # A generated image placeholder would have no image behind it.
+        token = next_token(logits, sp, row.counts, row.generator, banned=self.tokenizer.image_id)
         logprob = None
         if sp.logprobs:
             lp, top = token_logprobs(logits, token, sp.top_logprobs)

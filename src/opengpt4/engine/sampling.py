@@ -76,9 +76,12 @@ def truncate(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
-def next_token(logits: Tensor, params: SamplingParams, counts: Tensor | None, generator: torch.Generator | None) -> int:
-    """Choose one token from a row of raw logits (V,) under `params`."""
-    logits = logits.float()
+def next_token(logits: Tensor, params: SamplingParams, counts: Tensor | None, generator: torch.Generator | None,
+               banned: int | None = None) -> int:
+    """Choose one token from a row of raw logits (V,) under `params`; never the `banned` id."""
+    logits = logits.to(torch.float32, copy=True)
+    if banned is not None:
+        logits[banned] = float("-inf")
     if counts is not None:
         logits = apply_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
     if params.greedy:

@@ -44,8 +44,11 @@ def resolve_model(model: str | Path) -> Path:
 
 
 def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """The tensors a checkpoint stores: tied lm_head left out (it is the embedding)."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    """The tensors a checkpoint stores, by HF name: tied lm_head left out (it is the embedding).
+
+    Cloned, because the fused projections' parts are views of one tensor and safetensors
+    refuses tensors that share memory."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
