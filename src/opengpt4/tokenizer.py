@@ -51,6 +51,16 @@ class ChatEncoding:
     images: list[Any] = field(default_factory=list)  # PIL images or url strings, in order; not decoded here
 
 
+def read_backend(file: Path) -> tokenizers.Tokenizer:
+    """A `tokenizers` tokenizer.json, with a TokenizerError naming the file if it is missing or unreadable."""
+    if not file.is_file():
+        raise TokenizerError(f"tokenizer file not found: {file}")
+    try:
+        return tokenizers.Tokenizer.from_file(str(file))
+    except Exception as e:  # the Rust side raises a bare Exception for any parse error
+        raise TokenizerError(f"cannot read tokenizer file {file}: {e}") from None
+
+
 def _pre_tokenizer(split_digits: bool) -> pre_tokenizers.PreTokenizer:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if not split_digits:
@@ -118,12 +128,7 @@ class Tokenizer:
     def from_dir(cls, path: str | Path, metadata: dict | None = None) -> Tokenizer:
         """Load `path/tokenizer.json`; `metadata` is what `.metadata()` returned when it was saved."""
         file = Path(path) / "tokenizer.json"
-        if not file.is_file():
-            raise TokenizerError(f"tokenizer file not found: {file}")
-        try:
-            backend = tokenizers.Tokenizer.from_file(str(file))
-        except Exception as e:  # the Rust side raises a bare Exception for any parse error
-            raise TokenizerError(f"cannot read tokenizer file {file}: {e}") from e
+        backend = read_backend(file)
         metadata = dict(metadata or {})
         unknown = sorted(set(metadata) - set(_METADATA_KEYS))
         if unknown:

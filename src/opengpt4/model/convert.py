@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-import tokenizers
 import torch
 from rich.console import Console
 from rich.progress import track
@@ -32,7 +31,7 @@ from opengpt4.model.checkpoint import (
     save_checkpoint,
     weights_state_dict,
 )
-from opengpt4.tokenizer import Tokenizer, template_default_system
+from opengpt4.tokenizer import Tokenizer, read_backend, template_default_system
 
 DEFAULT_GGUF_NAME = "smollm2-135m-instruct"
 
@@ -230,12 +229,10 @@ def _hf_weights(src: Path) -> dict[str, torch.Tensor]:
 
 def _hf_tokenizer(src: Path) -> Tokenizer:
     file = src / "tokenizer.json"
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (only fast tokenizers, saved as tokenizer.json, can be imported)")
     try:
-        backend = tokenizers.Tokenizer.from_file(str(file))
-    except Exception as e:  # the Rust side raises a bare Exception for any parse error
-        raise CheckpointError(f"{file}: cannot read tokenizer ({e})") from None
+        backend = read_backend(file)
+    except TokenizerError as e:
+        raise CheckpointError(f"{e} (only fast tokenizers, saved as tokenizer.json, can be imported)") from None
     tc = _read_json(src / "tokenizer_config.json")
     specials = {**_read_json(src / "special_tokens_map.json"), **tc}
 
