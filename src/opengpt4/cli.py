@@ -155,6 +155,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     cmd_chat(args)
 
 
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from opengpt4.data.build import build
+
+    print(build(args.preset, args.out, seed=args.seed, text_inputs=args.input, llava=args.llava,
+                tokenizer=args.tokenizer, vocab_size=args.vocab_size))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from opengpt4.train.pretrain import train_from_cli
+
+    train_from_cli(args)
+
+
 # --- parser --------------------------------------------------------------------------------
 def _add_sampling(p: argparse.ArgumentParser, max_tokens: int = 256, temperature: float = 0.0) -> None:
     p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"most tokens to generate (default {max_tokens})")
@@ -202,6 +215,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("data", help="build training data")
+    verb = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
+    b = verb.add_parser("build", help="generate the synthetic corpus (or tokenize real input) into a data dir")
+    b.add_argument("--preset", choices=["test", "mini"], default="mini", help="corpus size (default mini)")
+    b.add_argument("--out", required=True, help="output data directory")
+    b.add_argument("--seed", type=int, default=0, help="world seed (default 0); same seed, identical files")
+    b.add_argument("--input", action="append", default=[], type=Path,
+                   help="real text: a .txt/.jsonl/.parquet file or a directory of them (repeatable)")
+    b.add_argument("--llava", action="append", default=[], type=Path,
+                   help="real images: a LLaVA-style conversation manifest (.jsonl/.json) (repeatable)")
+    b.add_argument("--tokenizer", type=Path, default=None,
+                   help="reuse the tokenizer of this checkpoint or data dir instead of training one")
+    b.add_argument("--vocab-size", type=int, default=None, help="vocabulary size of the trained tokenizer")
+    p.set_defaults(func=cmd_data_build)
+
+    p = sub.add_parser("train", help="pretrain a model on a data dir (runs under torchrun too)")
+    p.add_argument("--preset", default="d6", help="model preset: test, d4 ... d12 (default d6)")
+    p.add_argument("--data", required=True, help="data directory from `opengpt4 data build`")
+    p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
+    stop.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; the schedule follows time")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training or model setting, e.g. --set lr=3e-3 --set model.n_layer=4")
+    p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
+    p.set_defaults(func=cmd_train)
 
     for name, func, help_text in [("chat", cmd_chat, "multi-turn chat in the terminal"),
                                   ("run", cmd_run, "import SmolLM2 if needed, then chat with it (make run)")]:

@@ -231,4 +231,71 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
-__all__ = ["FORMAT_VERSION", "ModelConfig", "VisionConfig", "PRESETS", "get_preset", "depth_config"]
+
+
+# --- training ----------------------------------------------------------------------------
+
+DEFAULT_MIXTURE = {"world": 0.34, "qa": 0.2, "images": 0.2, "stdlib": 0.1, "math": 0.06, "pycode": 0.05,
+                   "misconceptions": 0.05}
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining settings; every field can be set with `--set name=value` (and the model with `model.x=y`)."""
+
+    seq_len: int = 256
+    batch_size: int = 32  # global sequences per optimizer step (all ranks, all micro-batches)
+    micro_batch_size: int = 0  # sequences per forward on one rank; 0: batch_size / world_size (no accumulation)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 30
+    schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay)
+    decay_fraction: float = 0.25  # wsd: the final fraction of training that decays
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "bfloat16"  # autocast dtype for the matmuls; master weights stay float32
+    eval_every: int = 100  # steps between evals (val loss per domain + probes); 0: only at the end
+    eval_batches: int = 2  # val batches per domain
+    probe_size: int = 64  # questions per probe (world facts, images)
+    ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
+    log_every: int = 1
+    seed: int = 0
+    mixture: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIXTURE))
+
+    def __post_init__(self) -> None:
+        _require(self.schedule in ("cosine", "wsd"), f"schedule must be cosine or wsd, got {self.schedule!r}")
+        _require(self.dtype in ("bfloat16", "float32"), f"dtype must be bfloat16 or float32, got {self.dtype!r}")
+        for name in ("seq_len", "batch_size", "lr"):
+            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+def apply_overrides(obj: Any, assignments: list[str]) -> Any:
+    """Apply `key=value` / `a.b=value` settings to a (nested) dataclass, in place; values parse as JSON, else str."""
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        _require(bool(sep) and bool(key), f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target, *path = obj, *key.split(".")
+        for part in path[:-1]:
+            _require(hasattr(target, part), f"unknown setting {key!r}")
+            target = getattr(target, part)
+        name = path[-1]
+        if isinstance(target, dict):
+            target[name] = value
+            continue
+        _require(dataclasses.is_dataclass(target) and name in {f.name for f in dataclasses.fields(target)},
+                 f"unknown setting {key!r}")
+        current = getattr(target, name)
+        if isinstance(current, float) and isinstance(value, int):
+            value = float(value)
+        _require(current is None or isinstance(value, type(current)),
+                 f"setting {key!r} expects {type(current).__name__}, got {raw!r}")
+        setattr(target, name, value)
+        target.__post_init__()
+    return obj

@@ -293,6 +293,7 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         num_valid: Tensor | None = None,
         last_only: bool = False,
+        reduction: str = "mean",
     ) -> Tensor:
         """Logits (B, T, V) — or the mean cross-entropy when `targets` is given.
 
@@ -302,6 +303,8 @@ class Transformer(nn.Module):
         cache: a KVCache; the new tokens of row b go at positions cache.lengths[b] onwards.
         num_valid: (B,) how many of each row's T tokens are real (right padding); default T.
         last_only: return only the logits of each row's last real token, (B, 1, V).
+        reduction: "mean" over the targets that count, or "sum" (distributed training divides
+        by the global count itself, so that ranks and micro-batches add up exactly).
         """
         B, T = input_ids.shape
         x = self.embed(input_ids, images)
@@ -327,7 +330,8 @@ class Transformer(nn.Module):
         logits = self.lm_head(x)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction=reduction)
 
     def _cache_step(self, cache: KVCache, num_valid: Tensor, T: int) -> CacheStep:
         lengths = cache.lengths.tolist()  # one host sync per forward instead of one per layer

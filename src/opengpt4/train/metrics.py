@@ -1,0 +1,82 @@
+"""Training metrics: a JSONL log (one object per line), the loss-curve PNG, and the FLOP/s peak for MFU."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+class MetricsLog:
+    """Lines kept in memory (they go into every checkpoint) and appended live to `live_path`
+    when it exists, so `tail -f` works during training. Reopened per write: a checkpoint save
+    replaces the directory that holds it."""
+
+    def __init__(self, live_path: Path, lines: list[dict] | None = None) -> None:
+        self.live_path = live_path
+        self.lines = list(lines or [])
+
+    @classmethod
+    def resume(cls, live_path: Path, step: int) -> MetricsLog:
+        """The log of a checkpoint, without the lines a killed run wrote after it."""
+        lines = []
+        if live_path.is_file():
+            for raw in live_path.read_text().splitlines():
+                if raw.strip() and json.loads(raw).get("step", 0) <= step:
+                    lines.append(json.loads(raw))
+        return cls(live_path, lines)
+
+    def append(self, line: dict) -> None:
+        self.lines.append(line)
+        if self.live_path.parent.is_dir():
+            with open(self.live_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def write(self, path: Path) -> None:
+        path.write_text("".join(json.dumps(line) + "\n" for line in self.lines))
+
+
+def plot_metrics(lines: list[dict], png: Path) -> None:
+    """Train and per-domain validation loss against tokens seen; probe accuracies beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [m for m in lines if "loss" in m]
+    evals = [m for m in lines if "val" in m]
+    fig, (ax_loss, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.5))
+    if train:
+        ax_loss.plot([m["tokens"] for m in train], [m["loss"] for m in train], lw=0.8, alpha=0.6, label="train")
+    for domain in sorted({d for m in evals for d in m["val"]}):
+        points = [(m["tokens"], m["val"][domain]) for m in evals if domain in m["val"]]
+        ax_loss.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"val {domain}")
+    ax_loss.set(xlabel="tokens", ylabel="loss (nats/token)", yscale="log", title="loss")
+    ax_loss.legend(fontsize=7)
+    for key in sorted({k for m in evals for k in m.get("probe", {})}):
+        points = [(m["tokens"], m["probe"][key]) for m in evals if key in m.get("probe", {})]
+        ax_probe.plot(*zip(*points, strict=True), marker="o", ms=3, label=key)
+    ax_probe.set(xlabel="tokens", ylabel="exact match", ylim=(0, 1), title="probes (held-out questions)")
+    ax_probe.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def matmul_peak_flops(dtype: torch.dtype, device: torch.device, seconds: float = 0.5) -> float:
+    """FLOP/s of a large square matmul on this process's threads: the MFU denominator on
+    hardware without a published peak (a CPU's depends on its clocks and thread count)."""
+    n = 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * runs / (time.perf_counter() - start)

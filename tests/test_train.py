@@ -1,0 +1,133 @@
+"""Pretraining: exact resume after SIGKILL, DDP/FSDP under torchrun, schedules, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from opengpt4.config import TrainConfig, apply_overrides
+from opengpt4.errors import ConfigError
+from opengpt4.train.optim import lr_at
+
+TRAIN = ["--preset", "test", "--set", "seq_len=64", "--set", "batch_size=8", "--set", "eval_every=4",
+         "--set", "probe_size=4", "--set", "warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from opengpt4.data.build import build
+
+    return build("test", tmp_path_factory.mktemp("data") / "d", seed=0)
+
+
+def run_train(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "opengpt4.cli", "train", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600, **kw)
+
+
+def losses(out) -> dict[int, float]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in lines if "loss" in m}
+
+
+def test_training_learns_and_writes_a_checkpoint(data, tmp_path):
+    r = run_train("--data", str(data), "--out", str(tmp_path / "ck"), "--max-steps", "12", *TRAIN)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "ck"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.json",
+                 "optimizer.safetensors", "metrics.jsonl", "loss.png"):
+        assert (out / name).is_file(), name
+    curve = losses(out)
+    assert len(curve) == 12 and curve[12] < curve[1] - 0.5, curve
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in lines if "val" in m]
+    assert [m["step"] for m in evals] == [4, 8, 12]
+    assert {"world", "images"} <= set(evals[-1]["val"]) and "image_accuracy" in evals[-1]["probe"]
+    assert all(0 < m["mfu"] < 1.5 and m["tokens_per_s"] > 0 for m in lines if "loss" in m)
+    # the checkpoint is a model: generate loads it
+    g = subprocess.run([sys.executable, "-m", "opengpt4.cli", "generate", "--model", str(out), "--prompt",
+                        "Question:", "--raw", "--max-tokens", "5"], capture_output=True, text=True)
+    assert g.returncode == 0, g.stderr
+
+
+def test_resume_after_sigkill_gives_the_same_losses(data, tmp_path):
+    args = ["--data", str(data), "--max-steps", "10", *TRAIN, "--set", "ckpt_every=3", "--set", "eval_every=0"]
+    r = run_train(*args, "--out", str(tmp_path / "straight"))
+    assert r.returncode == 0, r.stderr
+    reference = losses(tmp_path / "straight")
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "train", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the step-6 checkpoint, then kill -9 mid-run
+        state = out / "trainer_state.json"
+        if state.is_file() and json.loads(state.read_text())["step"] >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = json.loads((out / "trainer_state.json").read_text())["step"]
+    assert 6 <= step < 10
+    r = run_train(*args, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    resumed = losses(out)
+    assert sorted(resumed) == list(range(1, 11))
+    assert resumed == reference  # exactly, step for step
+
+
+def test_resume_refuses_data_built_with_another_tokenizer(data, tmp_path):
+    from opengpt4.data.build import build
+
+    r = run_train("--data", str(data), "--out", str(tmp_path / "ck"), "--max-steps", "2", *TRAIN)
+    assert r.returncode == 0, r.stderr
+    other = build("test", tmp_path / "other", seed=1)
+    r = run_train("--data", str(other), "--out", str(tmp_path / "ck"), "--max-steps", "4", "--resume", *TRAIN)
+    assert r.returncode == 1 and "another tokenizer" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_not_a_data_dir(tmp_path):
+    r = run_train("--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--max-steps", "2")
+    assert r.returncode == 1 and "not a data directory" in r.stderr
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not installed next to this Python")
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_torchrun_two_ranks_match_one_process(data, tmp_path, fsdp):
+    """Same global batch: 2 ranks x 4 sequences (DDP or FSDP2) vs 1 process x 2 micro-batches of 4."""
+    common = ["--data", str(data), "--max-steps", "5", *TRAIN, "--set", "eval_every=0", "--set", "dtype=\"float32\""]
+    single = run_train(*common, "--out", str(tmp_path / "one"), "--set", "micro_batch_size=4")
+    assert single.returncode == 0, single.stderr
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--nproc_per_node=2", "--standalone", "-m", "opengpt4.cli", "train", *common, "--out", str(tmp_path / "two"),
+                        *(["--fsdp"] if fsdp else [])], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(two) == [1, 2, 3, 4, 5]
+    for step in one:
+        assert abs(one[step] - two[step]) <= 1e-3, (step, one[step], two[step])
+
+
+def test_schedules():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1) and lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55) and lr_at(cfg, 99, 1.0) == pytest.approx(0.1)
+    wsd = TrainConfig(lr=1.0, warmup_steps=0, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_at(wsd, 10, 0.5) == 1.0 and lr_at(wsd, 10, 0.9) == pytest.approx(0.5) and lr_at(wsd, 10, 1.0) == 0.0
+
+
+def test_overrides():
+    cfg = apply_overrides(TrainConfig(), ["lr=0.01", "mixture.world=0.9", "schedule=wsd", "batch_size=4"])
+    assert (cfg.lr, cfg.mixture["world"], cfg.schedule, cfg.batch_size) == (0.01, 0.9, "wsd", 4)
+    with pytest.raises(ConfigError, match="unknown setting 'nope'"):
+        apply_overrides(TrainConfig(), ["nope=1"])
+    with pytest.raises(ConfigError, match="expects int"):
+        apply_overrides(TrainConfig(), ["batch_size=big"])
+    with pytest.raises(ConfigError, match="schedule must be"):
+        apply_overrides(TrainConfig(), ["schedule=linear"])
