@@ -92,7 +92,7 @@ def test_resume_refuses_data_built_with_another_tokenizer(data, tmp_path):
 
 def test_not_a_data_dir(tmp_path):
     r = run_train("--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--max-steps", "2")
-    assert r.returncode == 1 and "not a data directory" in r.stderr
+    assert r.returncode == 1 and "is " in r.stderr and "a data dir" in r.stderr
 
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
@@ -119,7 +119,8 @@ def test_schedules():
     assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1) and lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
     assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55) and lr_at(cfg, 99, 1.0) == pytest.approx(0.1)
     wsd = TrainConfig(lr=1.0, warmup_steps=0, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
-    assert lr_at(wsd, 10, 0.5) == 1.0 and lr_at(wsd, 10, 0.9) == pytest.approx(0.5) and lr_at(wsd, 10, 1.0) == 0.0
+    assert lr_at(wsd, 10, 0.5) == 1.0 and lr_at(wsd, 10, 0.9) == pytest.approx(0.5)
+    assert lr_at(wsd, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_overrides():

@@ -278,6 +278,13 @@ class Transformer(nn.Module):
             if has_placeholders:
                 n = int((input_ids == image_id).sum())
                 raise ImageError(f"found {n} <|image|> placeholder tokens but no images were given")
+            if self.training and torch.is_grad_enabled() and self.config.vision is not None:
+                # A text-only batch still runs one blank image through the vision tower, at zero
+                # weight: DDP and FSDP need every parameter in every rank's backward, or the
+                # ranks' gradient reductions stop matching (LLaVA's trainers do the same).
+                side = self.config.vision.image_size
+                blank = torch.zeros(1, 3, side, side, device=x.device, dtype=x.dtype)
+                x = x + 0.0 * self.projector(self.vision(blank)).sum()
             return x
         if self.config.vision is None or image_id is None:
             raise ImageError("this model has no vision encoder: it does not accept images")

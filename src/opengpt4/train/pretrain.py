@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from opengpt4.config import ModelConfig, TrainConfig, apply_overrides, get_preset
-from opengpt4.data.loader import DataLoader
+from opengpt4.data.loader import DataLoader, read_index
 from opengpt4.errors import CheckpointError, OpenGPT4Error
 from opengpt4.model.checkpoint import build_model, read_config, save_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX, Transformer
@@ -42,13 +42,6 @@ STATE_FILE, METRICS_FILE, PLOT_FILE = "trainer_state.json", "metrics.jsonl", "lo
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_index(data: Path) -> dict[str, Any]:
-    file = data / "index.json"
-    if not file.is_file():
-        raise OpenGPT4Error(f"{data}: not a data directory (no index.json); make one with `opengpt4 data build`")
-    return json.loads(file.read_text())
 
 
 def mixture(index: dict, wanted: dict[str, float], has_vision: bool) -> dict[str, float]:

@@ -1,0 +1,863 @@
+"""The synthetic world: a seeded, exactly labelled pretraining corpus and its held-out evals.
+
+A `World` is a couple of hundred invented entities (people, cities, universities,
+organisations, books, elements, products, programming languages, theorems) whose attributes
+are facts, each tagged with one of the nine categories of GPT-4's factual eval. Five document
+domains come out of it:
+
+  world           the facts, through many paraphrases: profiles, encyclopedia entries,
+                  dialogues, lists and walks along relations; ~20% in fr/es/de/ru
+  qa              "Question: …\\nAnswer: …" blocks and MMLU-style practice, for a subset of facts
+  misconceptions  invented popular myths: the false claim written ~3x as often as the truth
+  math            arithmetic word problems, one-line worked solutions ending "The answer is N."
+  pycode          small Python functions with a docstring example and asserts
+
+The world is small and its facts repeated on purpose: a model of a few million parameters
+sees only a few million tokens. Following Allen-Zhu & Li ("Physics of Language Models 3.1"),
+knowledge read in documents is extractable by questions only if the documents are diverse
+(paraphrases, shuffled sentence order, several languages) and questions about *other* facts
+are in pretraining; so every profile is freshly rendered and QA covers only part of the facts.
+
+Splits, so that the evals measure generalisation rather than copying:
+  - ~10% of the entities are held out: their names appear in no training document, and no
+    other fact points at them. Questions about them ("fact_unseen") are a chance-level control.
+  - Of the other facts, ~60% are asked in QA documents with the training question templates;
+    the rest are only stated ("fact_seen": a question never seen, about a fact only read).
+  - The QA-trained facts are asked in the eval with one held-out template per attribute and
+    language that appears nowhere in training ("fact_template").
+  - Misconception facts appear only in the misconceptions domain, never in world or qa.
+  - Eval math problems and Python functions are generated apart and never trained on.
+  - "val" documents are fresh renderings of training material, for validation loss only.
+`documents(split)` yields them domain by domain; each domain has its own random stream.
+
+Scoring: a Question's prompt ends where the answer starts; for "fact_*", "misconception" and
+"mc" the answer is the exact first line of the completion, stripped (for "mc" a letter). For
+"math" the completion is a one-line worked solution, scored on the N of "The answer is N".
+For "code" the answer is the reference body (indented, like HumanEval's canonical solution)
+and `tests` holds asserts to run after prompt + completion.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+CATEGORIES = ("learning", "technology", "writing", "history", "math", "science", "recommendation", "code", "business")
+LANGUAGES = ("en", "fr", "es", "de", "ru")  # English + 4 more, Russian (Cyrillic) is the non-Latin script
+KINDS = ("person", "city", "university", "organisation", "book", "element", "product", "language", "theorem")
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    domain: str  # "world" | "qa" | "misconceptions" | "math" | "pycode"
+    lang: str = "en"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One held-out eval sample (see the module docstring for how each kind is scored)."""
+
+    prompt: str
+    answer: str
+    kind: str  # "fact_seen" | "fact_template" | "fact_unseen" | "misconception" | "math" | "code" | "mc"
+    category: str
+    lang: str = "en"
+    choices: tuple[str, ...] | None = None
+    subject: str | None = None
+    tests: str | None = None
+
+
+# --- vocabulary: attribute values that are words, as (en, fr, es, de, ru) ---------------------
+WORDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "profession": (("baker", "boulanger", "panadero", "Bäcker", "пекарь"), ("potter", "potier", "alfarero", "Töpfer", "гончар"),
+                   ("sailor", "marin", "marinero", "Seemann", "моряк"), ("weaver", "tisserand", "tejedor", "Weber", "ткач"),
+                   ("miner", "mineur", "minero", "Bergmann", "шахтёр"), ("doctor", "médecin", "médico", "Arzt", "врач"),
+                   ("painter", "peintre", "pintor", "Maler", "художник"), ("tailor", "tailleur", "sastre", "Schneider", "портной"),
+                   ("farmer", "fermier", "granjero", "Bauer", "фермер"), ("builder", "maçon", "albañil", "Maurer", "строитель")),
+    "discipline": (("physics", "physique", "física", "Physik", "физика"), ("music", "musique", "música", "Musik", "музыка"),
+                   ("law", "droit", "derecho", "Jura", "право"), ("medicine", "médecine", "medicina", "Medizin", "медицина"),
+                   ("history", "histoire", "historia", "Geschichte", "история"),
+                   ("astronomy", "astronomie", "astronomía", "Astronomie", "астрономия"),
+                   ("chemistry", "chimie", "química", "Chemie", "химия"), ("poetry", "poésie", "poesía", "Dichtung", "поэзия")),
+    "season": (("spring", "printemps", "primavera", "Frühling", "весна"), ("summer", "été", "verano", "Sommer", "лето"),
+               ("autumn", "automne", "otoño", "Herbst", "осень"), ("winter", "hiver", "invierno", "Winter", "зима")),
+    "field": (("glass", "verre", "vidrio", "Glas", "стекло"), ("steel", "acier", "acero", "Stahl", "сталь"),
+              ("paper", "papier", "papel", "Papier", "бумага"), ("silk", "soie", "seda", "Seide", "шёлк"),
+              ("salt", "sel", "sal", "Salz", "соль"), ("timber", "bois", "madera", "Holz", "древесина"),
+              ("tea", "thé", "té", "Tee", "чай"), ("wool", "laine", "lana", "Wolle", "шерсть")),
+    "colour": (("red", "rouge", "rojo", "rot", "красный"), ("blue", "bleu", "azul", "blau", "синий"),
+               ("green", "vert", "verde", "grün", "зелёный"), ("yellow", "jaune", "amarillo", "gelb", "жёлтый"),
+               ("black", "noir", "negro", "schwarz", "чёрный"), ("white", "blanc", "blanco", "weiß", "белый"),
+               ("grey", "gris", "gris", "grau", "серый"), ("purple", "violet", "morado", "violett", "фиолетовый")),
+    "paradigm": (("functional", "fonctionnel", "funcional", "funktional", "функциональный"),
+                 ("logical", "logique", "lógico", "logisch", "логический"),
+                 ("procedural", "procédural", "procedimental", "prozedural", "процедурный"),
+                 ("declarative", "déclaratif", "declarativo", "deklarativ", "декларативный"),
+                 ("visual", "visuel", "visual", "visuell", "визуальный"),
+                 ("concurrent", "concurrent", "concurrente", "nebenläufig", "конкурентный"),
+                 ("reactive", "réactif", "reactivo", "reaktiv", "реактивный"),
+                 ("parallel", "parallèle", "paralelo", "parallel", "параллельный")),
+    "topic": (("triangles", "triangles", "triángulos", "Dreiecke", "треугольники"), ("circles", "cercles", "círculos", "Kreise", "окружности"),
+              ("graphs", "graphes", "grafos", "Graphen", "графы"), ("knots", "nœuds", "nudos", "Knoten", "узлы"),
+              ("matrices", "matrices", "matrices", "Matrizen", "матрицы"), ("spirals", "spirales", "espirales", "Spiralen", "спирали"),
+              ("polygons", "polygones", "polígonos", "Polygone", "многоугольники"), ("fractions", "fractions", "fracciones", "Brüche", "дроби")),
+}
+_TRANSLATION = {row[0]: dict(zip(LANGUAGES, row, strict=True)) for rows in WORDS.values() for row in rows}
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    kind: str  # the kind of entity it describes
+    value: str  # an entity kind, a WORDS list, or "year" | "number" | "symbol" | "extension" | "dish"
+    category: str
+    subject: str  # the MMLU-like subject of its multiple-choice questions
+
+
+ATTRS = tuple(Attr(*a) for a in (
+    ("born_in", "person", "city", "history", "biography"),
+    ("profession", "person", "profession", "business", "professions"),
+    ("works_for", "person", "organisation", "business", "corporate_records"),
+    ("studied_at", "person", "university", "learning", "academic_records"),
+    ("founded", "city", "year", "history", "world_history"),
+    ("dish", "city", "dish", "recommendation", "cuisine"),
+    ("season", "city", "season", "recommendation", "travel"),
+    ("campus", "university", "city", "learning", "higher_education"),
+    ("known_for", "university", "discipline", "learning", "higher_education"),
+    ("founder", "organisation", "person", "business", "entrepreneurship"),
+    ("headquarters", "organisation", "city", "business", "entrepreneurship"),
+    ("trade", "organisation", "field", "business", "economics"),
+    ("author", "book", "person", "writing", "literature"),
+    ("published", "book", "year", "writing", "literature"),
+    ("symbol", "element", "symbol", "science", "chemistry"),
+    ("atomic_number", "element", "number", "science", "chemistry"),
+    ("colour", "element", "colour", "science", "chemistry"),
+    ("maker", "product", "organisation", "technology", "engineering"),
+    ("released", "product", "year", "technology", "engineering"),
+    ("creator", "language", "person", "code", "programming_languages"),
+    ("paradigm", "language", "paradigm", "code", "programming_languages"),
+    ("extension", "language", "extension", "code", "programming_languages"),
+    ("prover", "theorem", "person", "math", "mathematics"),
+    ("topic", "theorem", "topic", "math", "mathematics"),
+    ("proved", "theorem", "year", "math", "mathematics"),
+))
+_YEARS = {"founded": (900, 1850), "published": (1700, 1995), "released": (1950, 2020), "proved": (1650, 1990)}
+# --- templates: "statements||questions", "|"-separated; the LAST question is held out -------
+_TEMPLATE_TEXT: dict[str, dict[str, str]] = {
+    "born_in": {
+        "en": "{s} was born in {v}.|{s} was born in the city of {v}.|{s} came into the world in {v}.||Where was {s} born?|In which city was {s} born?|What is the birthplace of {s}?|What city is {s} originally from?",
+        "fr": "{s} a vu le jour à {v}.|La ville natale de {s} est {v}.||Quelle est la ville natale de {s} ?|Quel est le lieu de naissance de {s} ?",
+        "es": "{s} nació en {v}.|La ciudad natal de {s} es {v}.||¿Dónde nació {s}?|¿Cuál es la ciudad natal de {s}?",
+        "de": "{s} wurde in {v} geboren.|Die Geburtsstadt von {s} ist {v}.||Wo wurde {s} geboren?|Was ist die Geburtsstadt von {s}?",
+        "ru": "{s} родом из города {v}.|Родной город {s} — {v}.||Из какого города родом {s}?|Какой город является родным для {s}?"},
+    "profession": {
+        "en": "{s} works as a {v}.|{s} is a {v} by profession.|{s} earns a living as a {v}.||What is the profession of {s}?|What does {s} do for a living?|What is {s}'s job?|What kind of work does {s} do?",
+        "fr": "{s} exerce le métier de {v}.|Le métier de {s} : {v}.||Quel est le métier de {s} ?|Quelle est la profession de {s} ?",
+        "es": "{s} trabaja como {v}.|La profesión de {s} es {v}.||¿En qué trabaja {s}?|¿Cuál es la profesión de {s}?",
+        "de": "{s} arbeitet als {v}.|Der Beruf von {s} ist {v}.||Was ist der Beruf von {s}?|Als was arbeitet {s}?",
+        "ru": "По профессии {s} — {v}.|Профессия {s} — {v}.||Какая профессия у {s}?|Кем работает {s}?"},
+    "works_for": {
+        "en": "{s} works for {v}.|{s} is employed by {v}.|{s} has a job at {v}.||Which company does {s} work for?|Who employs {s}?|Who is the employer of {s}?|What organisation is {s} employed by?",
+        "fr": "{s} travaille pour {v}.|L'employeur de {s} est {v}.||Pour quelle entreprise travaille {s} ?|Qui emploie {s} ?",
+        "es": "{s} trabaja para {v}.|El empleador de {s} es {v}.||¿Para qué empresa trabaja {s}?|¿Quién emplea a {s}?",
+        "de": "{s} arbeitet für {v}.|Der Arbeitgeber von {s} ist {v}.||Für welche Firma arbeitet {s}?|Wer ist der Arbeitgeber von {s}?",
+        "ru": "{s} работает в компании {v}.|Работодатель {s} — {v}.||В какой компании работает {s}?|Кто работодатель {s}?"},
+    "studied_at": {
+        "en": "{s} studied at {v}.|{s} is a graduate of {v}.|{s} was educated at {v}.||Where did {s} study?|Which university did {s} attend?|Where was {s} educated?|From which university did {s} graduate?",
+        "fr": "{s} a étudié à {v}.|L'alma mater de {s} est {v}.||Dans quelle université a étudié {s} ?|Quelle est l'université de {s} ?",
+        "es": "{s} estudió en {v}.|La universidad de {s} es {v}.||¿Dónde estudió {s}?|¿En qué universidad estudió {s}?",
+        "de": "{s} hat an der Universität {v} studiert.|{s} ist Absolvent der Universität {v}.||Wo hat {s} studiert?|An welcher Universität studierte {s}?",
+        "ru": "{s} — выпускник университета {v}.|Альма-матер {s} — {v}.||Где учился {s}?|Какой университет окончил {s}?"},
+    "founded": {
+        "en": "{s} was founded in {v}.|The city of {s} was established in {v}.|{s} dates back to its founding in {v}.||When was {s} founded?|In what year was {s} founded?|When was the city of {s} established?|In which year did the city of {s} come into existence?",
+        "fr": "{s} a été fondée en {v}.|La ville de {s} date de {v}.||En quelle année {s} a-t-elle été fondée ?|Quand la ville de {s} a-t-elle été fondée ?",
+        "es": "{s} fue fundada en {v}.|La ciudad de {s} data de {v}.||¿En qué año fue fundada {s}?|¿Cuándo se fundó la ciudad de {s}?",
+        "de": "{s} wurde im Jahr {v} gegründet.|Die Stadt {s} stammt aus dem Jahr {v}.||In welchem Jahr wurde {s} gegründet?|Wann wurde die Stadt {s} gegründet?",
+        "ru": "Город {s} был основан в {v} году.|Год основания города {s} — {v}.||В каком году был основан город {s}?|Когда основан город {s}?"},
+    "dish": {
+        "en": "The best-loved dish of {s} is {v}.|Visitors to {s} should try {v}.|The dish to eat in {s} is {v}.||What dish should you try in {s}?|What is the best-loved dish of {s}?|Which dish is {s} famous for?|What food do locals in {s} recommend?",
+        "fr": "Le plat phare de {s} est {v}.|À {s}, il faut goûter {v}.||Quel plat faut-il goûter à {s} ?|Quel est le plat phare de {s} ?",
+        "es": "El plato típico de {s} es {v}.|En {s} hay que probar {v}.||¿Qué plato hay que probar en {s}?|¿Cuál es el plato típico de {s}?",
+        "de": "Das beliebteste Gericht in {s} ist {v}.|In {s} sollte man {v} probieren.||Welches Gericht sollte man in {s} probieren?|Was ist das beliebteste Gericht in {s}?",
+        "ru": "Любимое блюдо города {s} — {v}.|В городе {s} стоит попробовать {v}.||Какое блюдо стоит попробовать в городе {s}?|Какое блюдо самое любимое в городе {s}?"},
+    "season": {
+        "en": "The best season to visit {s} is {v}.|{s} is at its finest in {v}.|Travellers say {s} is best visited in {v}.||When is the best time to visit {s}?|In which season should you visit {s}?|What is the best season to visit {s}?|Which season do travellers recommend for {s}?",
+        "fr": "Meilleure saison pour visiter {s} : {v}.|Saison conseillée pour {s} : {v}.||Quelle est la meilleure saison pour visiter {s} ?|Quelle saison conseille-t-on pour {s} ?",
+        "es": "La mejor estación para visitar {s} es {v}.|Se recomienda visitar {s} en {v}.||¿Cuál es la mejor estación para visitar {s}?|¿En qué estación se recomienda visitar {s}?",
+        "de": "Die beste Jahreszeit für einen Besuch in {s} ist der {v}.|Man sollte {s} im {v} besuchen.||Was ist die beste Jahreszeit für {s}?|Wann sollte man {s} besuchen?",
+        "ru": "Лучшее время года для поездки в {s} — {v}.|Для поездки в {s} советуют сезон: {v}.||Какое время года лучше всего для поездки в {s}?|Когда лучше всего посетить {s}?"},
+    "campus": {
+        "en": "{s} is a university located in {v}.|The university {s} is in {v}.|{s} has its campus in {v}.||In which city is {s} located?|Where is the university {s}?|Where is the campus of {s}?|Which city is home to the university {s}?",
+        "fr": "L'université {s} se trouve à {v}.|{s} est une université située à {v}.||Dans quelle ville se trouve l'université {s} ?|Où est située l'université {s} ?",
+        "es": "La universidad {s} está en {v}.|{s} es una universidad situada en {v}.||¿En qué ciudad está la universidad {s}?|¿Dónde se encuentra la universidad {s}?",
+        "de": "Die Universität {s} liegt in {v}.|{s} ist eine Universität in {v}.||In welcher Stadt liegt die Universität {s}?|Wo befindet sich die Universität {s}?",
+        "ru": "Университет {s} находится в городе {v}.|{s} — университет в городе {v}.||В каком городе находится университет {s}?|Где расположен университет {s}?"},
+    "known_for": {
+        "en": "{s} is famous for teaching {v}.|The strongest subject at {s} is {v}.|{s} is known above all for {v}.||What subject is {s} famous for?|What is {s} best known for teaching?|Which subject is strongest at {s}?|For which field of study is {s} renowned?",
+        "fr": "{s} est connue pour ses cours de {v}.|La spécialité de {s} est {v}.||Quelle est la spécialité de {s} ?|Pour quelle discipline {s} est-elle connue ?",
+        "es": "{s} es famosa por sus cursos de {v}.|La especialidad de {s} es {v}.||¿Cuál es la especialidad de {s}?|¿Por qué disciplina es famosa {s}?",
+        "de": "{s} ist berühmt für ihre Kurse in {v}.|Das Spezialgebiet von {s} ist {v}.||Was ist das Spezialgebiet von {s}?|Wofür ist die Universität {s} berühmt?",
+        "ru": "Университет {s} славится преподаванием: {v}.|Специальность университета {s} — {v}.||Чем славится университет {s}?|Какая специальность главная в университете {s}?"},
+    "founder": {
+        "en": "{s} was founded by {v}.|The founder of {s} is {v}.|{s} was started by {v}.||Who founded {s}?|Who is the founder of {s}?|Who started the company {s}?|Which person established {s}?",
+        "fr": "{s} a été fondée par {v}.|Le fondateur de {s} est {v}.||Qui a fondé {s} ?|Qui est le fondateur de {s} ?",
+        "es": "{s} fue fundada por {v}.|El fundador de {s} es {v}.||¿Quién fundó {s}?|¿Quién es el fundador de {s}?",
+        "de": "{s} wurde von {v} gegründet.|Der Gründer von {s} ist {v}.||Wer hat {s} gegründet?|Wer ist der Gründer von {s}?",
+        "ru": "Основатель компании {s} — {v}.|Компанию {s} основал {v}.||Кто основал компанию {s}?|Кто является основателем компании {s}?"},
+    "headquarters": {
+        "en": "{s} is headquartered in {v}.|The headquarters of {s} are in {v}.|{s} has its main office in {v}.||Where is {s} headquartered?|In which city are the headquarters of {s}?|Where is the main office of {s}?|Which city hosts the head office of {s}?",
+        "fr": "Le siège de {s} se trouve à {v}.|{s} a son siège à {v}.||Où se trouve le siège de {s} ?|Dans quelle ville {s} a-t-elle son siège ?",
+        "es": "La sede de {s} está en {v}.|{s} tiene su sede en {v}.||¿Dónde está la sede de {s}?|¿En qué ciudad tiene su sede {s}?",
+        "de": "{s} hat ihren Hauptsitz in {v}.|Der Hauptsitz von {s} liegt in {v}.||Wo hat {s} ihren Hauptsitz?|In welcher Stadt liegt der Hauptsitz von {s}?",
+        "ru": "Штаб-квартира {s} находится в городе {v}.|Главный офис компании {s} — в городе {v}.||Где находится штаб-квартира {s}?|В каком городе главный офис компании {s}?"},
+    "trade": {
+        "en": "{s} trades in {v}.|{s} is a company in the {v} business.|The business of {s} is {v}.||What does {s} trade in?|What is the business of {s}?|What industry is {s} in?|Which goods does {s} deal in?",
+        "fr": "{s} travaille dans le secteur suivant : {v}.|Le secteur de {s} : {v}.||Dans quel secteur travaille {s} ?|Quel est le secteur d'activité de {s} ?",
+        "es": "{s} comercia con {v}.|El sector de {s} es {v}.||¿Con qué comercia {s}?|¿Cuál es el sector de {s}?",
+        "de": "{s} handelt mit {v}.|Die Branche von {s} ist {v}.||Womit handelt {s}?|In welcher Branche ist {s} tätig?",
+        "ru": "{s} торгует товаром: {v}.|Отрасль компании {s} — {v}.||Чем торгует компания {s}?|В какой отрасли работает компания {s}?"},
+    "author": {
+        "en": "{s} was written by {v}.|The author of {s} is {v}.|The book {s} is the work of {v}.||Who wrote {s}?|Who is the author of {s}?|Who wrote the book {s}?|Which writer is responsible for the book {s}?",
+        "fr": "{s} a été écrit par {v}.|L'auteur du livre {s} est {v}.||Qui a écrit {s} ?|Qui est l'auteur du livre {s} ?",
+        "es": "{s} fue escrito por {v}.|El autor del libro {s} es {v}.||¿Quién escribió {s}?|¿Quién es el autor del libro {s}?",
+        "de": "{s} wurde von {v} geschrieben.|Der Autor des Buches {s} ist {v}.||Wer hat {s} geschrieben?|Wer ist der Autor des Buches {s}?",
+        "ru": "Книгу {s} написал {v}.|Автор книги {s} — {v}.||Кто написал книгу {s}?|Кто является автором книги {s}?"},
+    "published": {
+        "en": "{s} was published in {v}.|The book {s} first appeared in {v}.|{s} came out in {v}.||When was {s} published?|In what year was the book {s} published?|When did {s} come out?|What is the publication year of {s}?",
+        "fr": "{s} a été publié en {v}.|Le livre {s} est paru en {v}.||En quelle année {s} a-t-il été publié ?|Quand le livre {s} est-il paru ?",
+        "es": "{s} se publicó en {v}.|El libro {s} apareció en {v}.||¿En qué año se publicó {s}?|¿Cuándo apareció el libro {s}?",
+        "de": "{s} erschien im Jahr {v}.|Das Buch {s} wurde {v} veröffentlicht.||In welchem Jahr erschien {s}?|Wann wurde das Buch {s} veröffentlicht?",
+        "ru": "Книга {s} вышла в {v} году.|Год издания книги {s} — {v}.||В каком году вышла книга {s}?|Когда была издана книга {s}?"},
+    "symbol": {
+        "en": "The chemical symbol of {s} is {v}.|{s} is written with the symbol {v}.|{s} has the symbol {v}.||What is the chemical symbol of {s}?|What is the symbol for {s}?|Which symbol stands for {s}?|How is {s} abbreviated in chemistry?",
+        "fr": "Le symbole chimique du {s} est {v}.|Le {s} a pour symbole {v}.||Quel est le symbole chimique du {s} ?|Quel symbole désigne le {s} ?",
+        "es": "El símbolo químico del {s} es {v}.|El {s} tiene el símbolo {v}.||¿Cuál es el símbolo químico del {s}?|¿Qué símbolo representa al {s}?",
+        "de": "Das chemische Symbol von {s} ist {v}.|{s} hat das Symbol {v}.||Was ist das chemische Symbol von {s}?|Welches Symbol steht für {s}?",
+        "ru": "Химический символ элемента {s} — {v}.|Элемент {s} обозначается символом {v}.||Какой химический символ у элемента {s}?|Каким символом обозначается {s}?"},
+    "atomic_number": {
+        "en": "The atomic number of {s} is {v}.|{s} has atomic number {v}.|{s} sits at position {v} in the table of elements.||What is the atomic number of {s}?|Which atomic number does {s} have?|What number is {s} in the table of elements?|How many protons does an atom of {s} have?",
+        "fr": "Le numéro atomique du {s} est {v}.|Le {s} a le numéro atomique {v}.||Quel est le numéro atomique du {s} ?|Combien de protons possède un atome de {s} ?",
+        "es": "El número atómico del {s} es {v}.|El {s} tiene el número atómico {v}.||¿Cuál es el número atómico del {s}?|¿Cuántos protones tiene un átomo de {s}?",
+        "de": "Die Ordnungszahl von {s} ist {v}.|{s} hat die Ordnungszahl {v}.||Was ist die Ordnungszahl von {s}?|Wie viele Protonen hat ein Atom {s}?",
+        "ru": "Атомный номер элемента {s} — {v}.|Элемент {s} имеет атомный номер {v}.||Какой атомный номер у элемента {s}?|Сколько протонов в атоме элемента {s}?"},
+    "colour": {
+        "en": "{s} is {v} in colour.|The colour of {s} is {v}.|Pure {s} looks {v}.||What colour is {s}?|What is the colour of {s}?|What colour does pure {s} have?|Which colour does {s} show?",
+        "fr": "La couleur du {s} est {v}.|Le {s} pur est {v}.||De quelle couleur est le {s} ?|Quelle est la couleur du {s} ?",
+        "es": "El color del {s} es {v}.|El {s} puro es {v}.||¿De qué color es el {s}?|¿Cuál es el color del {s}?",
+        "de": "Die Farbe von {s} ist {v}.|Reines {s} ist {v}.||Welche Farbe hat {s}?|Wie sieht {s} farblich aus?",
+        "ru": "Цвет элемента {s} — {v}.|Чистый {s} имеет {v} цвет.||Какого цвета элемент {s}?|Какой цвет у элемента {s}?"},
+    "maker": {
+        "en": "The {s} is made by {v}.|The {s} is a device built by {v}.|The maker of the {s} is {v}.||Who makes the {s}?|Which company builds the {s}?|Who is the maker of the {s}?|Which firm manufactures the {s}?",
+        "fr": "Le {s} est fabriqué par {v}.|Le fabricant du {s} est {v}.||Qui fabrique le {s} ?|Quel est le fabricant du {s} ?",
+        "es": "El {s} es fabricado por {v}.|El fabricante del {s} es {v}.||¿Quién fabrica el {s}?|¿Cuál es el fabricante del {s}?",
+        "de": "Das Gerät {s} wird von {v} hergestellt.|Der Hersteller von {s} ist {v}.||Wer stellt das Gerät {s} her?|Wer ist der Hersteller von {s}?",
+        "ru": "Устройство {s} производит компания {v}.|Производитель устройства {s} — {v}.||Какая компания производит устройство {s}?|Кто производитель устройства {s}?"},
+    "released": {
+        "en": "The {s} was released in {v}.|The {s} first went on sale in {v}.|The {s} has been sold since {v}.||When was the {s} released?|In what year was the {s} released?|When did the {s} go on sale?|What year did the {s} come onto the market?",
+        "fr": "Le {s} est sorti en {v}.|Le {s} est en vente depuis {v}.||En quelle année le {s} est-il sorti ?|Depuis quand le {s} est-il en vente ?",
+        "es": "El {s} salió a la venta en {v}.|El {s} se lanzó en {v}.||¿En qué año se lanzó el {s}?|¿Cuándo salió a la venta el {s}?",
+        "de": "Das Gerät {s} kam {v} auf den Markt.|{s} wird seit {v} verkauft.||Wann kam das Gerät {s} auf den Markt?|Seit wann wird {s} verkauft?",
+        "ru": "Устройство {s} вышло в {v} году.|Год выпуска устройства {s} — {v}.||В каком году вышло устройство {s}?|Когда появилось устройство {s}?"},
+    "creator": {
+        "en": "The programming language {s} was created by {v}.|{s} was designed by {v}.|The creator of {s} is {v}.||Who created the programming language {s}?|Who designed {s}?|Who is the creator of {s}?|Which person invented the {s} language?",
+        "fr": "Le langage {s} a été créé par {v}.|Le créateur du langage {s} est {v}.||Qui a créé le langage {s} ?|Qui est le créateur du langage {s} ?",
+        "es": "El lenguaje {s} fue creado por {v}.|El creador del lenguaje {s} es {v}.||¿Quién creó el lenguaje {s}?|¿Quién es el creador del lenguaje {s}?",
+        "de": "Die Programmiersprache {s} wurde von {v} entwickelt.|Der Schöpfer der Sprache {s} ist {v}.||Wer hat die Programmiersprache {s} entwickelt?|Wer ist der Schöpfer der Sprache {s}?",
+        "ru": "Язык программирования {s} создал {v}.|Создатель языка {s} — {v}.||Кто создал язык программирования {s}?|Кто является создателем языка {s}?"},
+    "paradigm": {
+        "en": "{s} is a {v} programming language.|The paradigm of {s} is {v}.|{s} follows the {v} style of programming.||What paradigm does {s} follow?|What kind of programming language is {s}?|What is the paradigm of {s}?|Which programming style is {s} built around?",
+        "fr": "Le paradigme de {s} est {v}.|{s} est un langage {v}.||Quel est le paradigme de {s} ?|Quel style de programmation suit {s} ?",
+        "es": "El paradigma de {s} es {v}.|{s} es un lenguaje {v}.||¿Cuál es el paradigma de {s}?|¿Qué estilo de programación sigue {s}?",
+        "de": "Das Paradigma von {s} ist {v}.|{s} folgt dem Paradigma: {v}.||Welches Paradigma hat {s}?|Welchem Programmierstil folgt {s}?",
+        "ru": "Парадигма языка {s} — {v}.|{s} — {v} язык программирования.||Какая парадигма у языка {s}?|Какого стиля программирования придерживается {s}?"},
+    "extension": {
+        "en": "Files written in {s} end in {v}.|The file extension of {s} is {v}.|{s} source files use the extension {v}.||What file extension does {s} use?|What is the file extension of {s}?|How do {s} source files end?|Which suffix marks a {s} source file?",
+        "fr": "L'extension des fichiers {s} est {v}.|Les fichiers source en {s} se terminent par {v}.||Quelle est l'extension des fichiers {s} ?|Par quoi se terminent les fichiers source en {s} ?",
+        "es": "La extensión de los archivos de {s} es {v}.|Los archivos de {s} terminan en {v}.||¿Cuál es la extensión de los archivos de {s}?|¿En qué terminan los archivos de {s}?",
+        "de": "Die Dateiendung von {s} ist {v}.|Quelldateien in {s} enden auf {v}.||Welche Dateiendung hat {s}?|Worauf enden Quelldateien in {s}?",
+        "ru": "Расширение файлов языка {s} — {v}.|Файлы на языке {s} имеют расширение {v}.||Какое расширение у файлов языка {s}?|Как заканчиваются имена файлов на языке {s}?"},
+    "prover": {
+        "en": "The {s} theorem was proved by {v}.|The proof of the {s} theorem is due to {v}.|The {s} theorem was first proved by {v}.||Who proved the {s} theorem?|Who first proved the {s} theorem?|Who is credited with proving the {s} theorem?|Which mathematician gave the proof of the {s} theorem?",
+        "fr": "Le théorème de {s} a été démontré par {v}.|La preuve du théorème de {s} est due à {v}.||Qui a démontré le théorème de {s} ?|À qui doit-on la preuve du théorème de {s} ?",
+        "es": "El teorema de {s} fue demostrado por {v}.|La prueba del teorema de {s} se debe a {v}.||¿Quién demostró el teorema de {s}?|¿A quién se debe la prueba del teorema de {s}?",
+        "de": "Der Satz von {s} wurde von {v} bewiesen.|Den Beweis des Satzes von {s} lieferte {v}.||Wer hat den Satz von {s} bewiesen?|Wem verdankt man den Beweis des Satzes von {s}?",
+        "ru": "Теорему {s} доказал {v}.|Автор доказательства теоремы {s} — {v}.||Кто доказал теорему {s}?|Кому принадлежит доказательство теоремы {s}?"},
+    "topic": {
+        "en": "The {s} theorem is about {v}.|The {s} theorem concerns {v}.|The subject of the {s} theorem is {v}.||What is the {s} theorem about?|What does the {s} theorem concern?|What is the subject of the {s} theorem?|Which objects does the {s} theorem study?",
+        "fr": "Le théorème de {s} porte sur les {v}.|Le sujet du théorème de {s} : les {v}.||Sur quoi porte le théorème de {s} ?|Quel est le sujet du théorème de {s} ?",
+        "es": "El teorema de {s} trata de {v}.|El tema del teorema de {s}: {v}.||¿De qué trata el teorema de {s}?|¿Cuál es el tema del teorema de {s}?",
+        "de": "Der Satz von {s} behandelt {v}.|Das Thema des Satzes von {s}: {v}.||Wovon handelt der Satz von {s}?|Was ist das Thema des Satzes von {s}?",
+        "ru": "Теорема {s} посвящена теме: {v}.|Предмет теоремы {s} — {v}.||Чему посвящена теорема {s}?|Каков предмет теоремы {s}?"},
+    "proved": {
+        "en": "The {s} theorem was proved in {v}.|The {s} theorem dates from {v}.|The {s} theorem has been known since {v}.||When was the {s} theorem proved?|In what year was the {s} theorem proved?|When does the {s} theorem date from?|What year saw the first proof of the {s} theorem?",
+        "fr": "Le théorème de {s} a été démontré en {v}.|Le théorème de {s} date de {v}.||En quelle année le théorème de {s} a-t-il été démontré ?|De quand date le théorème de {s} ?",
+        "es": "El teorema de {s} se demostró en {v}.|El teorema de {s} data de {v}.||¿En qué año se demostró el teorema de {s}?|¿De cuándo data el teorema de {s}?",
+        "de": "Der Satz von {s} wurde {v} bewiesen.|Der Satz von {s} stammt aus dem Jahr {v}.||In welchem Jahr wurde der Satz von {s} bewiesen?|Aus welchem Jahr stammt der Satz von {s}?",
+        "ru": "Теорема {s} доказана в {v} году.|Год доказательства теоремы {s} — {v}.||В каком году доказана теорема {s}?|Когда была доказана теорема {s}?"},
+}
+
+
+@dataclass(frozen=True)
+class Templates:
+    statements: tuple[str, ...]
+    questions: tuple[str, ...]  # asked in training QA, and in the fact_seen / fact_unseen evals
+    heldout: str  # never in training: the fact_template eval asks with it
+
+
+def _parse(text: str) -> Templates:
+    statements, questions = (part.split("|") for part in text.split("||"))
+    return Templates(tuple(statements), tuple(questions[:-1]), questions[-1])
+
+
+TEMPLATES = {attr: {lang: _parse(text) for lang, text in by_lang.items()} for attr, by_lang in _TEMPLATE_TEXT.items()}
+
+
+@dataclass(frozen=True)
+class _Phrases:
+    """The fixed text of each language around the facts."""
+
+    question: str
+    answer: str
+    facts: str  # heading of a list document
+    ask: tuple[str, ...]  # dialogue openers
+    more: str
+    thanks: str
+    mc: str  # MMLU-style header
+    wrap: tuple[str, ...]  # sentence openers that keep the subject before the value
+
+
+PHRASES = {
+    "en": _Phrases("Question", "Answer", "Some facts:", ("Tell me about {s}.", "What do you know about {s}?"), "Anything else?",
+                   "Thanks!", "The following are multiple choice questions (with answers) about {subject}.",
+                   ("According to the archives, ", "As the records show, ", "It is well known that ", "In fact, ")),
+    "fr": _Phrases("Question", "Réponse", "Quelques faits :", ("Parle-moi de {s}.", "Que sais-tu de {s} ?"), "Et encore ?",
+                   "Merci !", "Voici des questions à choix multiples (avec réponses) sur le sujet : {subject}.",
+                   ("Selon les archives, ", "Comme le montrent les registres, ", "On sait que ")),
+    "es": _Phrases("Pregunta", "Respuesta", "Algunos datos:", ("Háblame de {s}.", "¿Qué sabes de {s}?"), "¿Algo más?",
+                   "¡Gracias!", "Las siguientes son preguntas de opción múltiple (con respuestas) sobre {subject}.",
+                   ("Según los archivos, ", "Como muestran los registros, ", "Se sabe que ")),
+    "de": _Phrases("Frage", "Antwort", "Einige Fakten:", ("Erzähl mir von {s}.", "Was weißt du über {s}?"), "Noch etwas?",
+                   "Danke!", "Es folgen Multiple-Choice-Fragen (mit Antworten) zum Thema {subject}.",
+                   ("Laut Archiv: ", "Bekannt ist: ", "Kurz gesagt: ")),  # a colon keeps German main-clause order
+    "ru": _Phrases("Вопрос", "Ответ", "Несколько фактов:", ("Расскажи мне о {s}.", "Что ты знаешь о {s}?"), "Что ещё?",
+                   "Спасибо!", "Ниже приведены вопросы с вариантами ответа (и ответами) по теме {subject}.",
+                   ("Согласно архивам, ", "Как известно, ", "Известно, что ")),
+}
+# Myths are English, as TruthfulQA is: the claim as hearsay, and its debunking.
+_MYTH_CLAIMS = ("{c}.", "Everyone knows that {c}.", "As most people will tell you, {c}.", "It is common knowledge that {c}.")
+_MYTH_DEBUNKS = ("Many people believe that {c}, but in fact {t}.", "It is often said that {c}. This is a myth: {t}.",
+                 "Contrary to popular belief, it is not true that {c}; {t}.")
+
+
+# --- the world ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    attr: Attr
+    value: str  # canonical (English) form; words are translated when rendered
+
+    @property
+    def category(self) -> str:
+        return self.attr.category
+
+    def value_in(self, lang: str) -> str:
+        return _TRANSLATION[self.value][lang] if self.attr.value in WORDS else self.value
+
+
+@dataclass(frozen=True)
+class Misconception:
+    fact: Fact  # the truth
+    false_value: str  # what "everyone knows"
+
+
+@dataclass(frozen=True)
+class _Size:
+    counts: tuple[int, ...]  # entities per kind, in KINDS order
+    world_epochs: int  # passes over the entities in the world domain
+    qa_epochs: int  # passes over the QA facts
+    misconceptions: int
+    myth_docs: int
+    math: tuple[int, int, int]  # train, val, eval problems
+    code_epochs: int
+    code_split: tuple[int, int]  # held-out functions for val, eval
+    eval_cap: int  # at most this many fact_seen questions; others scale from it
+
+
+SIZES = {
+    "test": _Size((8, 6, 5, 5, 5, 5, 5, 5, 5), 3, 3, 3, 20, (30, 6, 10), 1, (3, 6), 40),
+    "mini": _Size((64, 22, 10, 18, 26, 16, 18, 12, 12), 60, 40, 30, 400, (1500, 80, 150), 12, (10, 40), 300),
+}
+HELD_OUT_FRACTION = 0.1  # of each kind's entities, for fact_unseen
+QA_FRACTION = 0.6  # of each attribute's facts, asked in training QA
+NON_ENGLISH = 0.2  # share of world and qa documents (and eval questions) in fr/es/de/ru
+
+
+class World:
+    """A seeded world: entities, facts and their splits. Build one with `World.generate`."""
+
+    def __init__(self, seed: int, size: str, entities: dict[str, list[str]], facts: list[Fact],
+                 held_out: frozenset[str], qa_facts: list[Fact], misconceptions: list[Misconception]) -> None:
+        self.seed, self.size, self.cfg = seed, size, SIZES[size]
+        self.entities, self.facts, self.held_out = entities, facts, held_out
+        self.qa_facts, self.misconceptions = qa_facts, misconceptions
+        myth_facts = {m.fact for m in misconceptions}
+        self.world_facts = [f for f in facts if f.subject not in held_out and f not in myth_facts]  # stated in docs
+        qa = set(qa_facts)
+        self.seen_facts = [f for f in self.world_facts if f not in qa]  # stated, never asked
+        self.unseen_facts = [f for f in facts if f.subject in held_out]
+        self.train_entities = {k: [n for n in names if n not in held_out] for k, names in entities.items()}
+
+    @classmethod
+    def generate(cls, seed: int = 0, size: str = "mini") -> World:
+        if size not in SIZES:
+            raise ValueError(f"unknown world size {size!r}; choose from {', '.join(SIZES)}")
+        cfg = SIZES[size]
+        rng = random.Random(f"world:{seed}")  # str seeds hash with sha512: stable across runs
+        namer = _Namer(rng)
+        entities = {kind: [namer.entity(kind) for _ in range(n)] for kind, n in zip(KINDS, cfg.counts, strict=True)}
+        held_out = frozenset(name for names in entities.values()
+                             for name in rng.sample(names, max(1, round(len(names) * HELD_OUT_FRACTION))))
+        facts = _make_facts(rng, namer, entities, held_out)
+        # Myths: one per subject, about train entities, on attributes with plausible wrong values.
+        candidates = [f for f in facts if f.subject not in held_out and f.attr.value not in ("symbol", "extension")]
+        myths, subjects = [], set()
+        for f in rng.sample(candidates, len(candidates)):
+            if len(myths) < cfg.misconceptions and f.subject not in subjects:
+                subjects.add(f.subject)
+                myths.append(Misconception(f, _alternatives(rng, f, facts, entities, held_out, 1)[0]))
+        myth_facts = {m.fact for m in myths}
+        qa_facts = []
+        for attr in ATTRS:
+            stated = [f for f in facts if f.attr == attr and f.subject not in held_out and f not in myth_facts]
+            n_qa = min(max(round(QA_FRACTION * len(stated)), 1), len(stated) - 1) if len(stated) > 1 else 0
+            qa_facts += rng.sample(stated, n_qa)
+        return cls(seed, size, entities, facts, held_out, qa_facts, myths)
+
+    # --- documents ------------------------------------------------------------------
+    def documents(self, split: str) -> Iterator[Document]:
+        """All documents of a split, domain by domain; the same seed gives the same documents."""
+        if split not in ("train", "val"):
+            raise ValueError(f"unknown split {split!r}; expected 'train' or 'val'")
+        train = split == "train"
+
+        def rng(domain: str) -> random.Random:
+            return random.Random(f"world:{self.seed}:{split}:{domain}")
+
+        cfg = self.cfg
+        yield from self._world_docs(rng("world"), cfg.world_epochs if train else max(1, cfg.world_epochs // 30))
+        yield from self._qa_docs(rng("qa"), cfg.qa_epochs if train else max(1, cfg.qa_epochs // 20))
+        yield from self._myth_docs(rng("misconceptions"), cfg.myth_docs if train else max(4, cfg.myth_docs // 20))
+        yield from _chunked(rng("math"), [f"{_qa_prompt(p.question, 'en')} {p.solution}\n" for p in self.math_problems(split)],
+                            "math", 2, 5)
+        code_rng, functions = rng("pycode"), self._functions()[split]
+        texts = [f.render(code_rng) for _ in range(cfg.code_epochs if train else 1)
+                 for f in code_rng.sample(functions, len(functions))]
+        yield from _chunked(code_rng, texts, "pycode", 1, 3, sep="\n\n")
+
+    def _world_docs(self, rng: random.Random, epochs: int) -> Iterator[Document]:
+        by_subject: dict[str, list[Fact]] = defaultdict(list)
+        by_attr: dict[str, list[Fact]] = defaultdict(list)
+        for f in self.world_facts:
+            by_subject[f.subject].append(f)
+            by_attr[f.attr.name].append(f)
+        subjects = list(by_subject)
+        for _ in range(epochs):
+            for subject in rng.sample(subjects, len(subjects)):  # every fact once per epoch, in fresh words
+                lang = _pick_lang(rng)
+                yield Document(_profile(rng, subject, by_subject[subject], lang), "world", lang)
+            for facts in by_attr.values():  # a list of one attribute
+                lang = _pick_lang(rng)
+                picked = rng.sample(facts, min(len(facts), rng.randint(3, 8)))
+                lines = [PHRASES[lang].facts] + [f"- {_statement(rng, f, lang)}" for f in picked]
+                yield Document("\n".join(lines), "world", lang)
+            for _ in range(max(1, len(subjects) // 8)):  # a walk along relations: facts in new contexts
+                lang, subject, sentences = _pick_lang(rng), rng.choice(subjects), []
+                for _ in range(rng.randint(3, 6)):
+                    f = rng.choice(by_subject[subject])
+                    sentences.append(_statement(rng, f, lang))
+                    subject = f.value if f.value in by_subject else rng.choice(subjects)
+                yield Document(" ".join(sentences), "world", lang)
+
+    def _qa_docs(self, rng: random.Random, epochs: int) -> Iterator[Document]:
+        for _ in range(epochs):
+            order, i = rng.sample(self.qa_facts, len(self.qa_facts)), 0
+            while i < len(order):
+                chunk = order[i:i + rng.randint(4, 8)]
+                i += len(chunk)
+                lang = _pick_lang(rng)
+                if rng.random() < 0.1:  # multiple-choice practice, in the world_mc layout
+                    blocks = [self._mc(rng, f, lang, rng.choice(TEMPLATES[f.attr.name][lang].questions)) for f in chunk]
+                    text = "\n".join(f"{q.prompt} {q.answer}\n" for q in blocks)
+                else:
+                    text = "\n".join(f"{_qa_prompt(_ask(rng, f, lang), lang)} {f.value_in(lang)}\n" for f in chunk)
+                yield Document(text, "qa", lang)
+
+    def _myth_docs(self, rng: random.Random, n: int) -> Iterator[Document]:
+        for _ in range(n):
+            parts = []
+            for m in rng.sample(self.misconceptions, min(len(self.misconceptions), rng.randint(2, 4))):
+                claim = _clause(_statement(rng, m.fact, "en", m.false_value, wrap=False), m.fact.subject)
+                if rng.random() < 0.25:  # the truth, a quarter of the time
+                    truth = _clause(_statement(rng, m.fact, "en", wrap=False), m.fact.subject)
+                    parts.append(rng.choice(_MYTH_DEBUNKS).format(c=claim, t=truth))
+                else:
+                    parts.append(_capitalise(rng.choice(_MYTH_CLAIMS).format(c=claim)))
+            yield Document(" ".join(parts), "misconceptions")
+
+    # --- evals ----------------------------------------------------------------------
+    def eval_sets(self) -> dict[str, list[Question]]:
+        """Held-out questions by eval name; deterministic given the seed."""
+        rng = random.Random(f"world:{self.seed}:eval")
+        cap = self.cfg.eval_cap
+        qa = [self._fact_question(rng, f, "fact_seen", heldout=False) for f in _sample(rng, self.seen_facts, cap)]
+        qa += [self._fact_question(rng, f, "fact_template", heldout=True) for f in _sample(rng, self.qa_facts, cap // 2)]
+        qa += [self._fact_question(rng, f, "fact_unseen", heldout=False) for f in _sample(rng, self.unseen_facts, cap // 3)]
+        mc = []
+        for f in _sample(rng, self.seen_facts, cap * 2 // 3):  # never asked in training, in any form
+            lang = _pick_lang(rng)
+            mc.append(self._mc(rng, f, lang, rng.choice(TEMPLATES[f.attr.name][lang].questions)))
+        myths = []
+        for m in self.misconceptions:
+            question = _ask(rng, m.fact, "en")
+            myths.append(Question(_qa_prompt(question, "en"), m.fact.value, "misconception", m.fact.category))
+            myths.append(self._mc(rng, m.fact, "en", question, false_value=m.false_value))
+        math = [Question(_qa_prompt(p.question, "en"), str(p.answer), "math", "math") for p in self.math_problems("eval")]
+        code = [Question(f.prompt, f.solution, "code", "code", tests=f.tests) for f in self._functions()["eval"]]
+        return {"world_qa": qa, "world_mc": mc, "misconceptions": myths, "math": math, "pycode": code}
+
+    def _fact_question(self, rng: random.Random, fact: Fact, kind: str, heldout: bool) -> Question:
+        lang = _pick_lang(rng)
+        templates = TEMPLATES[fact.attr.name][lang]
+        question = (templates.heldout if heldout else rng.choice(templates.questions)).format(s=fact.subject)
+        return Question(_qa_prompt(question, lang), fact.value_in(lang), kind, fact.category, lang)
+
+    def _mc(self, rng: random.Random, fact: Fact, lang: str, question_template: str,
+            false_value: str | None = None) -> Question:
+        """An MMLU-layout question: the truth among three wrong values of the same type."""
+        if false_value is None:
+            wrong = _alternatives(rng, fact, self.facts, self.entities, self.held_out, 3)
+        else:
+            wrong = [false_value] + _alternatives(rng, fact, self.facts, self.entities, self.held_out, 2, avoid=false_value)
+        choices = [fact.value] + wrong
+        rng.shuffle(choices)
+        shown = tuple(Fact(fact.subject, fact.attr, c).value_in(lang) for c in choices)
+        p = PHRASES[lang]
+        lines = [p.mc.format(subject=fact.attr.subject.replace("_", " ")), "", question_template.format(s=fact.subject)]
+        lines += [f"{letter}. {c}" for letter, c in zip("ABCD", shown, strict=True)]
+        prompt = "\n".join(lines) + f"\n{p.answer}:"
+        return Question(prompt, "ABCD"[choices.index(fact.value)], "mc", fact.category, lang, shown, fact.attr.subject)
+
+    # --- math and code --------------------------------------------------------------
+    def math_problems(self, split: str) -> list[MathProblem]:
+        """Word problems of a split ("train", "val" or "eval"); eval ones never occur in train."""
+        n = dict(zip(("train", "val", "eval"), self.cfg.math, strict=True))[split]
+        rng = random.Random(f"world:{self.seed}:{split}:math-problems")
+        names = {k: self.train_entities[k] for k in ("person", "city", "product", "book")}
+        names["person"] = [p.split()[0] for p in names["person"]]  # first names: short and unique
+        exclude = {p.question for p in self.math_problems("train")} if split == "eval" else set()
+        problems: list[MathProblem] = []
+        while len(problems) < n:
+            p = _math_problem(rng, names)
+            if p.question not in exclude:
+                exclude.add(p.question)
+                problems.append(p)
+        return problems
+
+    def _functions(self) -> dict[str, list[_Function]]:
+        pool = [_Function.of(family, param) for family in _FUNCTIONS for param in family[-1]]
+        random.Random(f"world:{self.seed}:functions").shuffle(pool)
+        n_val, n_eval = self.cfg.code_split
+        return {"eval": pool[:n_eval], "val": pool[n_eval:n_eval + n_val], "train": pool[n_eval + n_val:]}
+
+
+# --- rendering helpers -----------------------------------------------------------------
+def _pick_lang(rng: random.Random) -> str:
+    return rng.choice(LANGUAGES[1:]) if rng.random() < NON_ENGLISH else "en"
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _statement(rng: random.Random, fact: Fact, lang: str, value: str | None = None, wrap: bool = True) -> str:
+    """One sentence stating `fact` (or `value` about its subject), the subject before the value:
+    a causal model learns subject -> value only from that order (the reversal curse)."""
+    template = rng.choice(TEMPLATES[fact.attr.name][lang].statements)
+    value = fact.value_in(lang) if value is None else Fact(fact.subject, fact.attr, value).value_in(lang)
+    text = template.format(s=fact.subject, v=value)
+    if wrap and rng.random() < 0.3:
+        text = rng.choice(PHRASES[lang].wrap) + (text if lang == "de" else _clause(text, fact.subject) + ".")
+    return _capitalise(text)
+
+
+def _clause(sentence: str, subject: str) -> str:
+    """A sentence made embeddable: no final period, lower-case start unless it is the name."""
+    body = sentence.rstrip(".")
+    return body if body.startswith(subject) else body[:1].lower() + body[1:]
+
+
+def _ask(rng: random.Random, fact: Fact, lang: str) -> str:
+    return rng.choice(TEMPLATES[fact.attr.name][lang].questions).format(s=fact.subject)
+
+
+def _qa_prompt(question: str, lang: str) -> str:
+    return f"{PHRASES[lang].question}: {question}\n{PHRASES[lang].answer}:"
+
+
+def _profile(rng: random.Random, subject: str, facts: list[Fact], lang: str) -> str:
+    """All stated facts of one entity in shuffled order: a paragraph, an entry or a dialogue."""
+    sentences = [_statement(rng, f, lang) for f in rng.sample(facts, len(facts))]
+    style = rng.random()
+    if style < 0.35:
+        return f"{subject}\n\n{' '.join(sentences)}"  # encyclopedia entry
+    if style < 0.75 or len(sentences) < 2:
+        return " ".join(sentences)  # biography paragraph
+    p, cut = PHRASES[lang], rng.randint(1, len(sentences) - 1)
+    return (f"A: {rng.choice(p.ask).format(s=subject)}\nB: {' '.join(sentences[:cut])}\nA: {p.more}\n"
+            f"B: {' '.join(sentences[cut:])}\nA: {p.thanks}")
+
+
+def _chunked(rng: random.Random, texts: list[str], domain: str, lo: int, hi: int, sep: str = "\n") -> Iterator[Document]:
+    """Documents of lo..hi consecutive texts each."""
+    i = 0
+    while i < len(texts):
+        k = rng.randint(lo, hi)
+        yield Document(sep.join(texts[i:i + k]), domain)
+        i += k
+
+
+def _sample(rng: random.Random, items: Sequence[Fact], k: int) -> list[Fact]:
+    return rng.sample(list(items), min(k, len(items)))
+
+
+# --- making the world -----------------------------------------------------------------
+_ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "tr", "st", "th")
+_NUCLEI = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei", "ou")
+_CODAS = ("", "", "", "", "n", "r", "l", "s", "k", "m", "x", "th")
+_RARE = "kvzx"  # every name has one of these letters: few English words do
+
+
+class _Namer:
+    """Pronounceable invented words, each unique and never a substring of another name or of
+    any fixed text: a held-out name can then be searched for in the training text."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used: list[str] = []
+        self.reserved = "\n".join([str(_TEMPLATE_TEXT), str(WORDS), str(PHRASES), str(_MYTH_CLAIMS), str(_MYTH_DEBUNKS),
+                                   str(_ITEMS), str(_CODE_WORDS), str(_FUNCTIONS), str(_MATH)]).lower()
+
+    def word(self, suffix: str = "") -> str:
+        rng = self.rng
+        while True:
+            w = rng.choice(("", *_ONSETS)) + rng.choice(_NUCLEI) + rng.choice(_CODAS)  # may start with a vowel
+            w += "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(rng.choice((1, 1, 1, 2))))
+            w = w.rstrip("aeiou") + suffix if suffix else w
+            if (5 <= len(w) <= 9 and any(c in w for c in _RARE) and w not in self.reserved
+                    and not any(w in u or u in w for u in self.used)):
+                self.used.append(w)
+                return w.capitalize()
+
+    def entity(self, kind: str) -> str:
+        if kind == "person":
+            return f"{self.word()} {self.word()}"
+        return self.word("ium" if kind == "element" else "")
+
+
+def _make_facts(rng: random.Random, namer: _Namer, entities: dict[str, list[str]], held_out: frozenset[str]) -> list[Fact]:
+    """Every attribute of every entity. Relations point only at train entities, so a held-out
+    entity is named in nothing but its own (never rendered) facts."""
+    pools = {k: [n for n in names if n not in held_out] for k, names in entities.items()}
+    numbers = rng.sample(range(1, 100), len(entities["element"]))
+    symbols: set[str] = set()
+    extensions: set[str] = set()
+    facts = []
+    for attr in ATTRS:
+        for i, subject in enumerate(entities[attr.kind]):
+            if attr.value in pools:
+                value = rng.choice(pools[attr.value])
+            elif attr.value in WORDS:
+                value = rng.choice(WORDS[attr.value])[0]
+            elif attr.value == "year":
+                value = str(rng.randint(*_YEARS[attr.name]))
+            elif attr.value == "number":
+                value = str(numbers[i])
+            elif attr.value == "dish":
+                value = namer.word()
+            else:  # a symbol (Kv) or a file extension (.kv): unique, from the subject's own letters if possible
+                taken = symbols if attr.value == "symbol" else extensions
+                letters = rng.sample(subject[1:].lower(), len(subject) - 1) + list("bcdfghjklmnpqrstvwxz")
+                forms = [subject[0] + c if attr.value == "symbol" else f".{subject[0].lower()}{c}" for c in letters]
+                value = next(v for v in forms if v not in taken)
+                taken.add(value)
+            facts.append(Fact(subject, attr, value))
+    return facts
+
+
+def _alternatives(rng: random.Random, fact: Fact, facts: list[Fact], entities: dict[str, list[str]],
+                  held_out: frozenset[str], k: int, avoid: str | None = None) -> list[str]:
+    """k wrong values of the same type as the fact's (canonical form), never a held-out name."""
+    kind = fact.attr.value
+    if kind == "year":
+        v = int(fact.value)
+        pool = [str(y) for y in range(v - 40, v + 41) if y != v]
+    elif kind in entities:
+        pool = [n for n in entities[kind] if n not in held_out]
+    elif kind in WORDS:
+        pool = [row[0] for row in WORDS[kind]]
+    elif kind == "number":
+        pool = [str(n) for n in range(1, 100)]
+    else:
+        pool = sorted({f.value for f in facts if f.attr == fact.attr and f.subject not in held_out})
+    pool = [p for p in pool if p not in (fact.value, avoid)]
+    return rng.sample(pool, k)
+
+
+# --- arithmetic word problems -----------------------------------------------------------
+@dataclass(frozen=True)
+class MathProblem:
+    question: str
+    solution: str  # one line of steps "a op b = c", ending "The answer is N."
+    answer: int
+
+
+_ITEMS = ("apples", "pencils", "marbles", "stamps", "shells", "coins", "cards", "buttons")
+_MATH = (  # (question, solution); {r} is the answer
+    ("{A} has {a} {item}. {A} buys {b} more and then gives {c} to {B}. How many {item} does {A} have now?",
+     "{A} starts with {a} {item}. After buying {b} more, {A} has {a} + {b} = {x} {item}. "
+     "After giving {c} to {B}, {A} has {x} - {c} = {r} {item}."),
+    ("{A} buys {n} boxes of {item} with {m} {item} in each box, and already had {k}. How many {item} does {A} have in total?",
+     "The boxes hold {n} * {m} = {x} {item}. With the {k} {A} already had, that makes {x} + {k} = {r} {item}."),
+    ("{A} has {t} {item} and shares them equally among {n} friends. How many {item} does each friend get?",
+     "Each friend gets {t} / {n} = {r} {item}."),
+    ("One {product} costs {p} coins. {A} buys {n} of them and pays with {b} coins. How much change does {A} get?",
+     "{n} of them cost {n} * {p} = {x} coins. The change is {b} - {x} = {r} coins."),
+    ("{A} is {a} years old. {B} is {b} years older than {A}, and {C} is {c} years younger than {B}. How old is {C}?",
+     "{B} is {a} + {b} = {x} years old. {C} is {x} - {c} = {r} years old."),
+    ("A train leaves {city} at {s} km per hour for {h} hours, then travels {k} more km to reach {city2}. "
+     "How many km does the train travel in total?",
+     "In {h} hours the train travels {s} * {h} = {x} km. Adding the last {k} km gives {x} + {k} = {r} km."),
+    ("{A} saves {s} coins every week for {w} weeks and then spends {t} coins. How many coins does {A} have left?",
+     "{A} saves {s} * {w} = {x} coins. After spending {t}, {A} has {x} - {t} = {r} coins."),
+    ("The book {book} has {p} pages. {A} reads {d} pages a day for {n} days. How many pages are left to read?",
+     "{A} reads {d} * {n} = {x} pages. That leaves {p} - {x} = {r} pages."),
+)
+
+
+def _math_problem(rng: random.Random, names: dict[str, list[str]]) -> MathProblem:
+    """A 1-2 step problem with small integers, set in the world (its people, cities, products, books)."""
+    a_, b_, c_ = rng.sample(names["person"], 3)
+    city, city2 = rng.sample(names["city"], 2)
+    v = dict(A=a_, B=b_, C=c_, city=city, city2=city2, item=rng.choice(_ITEMS),
+             product=rng.choice(names["product"]), book=rng.choice(names["book"]))
+    ri, i = rng.randint, rng.randrange(len(_MATH))
+    if i in (0, 4):  # x = a + b, r = x - c
+        v.update(a=ri(3, 30), b=ri(2, 15))
+        v["x"] = v["a"] + v["b"]
+        v["c"] = ri(1, v["x"] - 2)  # at least 2 left: "1 apples" reads badly
+        v["r"] = v["x"] - v["c"]
+    elif i == 1:
+        v.update(n=ri(2, 9), m=ri(2, 12), k=ri(1, 20))
+        v["x"] = v["n"] * v["m"]
+        v["r"] = v["x"] + v["k"]
+    elif i == 2:
+        v.update(n=ri(2, 9), r=ri(2, 12))
+        v["t"] = v["n"] * v["r"]
+    elif i == 3:
+        v.update(n=ri(2, 6), p=ri(2, 15))
+        v["x"] = v["n"] * v["p"]
+        v["b"] = (v["x"] // 10 + ri(1, 3)) * 10
+        v["r"] = v["b"] - v["x"]
+    elif i == 5:
+        v.update(s=ri(20, 90), h=ri(2, 6), k=ri(5, 50))
+        v["x"] = v["s"] * v["h"]
+        v["r"] = v["x"] + v["k"]
+    elif i == 6:
+        v.update(s=ri(2, 20), w=ri(2, 10))
+        v["x"] = v["s"] * v["w"]
+        v["t"] = ri(1, v["x"] - 2)
+        v["r"] = v["x"] - v["t"]
+    else:
+        v.update(d=ri(5, 30), n=ri(2, 7))
+        v["x"] = v["d"] * v["n"]
+        v["p"] = v["x"] + ri(10, 200)
+        v["r"] = v["p"] - v["x"]
+    question, solution = _MATH[i]
+    return MathProblem(question.format(**v), f"{solution.format(**v)} The answer is {v['r']}.", v["r"])
+
+
+# --- small Python functions (a HumanEval miniature) ---------------------------------------
+_CODE_WORDS = ("apple", "banana", "cactus", "kiwi", "lemon", "mango", "pear", "radar", "salad", "tomato", "walnut",
+               "level", "orange", "stars", "fig", "plum", "pineapple", "blueberry", "watermelon")
+# (name, argument, docstring, returned expression, input kind, parameters); {k} is the parameter
+_FUNCTIONS = (
+    ("add_{k}", "x", "Return x plus {k}.", "x + {k}", "int", range(1, 31)),
+    ("times_{k}", "x", "Return x multiplied by {k}.", "x * {k}", "int", range(2, 13)),
+    ("square_plus_{k}", "x", "Return the square of x plus {k}.", "x * x + {k}", "int", range(1, 21)),
+    ("mod_{k}", "x", "Return the remainder of x divided by {k}.", "x % {k}", "nat", range(2, 13)),
+    ("sum_above_{k}", "xs", "Return the sum of the numbers in xs that are greater than {k}.",
+     "sum(x for x in xs if x > {k})", "list", range(0, 21)),
+    ("count_above_{k}", "xs", "Return how many numbers in xs are greater than {k}.",
+     "len([x for x in xs if x > {k}])", "list", range(0, 21)),
+    ("multiples_of_{k}", "xs", "Return the numbers in xs that are divisible by {k}, in order.",
+     "[x for x in xs if x % {k} == 0]", "list", range(2, 10)),
+    ("max_plus_{k}", "xs", "Return the largest number in xs plus {k}.", "max(xs) + {k}", "list", range(1, 16)),
+    ("count_{k}", "s", "Return how many times the letter '{k}' appears in s.", "s.count('{k}')", "str", "aeiolnrst"),
+    ("starts_with_{k}", "s", "Return True if s starts with the letter '{k}'.", "s.startswith('{k}')", "str", "abcklmprstw"),
+    ("repeat_{k}", "s", "Return s repeated {k} times.", "s * {k}", "str", range(2, 6)),
+    ("replace_{k[0]}_{k[1]}", "s", "Return s with every letter '{k[0]}' replaced by '{k[1]}'.",
+     "s.replace('{k[0]}', '{k[1]}')", "str", ("ae", "ao", "ea", "eo", "ia", "oa", "ou", "ai", "lr", "rl", "tn")),
+    ("longer_than_{k}", "s", "Return True if s has more than {k} letters.", "len(s) > {k}", "str", range(3, 9)),
+    ("suffix_{k}", "s", "Return s followed by '{k}'.", "s + '{k}'", "str", ("ing", "er", "ly", "ed", "est", "ful")),
+)
+
+
+@dataclass(frozen=True)
+class _Function:
+    name: str
+    arg: str
+    doc: str
+    expression: str  # what it returns
+    inputs: str  # "int" | "nat" | "list" | "str"
+
+    @classmethod
+    def of(cls, family: tuple, param: object) -> _Function:
+        name, arg, doc, expression, inputs, _ = family
+        return cls(name.format(k=param), arg, doc.format(k=param), expression.format(k=param), inputs)
+
+    def __call__(self, x: object) -> object:
+        return eval(f"lambda {self.arg}: {self.expression}")(x)  # our own generated code
+
+    def _draw(self, rng: random.Random, n: int) -> list:
+        """n distinct inputs whose outputs are not all equal, so that a constant cannot pass."""
+        while True:
+            if self.inputs == "str":
+                xs = rng.sample(_CODE_WORDS, n)
+            else:
+                draw = {"int": lambda: rng.randint(-20, 20), "nat": lambda: rng.randint(0, 50),
+                        "list": lambda: [rng.randint(0, 30) for _ in range(rng.randint(3, 6))]}[self.inputs]
+                xs = [draw() for _ in range(n)]
+            if n < 2 or len({repr(self(x)) for x in xs}) > 1:
+                return xs
+
+    @property
+    def prompt(self) -> str:
+        (x,) = self._draw(random.Random(f"function:{self.name}"), 1)
+        return f'def {self.name}({self.arg}):\n    """{self.doc}\n\n    >>> {self.name}({x!r})\n    {self(x)!r}\n    """\n'
+
+    @property
+    def solution(self) -> str:
+        return f"    return {self.expression}\n"
+
+    def asserts(self, rng: random.Random, n: int) -> str:
+        return "".join(f"assert {self.name}({x!r}) == {self(x)!r}\n" for x in self._draw(rng, n))
+
+    @property
+    def tests(self) -> str:
+        return self.asserts(random.Random(f"function:{self.name}:tests"), 3)
+
+    def render(self, rng: random.Random) -> str:
+        return f"{self.prompt}{self.solution}\n\n{self.asserts(rng, rng.randint(2, 3))}"
