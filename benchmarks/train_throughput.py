@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from opengpt4.config import ModelConfig, TrainConfig, get_preset
+from opengpt4.config import ModelConfig, TrainConfig
 from opengpt4.train.metrics import matmul_peak_flops
 
 

@@ -31,6 +31,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from opengpt4.config import FORMAT_VERSION  # one version for checkpoints and data dirs
 from opengpt4.data.code import HELDOUT_MODULES, stdlib_sources
 from opengpt4.data.images import generate_images, read_llava
 from opengpt4.data.world import Question, World
@@ -39,7 +40,6 @@ from opengpt4.model.checkpoint import atomic_write_dir, read_config
 from opengpt4.model.vision import load_image
 from opengpt4.tokenizer import Tokenizer
 
-FORMAT_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 VAL_FRACTION = 0.02  # of real documents and images, held out for val loss
 

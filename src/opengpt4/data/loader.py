@@ -9,15 +9,14 @@ generator seeded with [seed, s, i]. Hence
     so any (world_size, micro_batches) with the same global batch sees the same rows, and
     each rank reads only its own rows' tokens.
 
-Text rows start at a random document (a BOS) and run on across the following documents,
-as in GPT-style pretraining. Image rows pack whole image documents, expanding each
+Text rows start at a random token, moved back to its document's BOS when the document fits
+in a row, and run on across the following documents, as in GPT-style pretraining. Image rows pack whole image documents, expanding each
 document's single <|image|> id into the model's tokens_per_image placeholders, and pad
 the rest; no loss is taken on placeholders or padding.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +25,12 @@ import torch
 
 from opengpt4.config import VisionConfig
 from opengpt4.errors import ConfigError, OpenGPT4Error
+from opengpt4.model.checkpoint import read_versioned_json
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
 
 IMAGES = "images"  # the weights key of the image domain
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -69,18 +68,9 @@ class _Shard:
 
 
 def read_index(data_dir: str | Path) -> dict:
-    """index.json of a data dir, checked for presence and format version."""
+    """index.json of a data dir, checked for presence, JSON syntax and format version."""
     file = Path(data_dir) / "index.json"
-    if not file.is_file():
-        raise OpenGPT4Error(f"{file}: missing (is {data_dir} a data dir from `opengpt4 data build`?)")
-    try:
-        index = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OpenGPT4Error(f"{file}: not valid JSON ({e})") from None
-    if index.get("format_version") != FORMAT_VERSION:
-        version = index.get("format_version")
-        raise OpenGPT4Error(f"{file}: format_version {version!r}, this opengpt4 reads {FORMAT_VERSION}")
-    return index
+    return read_versioned_json(file, f"is {data_dir} a data dir from `opengpt4 data build`?", OpenGPT4Error)
 
 
 class DataLoader:
@@ -171,9 +161,9 @@ class DataLoader:
         return self._shards[key]
 
     # --- rows ------------------------------------------------------------------------------
-    def _text_row(self, shard: _Shard, doc: int, domain: str) -> _Row:
-        # T+1 tokens from a document start, across the following documents, wrapping at the end.
-        pos = (int(shard.starts[doc]) + np.arange(self.seq_len + 1)) % len(shard.ids)
+    def _text_row(self, shard: _Shard, start: int, domain: str) -> _Row:
+        # T+1 tokens from `start`, across the following documents, wrapping at the end.
+        pos = (start + np.arange(self.seq_len + 1)) % len(shard.ids)
         seq = shard.ids[pos].astype(np.int64)
         return _Row(seq[:-1], seq[1:], [], domain)
 
@@ -198,10 +188,20 @@ class DataLoader:
         return _Row(seq[:-1], targets, pixels, IMAGES)
 
     def _row(self, split: str, domain: str, where: float) -> _Row:
-        """The row starting at document floor(where * documents) of the domain's shard, where in [0, 1)."""
+        """The row at fraction `where` in [0, 1) of the domain's shard.
+
+        Image rows start at document floor(where * documents). Text rows start at token
+        floor(where * tokens), moved back to its document's BOS when that document fits in a
+        row: short documents are seen whole, and long ones (source files of thousands of
+        tokens) are covered everywhere, not only in their first seq_len tokens."""
         shard = self._shard(split, domain)
-        doc = int(where * len(shard.starts))
-        return self._image_row(shard, doc) if domain == IMAGES else self._text_row(shard, doc, domain)
+        if domain == IMAGES:
+            return self._image_row(shard, int(where * len(shard.starts)))
+        pos = int(where * len(shard.ids))
+        doc = int(np.searchsorted(shard.starts, pos, side="right")) - 1
+        if len(shard.document(doc)) <= self.seq_len + 1:
+            pos = int(shard.starts[doc])
+        return self._text_row(shard, pos, domain)
 
     def _collate(self, rows: list[_Row]) -> Batch:
         pixels = [p for row in rows for p in row.pixels]

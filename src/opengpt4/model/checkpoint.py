@@ -102,20 +102,26 @@ def save_checkpoint(
     return atomic_write_dir(path, write)
 
 
+def read_versioned_json(file: Path, hint: str, error: type[OpenGPT4Error] = CheckpointError) -> dict[str, Any]:
+    """A JSON object with this opengpt4's format_version; every error names the file (`hint` says what it should be)."""
+    if not file.is_file():
+        raise error(f"{file}: missing ({hint})")
+    try:
+        obj = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{file}: not valid JSON ({e})") from None
+    version = obj.get("format_version") if isinstance(obj, dict) else None
+    if version != FORMAT_VERSION:
+        raise error(f"{file}: format_version {version!r}, this opengpt4 reads {FORMAT_VERSION}")
+    return obj
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a checkpoint, checked for presence, JSON syntax and format version."""
     file = Path(path) / CONFIG_FILE
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (is {path} a checkpoint directory?)")
-    try:
-        config = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or "model" not in config:
+    config = read_versioned_json(file, f"is {path} a checkpoint directory?")
+    if "model" not in config:
         raise CheckpointError(f"{file}: no 'model' section")
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{file}: format_version {version!r}, this opengpt4 reads {FORMAT_VERSION}")
     return config
 
 

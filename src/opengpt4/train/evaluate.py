@@ -99,7 +99,7 @@ class Probes:
         self.pixels = None
         if "image_qa" in evals and "val" in index.get("images", {}):
             samples = read_jsonl(data_dir / evals["image_qa"])
-            order = rng.permutation(len(samples))[:size]
+            order = rng.permutation(len(samples))[: 3 * size]  # one pool for all kinds: more, for a steadier number
             self.images = [samples[i] for i in sorted(order)]
             meta = index["images"]["val"]
             side = index["image_size"]

@@ -23,20 +23,26 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.AdamW, list[str]]:
-    """AdamW over `model`'s parameters; returns it and the parameter names in optimizer order."""
-    decay, no_decay = [], []
+    """AdamW over `model`'s parameters; returns it and the parameter names in optimizer order.
+
+    Groups: (decayed matrices | the rest) x (decoder | vision tower), each with an `lr_scale`
+    that the training loop multiplies the scheduled learning rate by."""
+    groups: dict[tuple[bool, bool], list[tuple[str, torch.Tensor]]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
+        name = name.removeprefix("module.")
         is_matrix = p.dim() >= 2 and "embed_tokens" not in name and not name.startswith("vision.pos_")
-        (decay if is_matrix else no_decay).append((name, p))
-    groups = [
-        {"params": [p for _, p in decay], "weight_decay": cfg.weight_decay},
-        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
-    ]
+        is_vision = name.startswith(("vision.", "projector."))
+        groups.setdefault((is_matrix, is_vision), []).append((name, p))
+    param_groups, names = [], []
+    for (is_matrix, is_vision), members in sorted(groups.items()):
+        param_groups.append({"params": [p for _, p in members], "weight_decay": cfg.weight_decay if is_matrix else 0.0,
+                             "lr_scale": cfg.vision_lr_scale if is_vision else 1.0})
+        names += [n for n, _ in members]
     # foreach: one fused kernel per group instead of one per tensor (fused=True is CUDA/MPS-only for AdamW here)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
-    return optimizer, [n for n, _ in decay] + [n for n, _ in no_decay]
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, foreach=True)
+    return optimizer, names
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:

@@ -35,7 +35,14 @@ from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
 from opengpt4.train.evaluate import Probes, val_losses
 from opengpt4.train.metrics import MetricsLog, matmul_peak_flops, plot_metrics
-from opengpt4.train.optim import OPTIMIZER_FILE, build_optimizer, load_optimizer, lr_at, optimizer_tensors, save_optimizer
+from opengpt4.train.optim import (
+    OPTIMIZER_FILE,
+    build_optimizer,
+    load_optimizer,
+    lr_at,
+    optimizer_tensors,
+    save_optimizer,
+)
 
 STATE_FILE, METRICS_FILE, PLOT_FILE = "trainer_state.json", "metrics.jsonl", "loss.png"
 
@@ -64,6 +71,7 @@ def plain_model(model: nn.Module, config: ModelConfig) -> Transformer:
 class Trainer:
     def __init__(self, preset: str, data: Path, out: Path, cfg: TrainConfig, model_overrides: list[str],
                  max_steps: int | None, max_minutes: float | None, resume: bool, fsdp: bool) -> None:
+        self.started = time.perf_counter()  # a time budget counts start-up too
         self.dist = d = distributed.init()
         self.data, self.out, self.fsdp = data, out, fsdp
         self.index = read_index(data)
@@ -105,7 +113,7 @@ class Trainer:
         self.val_batches = {dom: val.eval_batches(dom, cfg.eval_batches, micro) for dom in self.weights}
         self.probes = Probes(data, cfg.probe_size, cfg.seed)
 
-        self.step, self.tokens, self.elapsed = 0, 0, 0.0
+        self.step, self.tokens, self.elapsed, self.reserve = 0, 0, 0.0, 0.0
         self.metrics = MetricsLog(out / METRICS_FILE)
         if state is not None:
             load_optimizer(self.optimizer, self.param_names, out / OPTIMIZER_FILE)
@@ -136,8 +144,10 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------
     def progress(self) -> float:
+        """Fraction of the run done: by steps, or by wall-clock time with the last eval + save's
+        duration held in reserve, so that a time budget includes the final eval and checkpoint."""
         parts = [self.step / self.max_steps if self.max_steps else 0.0,
-                 self.elapsed / self.max_seconds if self.max_seconds else 0.0]
+                 (self.elapsed + self.reserve) / self.max_seconds if self.max_seconds else 0.0]
         return max(parts)
 
     def done(self) -> bool:
@@ -151,7 +161,7 @@ class Trainer:
         n_valid = float(distributed.all_reduce_sum(torch.tensor(float(counted)), d))
         lr = lr_at(cfg, self.step, self.progress())
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         loss_sum = torch.zeros(())
         for i, b in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
@@ -174,7 +184,6 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.step += 1
         self.tokens += cfg.batch_size * cfg.seq_len
-        self.elapsed += seconds
         tokens_per_s = cfg.batch_size * cfg.seq_len / seconds
         return {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
                 "grad_norm": float(distributed.full_tensor(grad_norm)), "tokens_per_s": tokens_per_s,
@@ -217,14 +226,18 @@ class Trainer:
                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                       disable=not d.is_main, transient=False, console=None) as bar:
             task = bar.add_task("train", total=total, completed=self.step, info="")
+            clock = self.started
             while not self.done():
                 line = self.train_step()
+                self.elapsed += time.perf_counter() - clock
+                clock = time.perf_counter()
                 if self.step % cfg.log_every == 0 or self.done():
                     self.metrics.append(line)
                 bar.update(task, completed=self.step, info=f"loss {line['loss']:.3f}  "
                            f"{line['tokens_per_s']:,.0f} tok/s  MFU {100 * line['mfu']:.1f}%")
                 last = self.done()
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
+                evaluate = (cfg.eval_every and self.step % cfg.eval_every == 0) or last
+                if evaluate:
                     result = self.evaluate()
                     self.metrics.append(result)
                     if d.is_main:
@@ -232,6 +245,10 @@ class Trainer:
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:
                     self.save()
                 distributed.barrier(d)
+                if evaluate:  # the final eval and save must fit in a time budget too (+15 s for the save)
+                    self.reserve = time.perf_counter() - clock + 15.0
+                self.elapsed += time.perf_counter() - clock
+                clock = time.perf_counter()
         distributed.shutdown(d)
 
 
