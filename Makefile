@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/train_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
