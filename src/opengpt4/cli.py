@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data directory from `opengpt4 data build`")
     p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
+    stop.add_argument("--max-steps", type=int, default=None,
+                      help="optimizer steps to run (neither flag: 20 tokens per parameter, Chinchilla-optimal)")
     stop.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget; the schedule follows time")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
