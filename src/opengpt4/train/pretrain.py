@@ -122,10 +122,10 @@ class Trainer:
             self.metrics = MetricsLog.resume(out / METRICS_FILE, self.step)
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
+        if state is not None and max_steps is None and max_minutes is None:  # the resumed run's own budget
+            max_steps, max_minutes = state.get("max_steps"), state.get("max_minutes")
         if max_steps is None and max_minutes is None:  # Chinchilla's compute-optimal token count
             max_steps = math.ceil(model_config.compute_optimal_tokens() / tokens_per_step)
-        if state is not None and max_steps is None:
-            max_steps = state.get("max_steps")
         self.max_steps, self.max_seconds = max_steps, (max_minutes * 60 if max_minutes else None)
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.autocast = (torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32
@@ -201,6 +201,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "max_steps": self.max_steps,
+                 "max_minutes": self.max_seconds / 60 if self.max_seconds else None,
                  "loader": self.loader.state_dict(), "train_config": dataclasses.asdict(self.cfg),
                  "data": str(self.data), "world_size": self.dist.world_size}
 
