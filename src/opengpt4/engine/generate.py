@@ -66,7 +66,7 @@ class Completion:
 
 
 @dataclass
-class _Row:
+class Row:
     prompt_index: int
     sample_index: int
     params: SamplingParams
@@ -135,18 +135,9 @@ class Engine:
         for p in prompts:
             self.check_prompt(p)
         limit = self.config.max_seq_len
-        rows: list[_Row] = []
+        rows: list[Row] = []
         for i, (p, sp) in enumerate(zip(prompts, params, strict=True)):
-            for j in range(sp.n):
-                generator = None
-                if not sp.greedy:
-                    seed = sp.seed * 1_000_003 + j if sp.seed is not None else int(torch.randint(2**62, ()))
-                    generator = torch.Generator().manual_seed(seed)
-                counts = None
-                if sp.presence_penalty or sp.frequency_penalty:
-                    counts = torch.zeros(self.config.vocab_size)
-                rows.append(_Row(i, j, sp, min(sp.max_tokens, limit - len(p.ids)),
-                                 IncrementalDecoder(self.tokenizer, sp.stop), generator, counts))
+            rows += [self.new_row(i, j, sp, min(sp.max_tokens, limit - len(p.ids))) for j in range(sp.n)]
 
         logits, cache = self._prefill(prompts, max(len(prompts[r.prompt_index].ids) + r.max_new for r in rows))
         expand = [r.prompt_index for r in rows]
@@ -156,7 +147,7 @@ class Engine:
         while rows:
             next_ids, keep = [], []
             for b, row in enumerate(rows):
-                delta = self._step(row, logits[b], stop_ids)
+                delta = self.step_row(row, logits[b], stop_ids)
                 yield delta
                 if delta.finish_reason is None:
                     next_ids.append(delta.token_id)
@@ -190,7 +181,21 @@ class Engine:
         logits = self.model(batch.to(self.device), pixels, cache=cache, num_valid=num_valid, last_only=True)
         return logits[:, -1], cache
 
-    def _step(self, row: _Row, logits: Tensor, stop_ids: set[int]) -> Delta:
+    def new_row(self, prompt_index: int, sample_index: int, params: SamplingParams, max_new: int) -> Row:
+        """One choice's decoding state. A seeded choice has its own generator, seeded from the
+        request's seed and its index, so it samples the same tokens whatever else is in the batch."""
+        generator = None
+        if not params.greedy:
+            seed = params.seed * 1_000_003 + sample_index if params.seed is not None else int(torch.randint(2**62, ()))
+            generator = torch.Generator().manual_seed(seed)
+        counts = None
+        if params.presence_penalty or params.frequency_penalty:
+            counts = torch.zeros(self.config.vocab_size)
+        return Row(prompt_index, sample_index, params, max_new, IncrementalDecoder(self.tokenizer, params.stop),
+                   generator, counts)
+
+    def step_row(self, row: Row, logits: Tensor, stop_ids: set[int]) -> Delta:
+        """Sample one token for `row` from its raw logits (V,) and say what it adds."""
         sp = row.params
         # A generated image placeholder would have no image behind it.
         token = next_token(logits, sp, row.counts, row.generator, banned=self.tokenizer.image_id)

@@ -73,6 +73,13 @@ class KVCache:
     def batch_size(self) -> int:
         return self.k.shape[1]
 
+    def view(self, lo: int, hi: int) -> KVCache:
+        """Rows lo..hi-1, sharing this cache's storage: a forward through the view writes in place."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, lo:hi], self.v[:, lo:hi]
+        view.lengths, view.max_len = self.lengths[lo:hi], self.max_len
+        return view
+
     def select(self, rows: Tensor | list[int]) -> KVCache:
         """A new cache holding copies of the given rows (repeats allowed: `n` samples share one prefill)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
