@@ -162,6 +162,12 @@ def cmd_data_build(args: argparse.Namespace) -> None:
                 tokenizer=args.tokenizer, vocab_size=args.vocab_size))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from opengpt4.serve.app import main as serve
+
+    serve(args.model, host=args.host, port=args.port)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from opengpt4.train.pretrain import train_from_cli
 
@@ -215,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="continue the prompt as plain text, no chat template")
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible Chat Completions API (continuous batching)")
+    p.add_argument("--model", action="append", required=True,
+                   help="checkpoint dir or model name to serve (repeatable); its id is the dir's name")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="build training data")
     verb = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
