@@ -102,8 +102,9 @@ class Engine:
             images = preprocess(encoding.images, self.config.vision)
         return Prompt(encoding.ids, images)
 
-    def check_prompt(self, prompt: Prompt, max_tokens: int = 0) -> None:
-        limit = self.config.max_seq_len
+    def check_prompt(self, prompt: Prompt, max_tokens: int = 0, limit: int | None = None) -> None:
+        """OpenAI's context error when prompt + max_tokens exceed `limit` (default and cap: the model's context)."""
+        limit = min(limit or self.config.max_seq_len, self.config.max_seq_len)
         if not prompt.ids:
             raise ValueError("empty prompt: nothing to condition on")
         if len(prompt.ids) + max(max_tokens, 1) > limit:

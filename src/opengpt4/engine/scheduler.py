@@ -112,12 +112,7 @@ class Scheduler:
     def submit(self, prompt: Prompt | list[int], params: SamplingParams) -> RequestHandle:
         """Queue a request; raises ValueError (context, n) before any work and QueueFull when full."""
         prompt = prompt if isinstance(prompt, Prompt) else Prompt(list(prompt))
-        self.engine.check_prompt(prompt, params.max_tokens)
-        wanted = len(prompt.ids) + params.max_tokens
-        if wanted > self.max_context:  # a server can serve a shorter context than the model's
-            raise ValueError(
-                f"This model's maximum context length is {self.max_context} tokens. However, you requested "
-                f"{wanted} tokens ({len(prompt.ids)} in the messages, {params.max_tokens} in the completion).")
+        self.engine.check_prompt(prompt, params.max_tokens, self.max_context)  # a server may serve less context
         if params.n > self.max_batch:
             raise ValueError(f"n must be <= {self.max_batch} (the batch size), got {params.n}")
         request = _Request(prompt, params, RequestHandle(len(prompt.ids), params.n))
