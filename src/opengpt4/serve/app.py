@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,6 +45,7 @@ from opengpt4.serve.schemas import (
 )
 
 SYSTEM_FINGERPRINT = "fp_opengpt4"
+STATIC_DIR = Path(__file__).parent / "static"  # the web chat UI: plain HTML/JS/CSS, no build step
 CONTEXT_MESSAGE = "This model's maximum context length"  # how Engine/Scheduler word the context error
 
 
@@ -128,6 +130,8 @@ def create_app(models: dict[str, Engine]) -> FastAPI:
                       total_tokens=handle.prompt_tokens + handle.completion_tokens)
         return ChatCompletion(choices=choices, usage=usage, **meta).model_dump()
 
+    # Mounted last: the UI at / must not shadow the API routes.
+    app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="ui")
     return app
 
 

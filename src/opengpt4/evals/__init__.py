@@ -1,0 +1,1 @@
+"""Evals: an OpenAI-Evals-compatible registry, the announcement's benchmarks, a code sandbox, calibration."""

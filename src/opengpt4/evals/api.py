@@ -1,0 +1,110 @@
+"""The two contracts of the eval framework: completion functions (the model side) and eval classes.
+
+A completion function turns prompts into completions and, where the model allows it, scores
+continuations by log-likelihood (multiple choice). An eval class turns samples into scored
+`SampleResult`s by calling a completion function; the runner does the rest (limit, seed,
+cache, logs, statistics, calibration).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# A prompt is raw text (sent as is, no chat template) or OpenAI chat messages.
+Prompt = str | list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding parameters of one completion request (part of the cache key)."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    n: int = 1
+    logprobs: bool = False  # per-token logprobs of the output, where the model offers them
+
+
+@dataclass
+class CompletionResult:
+    texts: list[str]  # the n completions
+    logprobs: list[list[tuple[str, float]]] | None = None  # per completion: (token, logprob) pairs
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class LoglikRequest:
+    """log P(continuation | context) for raw text (no chat template).
+
+    Token boundary rule, shared by every implementation so that local and HTTP scores agree:
+    tokenize `context + continuation` as one string (BOS first when the tokenizer adds one);
+    the continuation's tokens are those from the first token whose character span ends after
+    `len(context)` to the end.
+    """
+
+    context: str
+    continuation: str
+
+
+@dataclass
+class Loglik:
+    logprob: float  # sum of the continuation tokens' log-probabilities
+    num_tokens: int  # continuation tokens
+    is_greedy: bool  # every continuation token is the argmax at its position
+
+
+class CompletionFn(Protocol):
+    identity: str  # stable id of the model (weights hash / endpoint + model); keys the cache
+
+    def complete(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[CompletionResult]: ...
+
+    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+        """Raise NotImplementedError where the model cannot score text."""
+        ...
+
+
+@dataclass
+class SampleResult:
+    sample_id: str  # stable across runs: compare pairs samples by it
+    prompt: Any  # what was sent (text, messages, or the loglik requests)
+    output: Any  # raw model output (text, or the per-choice logliks)
+    parsed: Any  # the answer extracted from the output (None: nothing could be parsed)
+    ideal: Any
+    score: float | None  # None: unscorable (e.g. an unparseable grader answer), counted apart
+    logprobs: Any = None
+    usage: dict[str, int] | None = None
+    # Multiple choice: "confidence" = probability of the chosen answer, for calibration.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Eval:
+    """Base of every eval class named by a spec's `class:` (see registry.py).
+
+    `args` are the spec's `args:`; `samples_jsonl` paths are resolved against the registry's
+    data directory by the registry. Subclasses implement `load_samples` and `run_batch`, and
+    may add metrics in `aggregate` (e.g. a subject-weighted mean).
+    """
+
+    batch_size: int = 16  # samples per run_batch call (a local model batches within a call)
+
+    def __init__(self, completion_fn: CompletionFn, *, seed: int = 0, data_dir: str | None = None,
+                 **args: Any) -> None:
+        self.completion_fn = completion_fn
+        self.seed = seed
+        self.data_dir = data_dir
+        self.args = args
+
+    def load_samples(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
+        raise NotImplementedError
+
+    def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
+        return {}
