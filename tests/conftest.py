@@ -1,8 +1,13 @@
 """Shared fixtures: a tiny trained tokenizer and a tiny random model that runs in milliseconds."""
 
+import contextlib
 import dataclasses
 import importlib.util
 import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -53,3 +58,25 @@ def smollm2_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2(smollm2_home):
     return smollm2_home / "models" / "smollm2-135m-instruct"
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free loopback port; yields its /v1 base URL."""
+    import uvicorn
+
+    with socket.socket() as s:  # a free port; the tiny race with another process is acceptable in tests
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:  # uvicorn offers no event to wait on
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

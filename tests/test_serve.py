@@ -1,19 +1,17 @@
 """The OpenAI-compatible server, exercised by the official `openai` client over loopback."""
 
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import openai
 import pytest
-import uvicorn
 
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.serve.app import create_app
+from tests.conftest import live_server
 
 
 def http(url: str, body: bytes | None = None) -> tuple[int, dict]:
@@ -41,20 +39,8 @@ def app(engine):
 
 @pytest.fixture(scope="module")
 def base_url(app):
-    with socket.socket() as s:  # a free port; the tiny race with another process is acceptable in tests
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -143,16 +143,19 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """`make run`: import SmolLM2 once, then chat with it."""
+    """`make run`: import SmolLM2 once, then serve it with the chat UI on loopback."""
     from opengpt4.model import convert
     from opengpt4.model.checkpoint import opengpt4_home
+    from opengpt4.serve.app import main as serve
 
     target = opengpt4_home() / "models" / DEFAULT_CHAT_MODEL
     if not (target / "config.json").is_file():
         print(f"importing SmolLM2-135M-Instruct into {target} (once)", file=sys.stderr)
         convert.import_gguf(None, target)
-    args.model = str(target)
-    cmd_chat(args)
+    # Loopback only, so no key is needed: a one-command local demo. `opengpt4 serve` keeps auth on.
+    print(f"chat UI: http://127.0.0.1:{args.port}/  API: http://127.0.0.1:{args.port}/v1 "
+          f"(model {DEFAULT_CHAT_MODEL})", file=sys.stderr)
+    serve([str(target)], host="127.0.0.1", port=args.port, no_auth=True)
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
@@ -165,7 +168,52 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from opengpt4.serve.app import main as serve
 
-    serve(args.model, host=args.host, port=args.port)
+    if not args.model and not args.registry:
+        raise OpenGPT4Error("give --registry FILE or at least one --model")
+    serve(args.model or [], registry_file=args.registry, host=args.host, port=args.port, no_auth=args.no_auth,
+          db=args.db, rate_limit_storage=args.rate_limit_storage)
+
+
+def _database(args: argparse.Namespace):
+    from opengpt4.model.checkpoint import opengpt4_home
+    from opengpt4.serve.keys import Database
+
+    return Database(args.db or opengpt4_home() / "serve.db")
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    from opengpt4.serve.keys import KeyStore
+
+    store = KeyStore(_database(args))
+    if args.keys_command == "create":
+        key = store.create(args.name, rpm=args.rpm, tpm=args.tpm)
+        print(key)
+        print(f"created key {args.name!r} ({args.rpm} requests/min, {args.tpm} tokens/min); it is shown only "
+              "this once", file=sys.stderr)
+    elif args.keys_command == "list":
+        print(f"{'id':>4}  {'name':<20} {'key':<20} {'rpm':>6} {'tpm':>8}  status")
+        for k in store.list():
+            print(f"{k.id:>4}  {k.name:<20} {k.hint:<20} {k.rpm:>6} {k.tpm:>8}  {'revoked' if k.revoked else 'active'}")
+    else:
+        store.revoke(args.id)
+        print(f"revoked key {args.id}", file=sys.stderr)
+
+
+def cmd_usage(args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    from opengpt4.serve.keys import UsageLedger
+
+    since = time.time() - args.days * 86400 if args.days else None
+    totals = UsageLedger(_database(args)).totals(since)
+    if args.json:
+        print(json.dumps([t.__dict__ for t in totals]))
+        return
+    print(f"{'key':<28} {'model':<28} {'requests':>8} {'errors':>6} {'prompt':>10} {'completion':>10} {'cost $':>10}")
+    for t in totals:
+        print(f"{t.key:<28} {t.model:<28} {t.requests:>8} {t.errors:>6} {t.prompt_tokens:>10} "
+              f"{t.completion_tokens:>10} {t.cost:>10.4f}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -222,12 +270,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("serve", help="OpenAI-compatible Chat Completions API (continuous batching)")
-    p.add_argument("--model", action="append", required=True,
-                   help="checkpoint dir or model name to serve (repeatable); its id is the dir's name")
+    p = sub.add_parser("serve", help="OpenAI-compatible API (continuous batching) and the chat UI")
+    p.add_argument("--registry", default=None, help="model registry YAML: snapshots, aliases, context, prices")
+    p.add_argument("--model", action="append", default=[],
+                   help="checkpoint dir or model name to serve without a registry (repeatable); its id is the dir's name")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
+    p.add_argument("--db", default=None, help="keys and usage database (default $OPENGPT4_HOME/serve.db)")
+    p.add_argument("--rate-limit-storage", default="memory://",
+                   help="where rate-limit counters live: memory:// (default) or redis://HOST:PORT to share them")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="create, list and revoke API keys")
+    verb = p.add_subparsers(dest="keys_command", required=True, metavar="VERB")
+    c = verb.add_parser("create", help="create a key (printed once)")
+    c.add_argument("name", help="who or what the key is for")
+    c.add_argument("--rpm", type=int, default=200, help="requests per minute (default 200)")
+    c.add_argument("--tpm", type=int, default=40_000, help="tokens per minute, prompt + max_tokens (default 40000)")
+    verb.add_parser("list", help="list keys (hints only; keys are stored hashed)")
+    r = verb.add_parser("revoke", help="revoke a key by id")
+    r.add_argument("id", type=int)
+    for v in verb.choices.values():
+        v.add_argument("--db", default=None, help="database (default $OPENGPT4_HOME/serve.db)")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("usage", help="token usage and cost per key and model, from the server's ledger")
+    p.add_argument("--days", type=float, default=None, help="only the last N days")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--db", default=None, help="database (default $OPENGPT4_HOME/serve.db)")
+    p.set_defaults(func=cmd_usage)
 
     p = sub.add_parser("data", help="build training data")
     verb = p.add_subparsers(dest="data_command", required=True, metavar="VERB")
@@ -258,14 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
     p.set_defaults(func=cmd_train)
 
-    for name, func, help_text in [("chat", cmd_chat, "multi-turn chat in the terminal"),
-                                  ("run", cmd_run, "import SmolLM2 if needed, then chat with it (make run)")]:
-        p = sub.add_parser(name, help=help_text)
-        if name == "chat":
-            p.add_argument("--model", required=True, help="checkpoint dir or model name")
-        p.add_argument("--system", default=None, help="system message")
-        _add_sampling(p, max_tokens=512, temperature=0.0)
-        p.set_defaults(func=func)
+    from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
+
+    add_eval_parser(sub)
+
+    p = sub.add_parser("chat", help="multi-turn chat in the terminal")
+    p.add_argument("--model", required=True, help="checkpoint dir or model name")
+    p.add_argument("--system", default=None, help="system message")
+    _add_sampling(p, max_tokens=512, temperature=0.0)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("run", help="import SmolLM2 if needed, then serve it with the chat UI (make run)")
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -113,6 +113,21 @@ class Engine:
                 f"{len(prompt.ids) + max_tokens} tokens ({len(prompt.ids)} in the messages, {max_tokens} in the completion)."
             )
 
+    @torch.inference_mode()
+    def prompt_logprobs(self, ids: list[int], top: int = 0) -> list[TokenLogprob]:
+        """Score a text: for each token after the first, its logprob given the tokens before it
+        (and the `top` most likely alternatives). What `echo` + `logprobs` report."""
+        if len(ids) > self.config.max_seq_len:
+            raise ValueError(f"This model's maximum context length is {self.config.max_seq_len} tokens. "
+                             f"However, you requested {len(ids)} tokens to score.")
+        logits = self.model(torch.tensor([ids], device=self.device))[0, :-1].float()
+        out = []
+        for i, token in enumerate(ids[1:]):
+            lp, alternatives = token_logprobs(logits[i], token, top)
+            out.append(TokenLogprob(token, self.tokenizer.decode([token]), lp,
+                                    [(t, self.tokenizer.decode([t]), v) for t, v in alternatives]))
+        return out
+
     # --- generation ----------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt | list[int]], params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
         """For each prompt, its `n` completions."""

@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions wire format, as pydantic v2 models.
+"""The OpenAI Chat Completions (and legacy Completions) wire format, as pydantic v2 models.
 
 Requests ignore unknown fields (clients send vendor extras we do not implement); responses are
 built by the app and serialized with `model_dump(exclude_none=...)` where OpenAI omits fields.
@@ -44,11 +44,14 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Request):
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object"] = "text"
+
+
+class _Sampling(_Request):
+    """Fields the two completion endpoints share."""
+
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)  # the newer name for max_tokens
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
@@ -56,11 +59,29 @@ class ChatCompletionRequest(_Request):
     seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # the newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(_Sampling):
+    """The legacy /v1/completions: raw text in, no chat template. `echo` + `logprobs` with
+    `max_tokens: 0` scores a text (how eval harnesses get log-likelihoods from an endpoint)."""
+
+    prompt: str | list[str] = Field(min_length=1)
+    max_tokens: int = Field(default=16, ge=0)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -128,11 +149,47 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None  # only on the final usage chunk (stream_options.include_usage)
 
 
+class TextLogprobs(BaseModel):
+    """The legacy completions' logprobs: parallel lists, one entry per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: TextLogprobs | None = None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class Pricing(BaseModel):
+    prompt: float  # USD per 1k prompt tokens
+    completion: float  # USD per 1k completion tokens
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "opengpt4"
+    # Extras (OpenAI's list has only the four above; clients ignore unknown fields):
+    snapshot: str | None = None  # what an alias resolves to
+    context_length: int | None = None
+    accepts_images: bool | None = None
+    pricing: Pricing | None = None
 
 
 class ModelList(BaseModel):
