@@ -245,6 +245,11 @@ def test_image_parts(server, engine):
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="tiny-latest", messages=[{"role": "user", "content": [junk]}])
     assert e.value.param == "messages[0].content[0]"
+    for url in ("/etc/passwd", "https://example.com/cat.png"):  # never read server files, never fetch
+        part = {"type": "image_url", "image_url": {"url": url}}
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="tiny-latest", messages=[{"role": "user", "content": [part]}])
+        assert "only data: URLs" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="tiny-latest", messages=[{"role": "user", "content": [image] * 9}])
     assert "too many images" in e.value.message and e.value.param == "messages[0].content[8]"

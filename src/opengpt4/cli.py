@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
     p.set_defaults(func=cmd_train)
 
+    from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
 
+    add_eval_parser(sub)
 
     p = sub.add_parser("chat", help="multi-turn chat in the terminal")
     p.add_argument("--model", required=True, help="checkpoint dir or model name")

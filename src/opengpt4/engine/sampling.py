@@ -51,7 +51,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # Below 1e-5 (vLLM's threshold) dividing the logits would overflow to inf: treat as 0.
+        return self.temperature < 1e-5
 
 
 def apply_penalties(logits: Tensor, counts: Tensor, presence: float, frequency: float) -> Tensor:
@@ -71,6 +72,7 @@ def truncate(logits: Tensor, top_k: int, top_p: float) -> Tensor:
         probs = sorted_logits.softmax(-1)
         # Drop a token when the mass before it already reaches top_p; the top token always stays.
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False  # explicitly: a top_p that underflows float32 would drop it too
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -86,16 +86,16 @@ def _from_data_url(url: str) -> bytes:
 
 def _read_file(path: Path) -> bytes:
     source = f"'{path}'"
-    if not path.exists():
-        raise _error(source, "no such file")
-    if not path.is_file():
-        raise _error(source, "not a regular file")
-    if path.stat().st_size > MAX_ENCODED_BYTES:
-        raise _error(source, f"{path.stat().st_size} bytes is larger than the {MAX_ENCODED_BYTES // 2**20} MB limit")
-    try:
+    try:  # os.stat itself fails on some names (too long, NUL bytes)
+        if not path.exists():
+            raise _error(source, "no such file")
+        if not path.is_file():
+            raise _error(source, "not a regular file")
+        if path.stat().st_size > MAX_ENCODED_BYTES:
+            raise _error(source, f"{path.stat().st_size} bytes is larger than the {MAX_ENCODED_BYTES // 2**20} MB limit")
         return path.read_bytes()
-    except OSError as e:
-        raise _error(source, e.strerror or str(e)) from e
+    except (OSError, ValueError) as e:
+        raise _error(source, getattr(e, "strerror", None) or str(e)) from e
 
 
 def _from_array(a: np.ndarray) -> Image.Image:

@@ -368,6 +368,10 @@ def chat_messages(messages: list[ChatMessage], accepts_images: bool) -> list[dic
                 count += 1
                 if count > MAX_IMAGES:
                     raise APIError(400, f"{param}: too many images; at most {MAX_IMAGES} per request", param=param)
+                if not part.image_url.url.startswith("data:"):
+                    # Never a server-side path (that would read the server's files) nor a fetch.
+                    raise APIError(400, f"{param}: only data: URLs are accepted (data:image/png;base64,...)",
+                                   param=param, code="invalid_image")
                 try:
                     image = load_image(part.image_url.url)
                 except ImageError as e:

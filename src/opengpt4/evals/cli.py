@@ -1,0 +1,121 @@
+"""`opengpt4 eval {run,compare,list}`. Human tables first; for run and compare the report as one
+JSON line, last on stdout. Only argparse at import time: the top-level parser imports this."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from opengpt4.errors import OpenGPT4Error
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output gets wide lines rather than cells folded at rich's default 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from .runner import dumps, run_eval
+
+    try:
+        report = run_eval(args.eval, args.model, registries=args.registry, limit=args.limit, seed=args.seed,
+                          out_dir=args.out, workers=args.workers, grader=args.grader, data_dir=args.data_dir,
+                          cache=not args.no_cache, dtype=args.dtype)
+    except NotImplementedError as e:  # e.g. an endpoint that cannot score text (loglik evals)
+        raise OpenGPT4Error(str(e)) from None
+    table = Table(title=f"{report['eval']} — {report['model']}", show_header=False)
+    ci = report["ci95"]
+    table.add_row(report["metric"], f"{_fmt(report['score'])} ± {_fmt(report['stderr'])} (stderr)")
+    table.add_row("95% CI (bootstrap)", f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-")
+    table.add_row("samples", f"{report['n']} ({report['n_unscorable']} unscorable)")
+    for key, value in report["metrics"].items():
+        table.add_row(key, _fmt(value))
+    if "ece" in report:
+        table.add_row("ECE", _fmt(report["ece"]))
+    table.add_row("cache", f"{report['cache']['hits']} hits, {report['cache']['misses']} misses")
+    table.add_row("tokens", str(report["usage"]["total_tokens"]))
+    table.add_row("time", f"{report['run_time_s']:.1f} s")
+    table.add_row("run dir", report["out_dir"])
+    _console().print(table)
+    print(dumps(report), flush=True)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from .compare import compare
+    from .runner import dumps
+
+    report = compare(args.run_a, args.run_b, seed=args.seed)
+    console = _console()
+    table = Table(title=f"{report['eval']}: A vs B", show_header=False)
+    table.add_row("A", f"{report['run_a']['model']}: mean {_fmt(report['run_a']['mean'])}")
+    table.add_row("B", f"{report['run_b']['model']}: mean {_fmt(report['run_b']['mean'])}")
+    table.add_row("paired samples", str(report["n_paired"]))
+    table.add_row("B - A", _fmt(report["mean_diff"]))
+    table.add_row(report["test"], f"p = {_fmt(report['p_value'])}")
+    console.print(table)
+    if report["flipped"]:
+        flips = Table("sample", "A", "B", "ideal", title=f"{len(report['flipped'])} samples changed score")
+        for f in report["flipped"][:args.show]:
+            flips.add_row(f["sample_id"], f"{_fmt(f['parsed_a'])} ({_fmt(f['score_a'])})",
+                          f"{_fmt(f['parsed_b'])} ({_fmt(f['score_b'])})", _fmt(f["ideal"]))
+        console.print(flips)
+    print(dumps(report), flush=True)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from .registry import list_evals
+
+    table = Table("name", "id", "class", "description")
+    for row in list_evals(args.registry):
+        table.add_row(row["name"], row["id"], row["class"], row["description"])
+    _console().print(table)
+
+
+def add_eval_parser(sub: Any) -> None:
+    p = sub.add_parser("eval", help="run, compare and list evals (OpenAI Evals registry format)")
+    verb = p.add_subparsers(dest="eval_command", required=True, metavar="VERB")
+
+    r = verb.add_parser("run", help="run an eval on a model; the report is the last line on stdout (JSON)")
+    r.add_argument("eval", help="eval name (base name or full id), from the package or a --registry")
+    r.add_argument("--model", required=True,
+                   help="checkpoint dir, model name, or an endpoint http://HOST:PORT/v1#MODEL")
+    r.add_argument("--registry", action="append", default=[],
+                   help="extra registry dir with evals/, data/, modelgraded/ (repeatable; later ones win)")
+    r.add_argument("--limit", type=int, default=None, help="run N samples, picked by a seeded shuffle")
+    r.add_argument("--seed", type=int, default=0, help="seed of --limit, sampling and the bootstrap (default 0)")
+    r.add_argument("--out", default=None, help="run directory (default ./evals-runs/<time>_<eval>_<model>)")
+    r.add_argument("--workers", type=int, default=1, help="batches in flight at once (default 1)")
+    r.add_argument("--grader", default=None, help="model that grades model-graded evals (default: --model)")
+    r.add_argument("--data-dir", default=None, help="data directory for evals that read one (benchmarks)")
+    r.add_argument("--no-cache", action="store_true", help="neither read nor write the completion cache")
+    r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="precision of a local model (default auto)")
+    r.set_defaults(func=cmd_run)
+
+    c = verb.add_parser("compare", help="paired comparison of two runs of the same eval")
+    c.add_argument("run_a", help="run directory A")
+    c.add_argument("run_b", help="run directory B")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    c.add_argument("--show", type=int, default=20, help="changed samples to print (default 20; all are in the JSON)")
+    c.set_defaults(func=cmd_compare)
+
+    ls = verb.add_parser("list", help="every eval in the package registry and the given ones")
+    ls.add_argument("--registry", action="append", default=[], help="extra registry dir (repeatable)")
+    ls.set_defaults(func=cmd_list)

@@ -1,0 +1,261 @@
+"""The eval registry: OpenAI Evals' YAML layout, read from the package and from user directories.
+
+A registry directory holds `evals/*.yaml` (eval specs), `data/` (the samples they name) and
+`modelgraded/*.yaml` (grader prompts). An eval is a base name pointing at a full name
+`<name>.<split>.<version>` with `id:`, and the full name carries `class:` and `args:`:
+
+    arithmetic: {id: arithmetic.dev.v0, description: ..., metrics: [accuracy]}
+    arithmetic.dev.v0: {class: evals.elsuite.basic.match:Match, args: {samples_jsonl: arithmetic/samples.jsonl}}
+
+Registries are searched in order, the package's first; a later one overrides an earlier one
+name by name. OpenAI Evals' own class paths map to our templates, so its specs load unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+import string
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opengpt4.errors import OpenGPT4Error
+
+from .api import CompletionFn, Eval
+
+PACKAGE_REGISTRY = Path(__file__).parent / "registry"
+
+OPENAI_EVALS_CLASSES = {
+    "evals.elsuite.basic.match:Match": "opengpt4.evals.templates:Match",
+    "evals.elsuite.basic.includes:Includes": "opengpt4.evals.templates:Includes",
+    "evals.elsuite.basic.fuzzy_match:FuzzyMatch": "opengpt4.evals.templates:FuzzyMatch",
+    "evals.elsuite.basic.json_match:JsonMatch": "opengpt4.evals.templates:JsonMatch",
+    "evals.elsuite.modelgraded.classify:ModelBasedClassify": "opengpt4.evals.templates:ModelBasedClassify",
+}
+PATH_ARGS = ("samples_jsonl", "few_shot_jsonl")  # resolved against the registry's data/ directory
+EVAL_TYPES = ("classify", "cot_classify", "classify_cot")
+
+
+@dataclass
+class EvalSpec:
+    name: str  # the full name, e.g. arithmetic.dev.v0
+    cls: str  # the class path as written in the YAML
+    args: dict[str, Any]  # as written (paths not yet resolved)
+    base: str | None = None  # the base name that points here, if any
+    description: str = ""
+    metrics: list[str] = field(default_factory=list)
+    registry: Path = PACKAGE_REGISTRY  # the registry directory that defines it
+    file: Path | None = None
+
+
+@dataclass
+class ModelGradedSpec:
+    name: str
+    prompt: str | list[dict[str, Any]]  # a template with {input}/{completion}/{ideal}-style slots
+    choice_strings: list[str]
+    input_outputs: dict[str, str]  # sample key of a prompt -> slot its completion fills
+    choice_scores: dict[str, float] | None = None
+    eval_type: str | None = None
+    output_template: str | None = None
+
+    def slots(self) -> list[str]:
+        texts = [self.prompt] if isinstance(self.prompt, str) else [m.get("content", "") for m in self.prompt]
+        return sorted({f for t in texts for _, f, _, _ in string.Formatter().parse(t) if f})
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans (only true/false): choice strings such as Yes / No / On stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise OpenGPT4Error(f"{file}: invalid YAML ({' '.join(str(e).split())})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, (dict, str)) for v in data.values()):
+        raise OpenGPT4Error(f"{file}: expected a mapping of names to specs")
+    return data
+
+
+def _load_kind(paths: list[Path], kind: str) -> dict[str, tuple[Any, Path, Path]]:
+    """name -> (raw spec, registry dir, file), later registries overriding earlier ones."""
+    merged: dict[str, tuple[Any, Path, Path]] = {}
+    for registry in paths:
+        own: dict[str, Path] = {}
+        folder = registry / kind
+        files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
+        for file in files:
+            for name, spec in _read_yaml(file).items():
+                name = str(name)
+                if name in own:  # within one registry a name must be unique, as in OpenAI Evals
+                    raise OpenGPT4Error(f"{file}: {name!r} is already defined in {own[name]}")
+                own[name] = file
+                merged[name] = (spec, registry, file)
+    return merged
+
+
+class Registry:
+    def __init__(self, paths: tuple[str | Path, ...] | list[str | Path] = ()) -> None:
+        self.paths = [PACKAGE_REGISTRY]
+        for p in paths:
+            path = Path(p).expanduser()
+            if not path.is_dir():
+                raise OpenGPT4Error(f"{p}: no such registry directory")
+            self.paths.append(path)
+
+    @cached_property
+    def _evals(self) -> dict[str, tuple[Any, Path, Path]]:
+        return _load_kind(self.paths, "evals")
+
+    @cached_property
+    def _modelgraded(self) -> dict[str, tuple[Any, Path, Path]]:
+        return _load_kind(self.paths, "modelgraded")
+
+    # --- lookups -----------------------------------------------------------------------------
+    def get_eval(self, name: str) -> EvalSpec:
+        if name not in self._evals:
+            near = difflib.get_close_matches(name, list(self._evals), n=5)
+            hint = f"; did you mean {', '.join(near)}?" if near else "; `opengpt4 eval list` shows them all"
+            raise OpenGPT4Error(f"unknown eval {name!r}{hint}")
+        seen = [name]
+        raw, registry, file = self._evals[name]
+        while isinstance(raw, str) or "id" in raw:  # follow aliases: base name -> full name
+            target = str(raw if isinstance(raw, str) else raw["id"])
+            if target in seen or target not in self._evals:
+                problem = "loops" if target in seen else f"points at unknown eval {target!r}"
+                raise OpenGPT4Error(f"{file}: {seen[-1]!r} {problem}")
+            seen.append(target)
+            raw, registry, file = self._evals[target]
+        full = seen[-1]
+        # The base name holds description and metrics; found by its id when the full name was asked for.
+        base = name if full != name else next(
+            (n for n, (r, _, _) in self._evals.items() if isinstance(r, dict) and r.get("id") == full), None)
+        head = self._evals[base][0] if base and isinstance(self._evals[base][0], dict) else {}
+        if "class" not in raw:
+            raise OpenGPT4Error(f"{file}: eval {full!r} has no 'class'")
+        args = raw.get("args") or {}
+        if not isinstance(args, dict):
+            raise OpenGPT4Error(f"{file}: 'args' of {full!r} must be a mapping")
+        return EvalSpec(name=full, cls=str(raw["class"]), args=dict(args), base=base,
+                        description=str(head.get("description") or raw.get("description") or ""),
+                        metrics=list(head.get("metrics") or raw.get("metrics") or []),
+                        registry=registry, file=file)
+
+    def get_modelgraded(self, name: str) -> ModelGradedSpec:
+        if name not in self._modelgraded:
+            near = difflib.get_close_matches(name, list(self._modelgraded), n=5)
+            raise OpenGPT4Error(f"unknown modelgraded spec {name!r}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+        raw, _, file = self._modelgraded[name]
+        return parse_modelgraded(name, raw, file)
+
+    def list_evals(self) -> list[dict[str, str]]:
+        """One row per eval: its base name (or its full name if none points at it), full id,
+        description and class. A broken entry is listed with its error, not hiding the others."""
+        rows = []
+        for name in sorted(self._evals):
+            try:
+                spec = self.get_eval(name)
+            except OpenGPT4Error as e:
+                rows.append({"name": name, "id": "", "description": f"error: {e}", "class": "",
+                             "registry": str(self._evals[name][1])})
+                continue
+            if spec.base is None or spec.base == name:  # a full name with a base is listed under the base
+                rows.append({"name": name, "id": spec.name, "description": spec.description, "class": spec.cls,
+                             "registry": str(spec.registry)})
+        return rows
+
+    # --- instantiation -----------------------------------------------------------------------
+    def resolve_data(self, spec: EvalSpec, relative: str) -> Path:
+        """A data path of a spec: its own registry's data/ first, then the others (last first)."""
+        path = Path(relative).expanduser()
+        if path.is_absolute():
+            return path
+        candidates = [spec.registry / "data" / path] + [r / "data" / path for r in reversed(self.paths)]
+        return next((c for c in candidates if c.exists()), candidates[0])
+
+    def make_eval(self, spec: EvalSpec, completion_fn: CompletionFn, *, seed: int = 0, data_dir: str | None = None,
+                  grader: CompletionFn | None = None) -> Eval:
+        cls = load_class(spec)
+        args = dict(spec.args)
+        spec_data_dir = args.pop("data_dir", None)  # a spec may name one; --data-dir overrides it
+        data_dir = data_dir if data_dir is not None else spec_data_dir
+        for key in PATH_ARGS:
+            if isinstance(args.get(key), str):
+                args[key] = str(self.resolve_data(spec, args[key]))
+        if isinstance(args.get("modelgraded_spec"), str):
+            args["modelgraded_spec"] = self.get_modelgraded(args["modelgraded_spec"])
+        # Only classes that grade with a model take a grader; a spec's own `grader:` names a model
+        # and is replaced by the completion function the runner built for it.
+        if grader is not None and "grader" in inspect.signature(cls.__init__).parameters:
+            args["grader"] = grader
+        try:
+            return cls(completion_fn, seed=seed, data_dir=data_dir, **args)
+        except TypeError as e:
+            raise OpenGPT4Error(f"{spec.file}: bad args for {spec.name} ({spec.cls}): {e}") from None
+
+
+def load_class(spec: EvalSpec) -> type[Eval]:
+    path = OPENAI_EVALS_CLASSES.get(spec.cls, spec.cls)
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise OpenGPT4Error(f"{spec.file}: class of {spec.name} must be 'module:Class', got {spec.cls!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise OpenGPT4Error(f"{spec.file}: cannot load class {spec.cls!r} of {spec.name}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Eval)):
+        raise OpenGPT4Error(f"{spec.file}: {spec.cls} is not a subclass of opengpt4.evals.api.Eval")
+    return cls
+
+
+def parse_modelgraded(name: str, raw: Any, file: Path | None = None) -> ModelGradedSpec:
+    """Check and normalize one OpenAI Evals modelgraded spec ("ABCDE" -> list, "from_strings" -> scores)."""
+    where = f"{file}: modelgraded spec {name!r}" if file else f"modelgraded spec {name!r}"
+    if not isinstance(raw, dict):
+        raise OpenGPT4Error(f"{where} must be a mapping")
+    missing = [k for k in ("prompt", "choice_strings") if k not in raw]
+    if missing:
+        raise OpenGPT4Error(f"{where} lacks {', '.join(missing)}")
+    choices = raw["choice_strings"]
+    choices = list(choices) if isinstance(choices, str) else [str(c) for c in choices]
+    bad = [c for c in choices if not c or any(ch in string.punctuation for ch in c)]
+    if not choices or bad:  # the parser strips punctuation from answers, so choices cannot hold any
+        raise OpenGPT4Error(f"{where}: choice strings must be non-empty and free of punctuation, got {choices}")
+    scores = raw.get("choice_scores")
+    if scores == "from_strings":
+        try:
+            scores = {c: float(c) for c in choices}
+        except ValueError:
+            raise OpenGPT4Error(f"{where}: choice_scores 'from_strings' needs numeric choices, got {choices}") from None
+    elif scores is not None:
+        if not isinstance(scores, dict) or set(map(str, scores)) != set(choices):
+            raise OpenGPT4Error(f"{where}: choice_scores must give a score to each of {choices}")
+        scores = {str(k): float(v) for k, v in scores.items()}
+    eval_type = raw.get("eval_type")
+    if eval_type is not None and eval_type not in EVAL_TYPES:
+        raise OpenGPT4Error(f"{where}: eval_type must be one of {', '.join(EVAL_TYPES)}, got {eval_type!r}")
+    prompt = raw["prompt"]
+    if not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
+        raise OpenGPT4Error(f"{where}: prompt must be a string or a list of chat messages")
+    input_outputs = raw.get("input_outputs") or {"input": "completion"}
+    return ModelGradedSpec(name=name, prompt=prompt, choice_strings=choices, input_outputs=dict(input_outputs),
+                           choice_scores=scores, eval_type=eval_type, output_template=raw.get("output_template"))
+
+
+def list_evals(registries: tuple[str | Path, ...] | list[str | Path] = ()) -> list[dict[str, str]]:
+    return Registry(registries).list_evals()

@@ -1,0 +1,722 @@
+// The opengpt4 web chat: one plain ES module, no build step, no dependencies, no network
+// access beyond the server it was loaded from. It speaks the same OpenAI-compatible /v1 API
+// as any other client, so everything it does can be reproduced with the `openai` package.
+//
+// Safety rule for the whole file: model output and user text only ever reach the page as
+// text nodes (textContent / append(string)); nothing here assigns innerHTML.
+
+// Relative, so the UI also works when the server sits behind a path prefix.
+const API = "v1";
+
+const STORAGE = {
+  conversations: "opengpt4.conversations",
+  current: "opengpt4.current",
+  settings: "opengpt4.settings",
+  apiKey: "opengpt4.apiKey",
+};
+
+const MAX_IMAGE_BYTES = 20 * 1024 * 1024; // OpenAI's own per-image limit
+const TITLE_LENGTH = 48;
+
+// ---------------------------------------------------------------------------------------
+// Storage
+// ---------------------------------------------------------------------------------------
+
+function load(key, fallback) {
+  try {
+    const raw = localStorage.getItem(key);
+    return raw === null ? fallback : JSON.parse(raw);
+  } catch {
+    return fallback; // corrupt or unavailable storage must not keep the page from starting
+  }
+}
+
+function store(key, value) {
+  localStorage.setItem(key, JSON.stringify(value));
+}
+
+// localStorage holds ~5 MB, and attached images are stored as data: URLs, so a few photos
+// can fill it. Rather than lose the whole history, retry without image data and say so.
+function saveConversations() {
+  try {
+    store(STORAGE.conversations, state.conversations);
+  } catch {
+    const stripped = state.conversations.map((c) => ({
+      ...c,
+      messages: c.messages.map((m) => (m.images?.length ? { ...m, images: m.images.map(() => null) } : m)),
+    }));
+    try {
+      store(STORAGE.conversations, stripped);
+      showNotice("Browser storage is full: images in your conversations will not be kept after a reload.");
+    } catch {
+      showNotice("Browser storage is full: this conversation will not be kept after a reload.");
+    }
+  }
+}
+
+function saveSettings() {
+  store(STORAGE.settings, state.settings);
+}
+
+// ---------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------
+
+const state = {
+  conversations: load(STORAGE.conversations, []), // [{id, title, system, messages, updated}]
+  currentId: load(STORAGE.current, null),
+  settings: { model: null, temperature: 1, maxTokens: null, ...load(STORAGE.settings, {}) },
+  apiKey: localStorage.getItem(STORAGE.apiKey) || "",
+  models: [], // model objects from GET /v1/models (may carry pricing, context_length, accepts_images)
+  pending: [], // images attached in the composer, as data: URLs, not sent yet
+  streams: new Map(), // conversation id -> AbortController of its in-flight reply
+};
+
+// Ids only need to be unique within this browser; crypto.randomUUID is missing on plain-http
+// pages served to other machines (not a "secure context"), so do not depend on it.
+function newId() {
+  return Date.now().toString(36) + Math.random().toString(36).slice(2, 10);
+}
+
+function current() {
+  return state.conversations.find((c) => c.id === state.currentId) ?? null;
+}
+
+function selectedModel() {
+  return state.models.find((m) => m.id === state.settings.model) ?? null;
+}
+
+// ---------------------------------------------------------------------------------------
+// DOM helpers
+// ---------------------------------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+/** h("div", {class: "x", onclick: f}, "text", child): strings become text nodes, never HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") el.className = value;
+    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, "");
+    else if (value !== false && value != null) el.setAttribute(key, value);
+  }
+  el.append(...children.filter((c) => c != null && c !== false));
+  return el;
+}
+
+// A small fixed icon set (24x24 stroke paths), built with DOM calls so no markup is parsed.
+const ICONS = {
+  plus: ["M12 5v14", "M5 12h14"],
+  settings: ["M12 15a3 3 0 1 0 0-6 3 3 0 0 0 0 6z",
+    "M19.4 15a1.7 1.7 0 0 0 .3 1.8l.1.1a2 2 0 1 1-2.8 2.8l-.1-.1a1.7 1.7 0 0 0-1.8-.3 1.7 1.7 0 0 0-1 1.5V21a2 2 0 1 1-4 0v-.1a1.7 1.7 0 0 0-1.1-1.5 1.7 1.7 0 0 0-1.8.3l-.1.1a2 2 0 1 1-2.8-2.8l.1-.1a1.7 1.7 0 0 0 .3-1.8 1.7 1.7 0 0 0-1.5-1H3a2 2 0 1 1 0-4h.1a1.7 1.7 0 0 0 1.5-1.1 1.7 1.7 0 0 0-.3-1.8l-.1-.1a2 2 0 1 1 2.8-2.8l.1.1a1.7 1.7 0 0 0 1.8.3H9a1.7 1.7 0 0 0 1-1.5V3a2 2 0 1 1 4 0v.1a1.7 1.7 0 0 0 1 1.5 1.7 1.7 0 0 0 1.8-.3l.1-.1a2 2 0 1 1 2.8 2.8l-.1.1a1.7 1.7 0 0 0-.3 1.8V9a1.7 1.7 0 0 0 1.5 1H21a2 2 0 1 1 0 4h-.1a1.7 1.7 0 0 0-1.5 1z"],
+  menu: ["M4 6h16", "M4 12h16", "M4 18h16"],
+  close: ["M6 6l12 12", "M18 6L6 18"],
+  trash: ["M4 7h16", "M10 11v6", "M14 11v6", "M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12", "M9 7V4h6v3"],
+  clip: ["M21 11.5l-8.5 8.5a5 5 0 0 1-7-7l8.5-8.5a3.5 3.5 0 0 1 5 5L10.5 18a2 2 0 0 1-3-3L15 7.5"],
+  send: ["M12 19V5", "M5 12l7-7 7 7"],
+  stop: ["M7 7h10v10H7z"],
+};
+
+function icon(name) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  for (const d of ICONS[name]) {
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+  return svg;
+}
+
+// ---------------------------------------------------------------------------------------
+// The API
+// ---------------------------------------------------------------------------------------
+
+function headers(json = false) {
+  const out = {};
+  if (json) out["Content-Type"] = "application/json";
+  if (state.apiKey) out.Authorization = `Bearer ${state.apiKey}`;
+  return out;
+}
+
+/** An error a person can act on, built from a non-200 response (OpenAI's error envelope). */
+class APIError extends Error {
+  constructor(message, { detail = "", status = 0, action = null } = {}) {
+    super(message); // the headline
+    this.detail = detail; // the server's own words, when the headline is ours
+    this.status = status;
+    this.action = action; // "settings" when changing the API key is the fix
+  }
+
+  get text() {
+    return this.detail ? `${this.message}. ${this.detail}` : this.message;
+  }
+}
+
+async function responseError(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    detail = body?.error?.message ?? "";
+  } catch {
+    // not JSON (a proxy's HTML page, say): fall back to the status line below
+  }
+  detail = detail || `${response.status} ${response.statusText}`.trim();
+  if (response.status === 429) {
+    const wait = retryAfterSeconds(response.headers.get("retry-after"));
+    const when = wait === null ? "retry shortly" : `retry in ${wait} s`;
+    return new APIError(`Rate limit reached — ${when}`, { detail, status: 429 });
+  }
+  if (response.status === 401) {
+    return new APIError(detail, { detail: "Check the API key in Settings.", status: 401, action: "settings" });
+  }
+  return new APIError(detail, { status: response.status });
+}
+
+// Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+function retryAfterSeconds(value) {
+  if (!value) return null;
+  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) return Math.ceil(Number(value));
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
+}
+
+async function fetchModels() {
+  const response = await fetch(`${API}/models`, { headers: headers() });
+  if (!response.ok) throw await responseError(response);
+  const body = await response.json();
+  return Array.isArray(body.data) ? body.data : [];
+}
+
+/**
+ * Yield the data payloads of a data-only server-sent-event stream ("data: {...}" lines,
+ * events separated by a blank line). fetch + ReadableStream rather than EventSource, because
+ * EventSource can neither POST a body nor send an Authorization header.
+ */
+async function* sseData(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer = (buffer + value).replace(/\r\n?/g, "\n"); // SSE allows CRLF and CR line ends too
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = event.split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5))
+          .join("\n");
+        if (data) yield data;
+      }
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** The conversation as Chat Completions messages (failed, empty replies are left out). */
+function apiMessages(conv) {
+  const out = [];
+  if (conv.system.trim()) out.push({ role: "system", content: conv.system });
+  for (const m of conv.messages) {
+    if (m.role === "user") {
+      const images = (m.images ?? []).filter(Boolean); // null: dropped when storage was full
+      if (!images.length) {
+        out.push({ role: "user", content: m.content });
+      } else {
+        // Images first, then the question: the order the model saw images in training.
+        const parts = images.map((url) => ({ type: "image_url", image_url: { url } }));
+        if (m.content) parts.push({ type: "text", text: m.content });
+        out.push({ role: "user", content: parts });
+      }
+    } else if (m.role === "assistant" && m.content) {
+      out.push({ role: "assistant", content: m.content });
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering
+// ---------------------------------------------------------------------------------------
+
+const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumSignificantDigits: 3 });
+
+/** USD for one reply, or null when the model has no pricing (pricing is USD per 1k tokens). */
+function cost(usage, model) {
+  const p = model?.pricing;
+  if (!usage || !p || typeof p.prompt !== "number" || typeof p.completion !== "number") return null;
+  return (usage.prompt_tokens * p.prompt + usage.completion_tokens * p.completion) / 1000;
+}
+
+function usageText(m) {
+  if (!m.usage) return "";
+  const u = m.usage;
+  let text = `${u.prompt_tokens} prompt + ${u.completion_tokens} completion = ${u.total_tokens} tokens`;
+  // The model object of the time, not the current one: pricing is recorded with the reply.
+  const usd = cost(u, m.pricing ? { pricing: m.pricing } : null);
+  if (usd !== null) text += ` · ${money.format(usd)}`;
+  return text;
+}
+
+function statusText(m) {
+  if (m.status === "stopped") return "Stopped";
+  if (m.finish_reason === "length") return "Cut off at the token limit";
+  return "";
+}
+
+function renderMessage(m) {
+  const isUser = m.role === "user";
+  const label = isUser ? "You" : (m.model ?? "assistant");
+  const body = h("div", { class: "msg-body" });
+  if (isUser && m.images?.length) {
+    const gallery = h("div", { class: "msg-images" });
+    for (const url of m.images) {
+      gallery.append(url ? h("img", { src: url, alt: "Attached image" }) : h("span", { class: "img-missing" }, "image not saved"));
+    }
+    body.append(gallery);
+  }
+  body.append(h("div", { class: "msg-content" }, m.content));
+  if (m.error) {
+    body.append(h("div", { class: "msg-error", role: "alert" },
+      h("div", { class: "msg-error-text" },
+        h("strong", {}, m.error),
+        m.errorDetail ? h("span", { class: "msg-error-detail" }, m.errorDetail) : null),
+      m.errorAction === "settings" ? h("button", { type: "button", class: "btn btn-small", onclick: openSettings }, "Open settings") : null,
+      h("button", { type: "button", class: "btn btn-small", onclick: () => retry(m) }, "Retry")));
+  }
+  const meta = h("div", { class: "msg-meta" },
+    h("span", { class: "msg-status" }, statusText(m)),
+    h("span", { class: "msg-usage" }, usageText(m)));
+  return h("article", { class: `msg ${m.role}`, "data-id": m.id, "data-status": m.status ?? "done" },
+    h("div", { class: "msg-role" }, label), body, isUser ? null : meta);
+}
+
+/** Re-render one message in place (streaming updates use appendDelta instead). */
+function updateMessage(m) {
+  const old = $("message-list").querySelector(`[data-id="${m.id}"]`);
+  if (old) old.replaceWith(renderMessage(m));
+}
+
+// Streaming appends text nodes instead of re-rendering, so a long reply stays cheap and the
+// user can select text while it grows.
+function appendDelta(m, text) {
+  const el = $("message-list").querySelector(`[data-id="${m.id}"] .msg-content`);
+  if (!el) return; // another conversation is on screen; the text is still recorded in m
+  const messages = $("messages");
+  const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
+  el.append(text);
+  if (atBottom) messages.scrollTop = messages.scrollHeight;
+}
+
+function renderMessages() {
+  const conv = current();
+  const list = $("message-list");
+  list.replaceChildren(...(conv?.messages ?? []).map(renderMessage));
+  $("empty").hidden = Boolean(conv?.messages.length);
+  $("system").value = conv?.system ?? "";
+  // Open the system box when it has content so it is never silently in effect.
+  $("system-box").open = Boolean(conv?.system);
+  $("messages").scrollTop = $("messages").scrollHeight;
+}
+
+function renderConversations() {
+  const items = [...state.conversations]
+    .filter((c) => c.messages.length || c.id === state.currentId)
+    .sort((a, b) => b.updated - a.updated)
+    .map((c) => h("li", { class: c.id === state.currentId ? "active" : "" },
+      h("button", {
+        type: "button", class: "conv-title", title: c.title || "New chat",
+        "aria-current": c.id === state.currentId ? "page" : false,
+        onclick: () => switchTo(c.id),
+      }, c.title || "New chat"),
+      h("button", {
+        type: "button", class: "icon-btn icon-btn-small conv-delete", "aria-label": `Delete ${c.title || "New chat"}`,
+        title: "Delete conversation", onclick: () => deleteConversation(c.id),
+      }, icon("trash"))));
+  $("conversations").replaceChildren(...items);
+}
+
+function renderComposer() {
+  const streaming = state.streams.has(state.currentId);
+  $("send").hidden = streaming;
+  $("stop").hidden = !streaming;
+  const images = selectedModel()?.accepts_images !== false; // absent means "unknown": allow
+  $("attach").disabled = !images;
+  $("file").disabled = !images;
+  $("attach").title = images ? "Attach image" : "This model does not accept images";
+  $("attachments").replaceChildren(...state.pending.map((url, i) => h("figure", { class: "attachment" },
+    h("img", { src: url, alt: `Attachment ${i + 1}` }),
+    h("button", {
+      type: "button", class: "attachment-remove", "aria-label": `Remove attachment ${i + 1}`,
+      onclick: () => { state.pending.splice(i, 1); renderComposer(); },
+    }, icon("close")))));
+}
+
+function renderModels() {
+  const select = $("model");
+  select.replaceChildren(...state.models.map((m) => h("option", { value: m.id }, m.id)));
+  if (!selectedModel() && state.models.length) {
+    state.settings.model = state.models[0].id;
+    saveSettings();
+  }
+  select.value = state.settings.model ?? "";
+  select.disabled = !state.models.length;
+  renderModelInfo();
+  renderComposer();
+}
+
+function renderModelInfo() {
+  const m = selectedModel();
+  const bits = [];
+  if (m?.snapshot && m.snapshot !== m.id) bits.push(`→ ${m.snapshot}`); // an alias: say what it points at now
+  if (m?.context_length) bits.push(`${m.context_length.toLocaleString("en-US")} tokens context`);
+  if (m?.pricing) bits.push(`${money.format(m.pricing.prompt)} / ${money.format(m.pricing.completion)} per 1k tokens in / out`);
+  if (m?.accepts_images === false) bits.push("text only");
+  $("model-info").textContent = bits.join(" · ");
+  if (m?.context_length) $("max-tokens").max = m.context_length;
+  else $("max-tokens").removeAttribute("max");
+}
+
+function renderSettings() {
+  const t = state.settings.temperature;
+  $("temperature").value = t;
+  $("temperature-range").value = t;
+  $("max-tokens").value = state.settings.maxTokens ?? "";
+}
+
+function render() {
+  renderConversations();
+  renderMessages();
+  renderComposer();
+  document.title = current()?.title ? `${current().title} · opengpt4` : "opengpt4";
+}
+
+// One notice bar for problems that belong to no single reply (models failing to load, storage).
+function showNotice(text, action = null) {
+  $("notice-text").textContent = text;
+  const button = $("notice-action");
+  button.hidden = !action;
+  if (action) {
+    button.textContent = action.label;
+    button.onclick = action.run;
+  }
+  $("notice").hidden = false;
+}
+
+function hideNotice() {
+  $("notice").hidden = true;
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions
+// ---------------------------------------------------------------------------------------
+
+function newConversation() {
+  // Reuse an untouched conversation instead of piling up empty ones.
+  const empty = state.conversations.find((c) => !c.messages.length);
+  const conv = empty ?? { id: newId(), title: "", system: "", messages: [], updated: Date.now() };
+  if (!empty) state.conversations.push(conv);
+  switchTo(conv.id);
+}
+
+function switchTo(id) {
+  state.currentId = id;
+  store(STORAGE.current, id);
+  saveConversations();
+  closeSidebar();
+  render();
+  $("prompt").focus();
+}
+
+function deleteConversation(id) {
+  state.streams.get(id)?.abort();
+  state.conversations = state.conversations.filter((c) => c.id !== id);
+  saveConversations();
+  if (state.currentId === id) {
+    state.currentId = null;
+    newConversation();
+  } else {
+    renderConversations();
+  }
+}
+
+async function send() {
+  const conv = current();
+  const text = $("prompt").value;
+  if (state.streams.has(conv.id)) return; // one reply at a time per conversation
+  if (!text.trim() && !state.pending.length) return;
+  const model = selectedModel();
+  if (!model) {
+    showNotice("No model is available. Check that the server is running and the API key in Settings.",
+      { label: "Open settings", run: openSettings });
+    return;
+  }
+  if (state.pending.length && model.accepts_images === false) {
+    showNotice(`${model.id} does not accept images: remove the attachment or pick another model.`);
+    return;
+  }
+  conv.messages.push({ id: newId(), role: "user", content: text, images: state.pending.splice(0) });
+  if (!conv.title) conv.title = titleFrom(text);
+  $("prompt").value = "";
+  autosize();
+  await reply(conv);
+}
+
+function titleFrom(text) {
+  const line = text.trim().replace(/\s+/g, " ");
+  if (!line) return "Image";
+  return line.length > TITLE_LENGTH ? `${line.slice(0, TITLE_LENGTH - 1)}…` : line;
+}
+
+/** Stream the assistant's answer to the conversation as it stands. */
+async function reply(conv) {
+  const model = selectedModel();
+  const m = { id: newId(), role: "assistant", content: "", model: model.id, status: "streaming" };
+  if (model.pricing) m.pricing = model.pricing; // the price at the time of the reply
+  const body = {
+    model: model.id,
+    messages: apiMessages(conv),
+    stream: true,
+    stream_options: { include_usage: true },
+    temperature: state.settings.temperature,
+  };
+  if (state.settings.maxTokens) body.max_tokens = state.settings.maxTokens;
+  conv.messages.push(m);
+  conv.updated = Date.now();
+  const controller = new AbortController();
+  state.streams.set(conv.id, controller);
+  saveConversations();
+  render();
+
+  try {
+    const response = await fetch(`${API}/chat/completions`, {
+      method: "POST", headers: headers(true), body: JSON.stringify(body), signal: controller.signal,
+    });
+    if (!response.ok) throw await responseError(response);
+    let done = false;
+    for await (const data of sseData(response.body)) {
+      if (data === "[DONE]") { done = true; break; }
+      const chunk = JSON.parse(data);
+      // Once the 200 is sent the server can only report a failure inside the stream.
+      if (chunk.error) throw new APIError(chunk.error.message || "The server reported an error.");
+      const choice = chunk.choices?.[0];
+      if (choice?.delta?.content) {
+        m.content += choice.delta.content;
+        appendDelta(m, choice.delta.content);
+      }
+      if (choice?.finish_reason) m.finish_reason = choice.finish_reason;
+      if (chunk.usage) m.usage = chunk.usage; // the last chunk, with empty choices
+    }
+    if (!done) throw new APIError("The connection closed before the reply was complete.");
+    m.status = "done";
+  } catch (e) {
+    if (e.name === "AbortError") {
+      // The Stop button: the server sees the disconnect and cancels the generation.
+      m.status = "stopped";
+    } else {
+      m.status = "error";
+      m.error = e instanceof APIError ? e.message
+        : e instanceof TypeError ? `Could not reach the server (${e.message})` // fetch's network failure
+          : `Unexpected reply from the server (${e.message})`;
+      m.errorDetail = e.detail || null;
+      m.errorAction = e.action ?? null;
+    }
+  } finally {
+    state.streams.delete(conv.id);
+    conv.updated = Date.now();
+    saveConversations();
+    const messages = $("messages");
+    const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 80;
+    updateMessage(m);
+    if (atBottom) messages.scrollTop = messages.scrollHeight; // keep the usage line or error in view
+    renderComposer();
+    renderConversations(); // most recently active first
+  }
+}
+
+function stop() {
+  state.streams.get(state.currentId)?.abort();
+}
+
+/** Drop a failed reply and ask again. */
+function retry(m) {
+  const conv = current();
+  if (!conv || state.streams.has(conv.id) || !selectedModel()) return;
+  conv.messages = conv.messages.filter((x) => x !== m);
+  reply(conv);
+}
+
+// --- images ------------------------------------------------------------------------------
+
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+async function attach(files) {
+  if (selectedModel()?.accepts_images === false) {
+    showNotice(`${selectedModel().id} does not accept images.`);
+    return;
+  }
+  for (const file of files) {
+    if (!file.type.startsWith("image/")) {
+      showNotice(`${file.name || "That file"} is not an image.`);
+      continue;
+    }
+    if (file.size > MAX_IMAGE_BYTES) {
+      showNotice(`${file.name || "The image"} is larger than 20 MB.`);
+      continue;
+    }
+    state.pending.push(await readAsDataURL(file));
+  }
+  renderComposer();
+  $("prompt").focus();
+}
+
+// --- settings ----------------------------------------------------------------------------
+
+function openSettings() {
+  $("api-key").value = state.apiKey;
+  $("settings").returnValue = ""; // Esc must not count as the previous dialog's "save"
+  $("settings").showModal();
+  $("api-key").focus();
+}
+
+async function loadModels() {
+  try {
+    state.models = await fetchModels();
+    hideNotice();
+  } catch (e) {
+    state.models = [];
+    const message = e instanceof APIError ? e.text : `Could not reach the server (${e.message}).`;
+    showNotice(`Could not load the model list: ${message}`,
+      e.status === 401 ? { label: "Open settings", run: openSettings } : { label: "Retry", run: loadModels });
+  }
+  renderModels();
+}
+
+// --- layout ------------------------------------------------------------------------------
+
+function autosize() {
+  const prompt = $("prompt");
+  prompt.style.height = "auto";
+  prompt.style.height = `${Math.min(prompt.scrollHeight, 240)}px`;
+}
+
+function closeSidebar() {
+  $("app").classList.remove("sidebar-open");
+  $("scrim").hidden = true;
+}
+
+// ---------------------------------------------------------------------------------------
+// Wiring
+// ---------------------------------------------------------------------------------------
+
+function wire() {
+  for (const el of document.querySelectorAll("[data-icon]")) el.replaceWith(icon(el.dataset.icon));
+
+  $("new-chat").addEventListener("click", newConversation);
+  $("open-settings").addEventListener("click", openSettings);
+  $("toggle-sidebar").addEventListener("click", () => {
+    $("app").classList.add("sidebar-open");
+    $("scrim").hidden = false;
+  });
+  $("scrim").addEventListener("click", closeSidebar);
+
+  $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
+  $("stop").addEventListener("click", stop);
+  $("prompt").addEventListener("input", autosize);
+  $("prompt").addEventListener("keydown", (e) => {
+    // Enter sends, Shift+Enter is a newline; never send in the middle of an IME composition.
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && state.streams.has(state.currentId) && !$("settings").open) stop();
+  });
+
+  $("attach").addEventListener("click", () => $("file").click());
+  $("file").addEventListener("change", async (e) => {
+    await attach([...e.target.files]);
+    e.target.value = ""; // so choosing the same file again still fires "change"
+  });
+  // Paste an image (a screenshot, say) straight into the message box; text pastes as usual.
+  $("prompt").addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.files ?? [])].filter((f) => f.type.startsWith("image/"));
+    if (files.length) {
+      e.preventDefault();
+      attach(files);
+    }
+  });
+  $("composer-box").addEventListener("dragover", (e) => { e.preventDefault(); });
+  $("composer-box").addEventListener("drop", (e) => {
+    e.preventDefault();
+    attach([...e.dataTransfer.files]);
+  });
+
+  $("system").addEventListener("input", () => {
+    const conv = current();
+    conv.system = $("system").value;
+    saveConversations();
+  });
+
+  $("model").addEventListener("change", () => {
+    state.settings.model = $("model").value;
+    saveSettings();
+    renderModelInfo();
+    renderComposer();
+  });
+  // The slider and the number box are one setting; clamp so a typed 5 cannot reach the API.
+  const setTemperature = (value) => {
+    const t = Math.min(2, Math.max(0, Number(value)));
+    if (Number.isNaN(t) || value === "") return;
+    state.settings.temperature = t;
+    saveSettings();
+    $("temperature-range").value = t;
+  };
+  $("temperature-range").addEventListener("input", (e) => { setTemperature(e.target.value); $("temperature").value = e.target.value; });
+  $("temperature").addEventListener("input", (e) => setTemperature(e.target.value));
+  $("temperature").addEventListener("change", renderSettings);
+  $("max-tokens").addEventListener("input", (e) => {
+    const n = Number.parseInt(e.target.value, 10);
+    state.settings.maxTokens = n > 0 ? n : null; // empty: let the server use the context that is left
+    saveSettings();
+  });
+
+  $("notice-close").addEventListener("click", hideNotice);
+  $("cancel-settings").addEventListener("click", () => $("settings").close("cancel"));
+  $("settings").addEventListener("close", () => {
+    if ($("settings").returnValue !== "save") return;
+    state.apiKey = $("api-key").value.trim();
+    if (state.apiKey) localStorage.setItem(STORAGE.apiKey, state.apiKey);
+    else localStorage.removeItem(STORAGE.apiKey);
+    loadModels(); // a new key can change which models we may see
+  });
+}
+
+function init() {
+  wire();
+  renderSettings();
+  // A reply interrupted by a reload cannot resume; show it as stopped rather than spinning.
+  for (const conv of state.conversations) {
+    for (const m of conv.messages) if (m.status === "streaming") m.status = "stopped";
+  }
+  if (!current()) newConversation();
+  else render();
+  loadModels();
+}
+
+init();

@@ -1,0 +1,148 @@
+"""Batched log-likelihood equals one plain forward per request, and saves the work it claims to."""
+
+import random
+
+import pytest
+import torch
+
+from opengpt4.engine.generate import Engine
+from opengpt4.evals.api import LoglikRequest
+from opengpt4.evals.loglik import (
+    SHARED_PREFIX_MIN,
+    Row,
+    loglikelihood,
+    loglikelihood_naive,
+    plan_batches,
+    tokenize_request,
+)
+from opengpt4.tokenizer import Tokenizer
+from tests.conftest import WORDS
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_tokenizer):
+    return Engine(tiny_model, tiny_tokenizer, pack=False)
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def mixed_requests(seed: int = 0) -> list[LoglikRequest]:
+    """Ragged contexts, shared few-shot prefixes, one-token letter choices, multi-token
+    continuations, an empty context and continuation, unicode, and one too long for the model."""
+    rng = random.Random(seed)
+    reqs = []
+    for _ in range(2):  # MMLU-like: a long prefix per subject, questions, letters
+        shots = sentence(rng, 40)
+        for _ in range(5):
+            context = f"{shots}\n{sentence(rng, rng.randint(2, 12))}\nAnswer:"
+            reqs += [LoglikRequest(context, f" {letter}") for letter in "ABCD"]
+    for _ in range(6):  # ARC-like: one context, choices of several tokens
+        context = "Question: " + sentence(rng, rng.randint(3, 15)) + "?"
+        reqs += [LoglikRequest(context, " " + sentence(rng, rng.randint(1, 5))) for _ in range(3)]
+    reqs += [
+        LoglikRequest("", "the cat sat"),
+        LoglikRequest("the cat", ""),
+        LoglikRequest("the ca", "t sat on a mat"),
+        LoglikRequest("héllo wörld naï", "ve café"),
+        LoglikRequest(sentence(rng, 200), " seven blue birds"),  # longer than max_seq_len: left-truncated
+    ]
+    rng.shuffle(reqs)
+    return reqs
+
+
+def assert_same(batched, naive):
+    assert len(batched) == len(naive)
+    for b, n in zip(batched, naive, strict=True):
+        assert b.num_tokens == n.num_tokens
+        assert b.is_greedy == n.is_greedy
+        assert abs(b.logprob - n.logprob) < 1e-4, (b, n)
+
+
+@pytest.mark.parametrize(("batch_size", "max_forward_tokens"), [(4, 512), (32, 512), (8, 20)])
+def test_batched_equals_naive(engine, batch_size, max_forward_tokens):
+    reqs = mixed_requests()
+    calls = []
+    batched = loglikelihood(engine, reqs, batch_size=batch_size, progress=lambda d, t: calls.append((d, t)),
+                            max_forward_tokens=max_forward_tokens)
+    naive = loglikelihood_naive(engine, reqs)
+    assert_same(batched, naive)
+    assert calls[-1] == (len(reqs), len(reqs))
+    diff = max(abs(b.logprob - n.logprob) for b, n in zip(batched, naive, strict=True))
+    print(f"max |batched - naive| = {diff:.2e}")
+
+
+def test_without_bos(tiny_model, tiny_tokenizer):
+    tokenizer = Tokenizer(tiny_tokenizer.backend, add_bos=False)
+    engine = Engine(tiny_model, tokenizer, pack=False)
+    reqs = mixed_requests(seed=1)
+    assert_same(loglikelihood(engine, reqs, batch_size=8), loglikelihood_naive(engine, reqs))
+    ids, start = tokenize_request(tokenizer, LoglikRequest("", "the cat"), 128)
+    assert start == 1 and ids[0] == tokenizer.bos_id  # an empty context still conditions on something
+
+
+def test_token_boundary_rule(tiny_tokenizer):
+    tok = tiny_tokenizer
+    ids, start = tokenize_request(tok, LoglikRequest("the cat", " sat"), 128)
+    assert ids == [tok.bos_id, *tok.encode("the cat sat")]
+    assert tok.decode(ids[start:]) == " sat"
+    # A continuation that begins inside a token takes the whole token: " cat" ends after "the ca".
+    ids, start = tokenize_request(tok, LoglikRequest("the ca", "t sat"), 128)
+    assert tok.decode(ids[start:]) == " cat sat"
+
+
+def test_is_greedy(engine, tiny_tokenizer):
+    tok = tiny_tokenizer
+    found = 0
+    for context in ["the cat sat on", "seven blue birds", "def add(a, b):", "apples and", "in Paris"]:
+        ids = [tok.bos_id, *tok.encode(context)]
+        with torch.inference_mode():
+            logits = engine.model(torch.tensor([ids]))[0, -1]
+        best, worst = int(logits.argmax()), int(logits.argmin())
+        for token, greedy in ((best, True), (worst, False)):
+            continuation = tok.decode([token])
+            full, start = tokenize_request(tok, LoglikRequest(context, continuation), 128)
+            if full[start:] != [token]:  # the token does not survive re-tokenization here
+                continue
+            found += 1
+            [result] = loglikelihood(engine, [LoglikRequest(context, continuation)])
+            assert result.is_greedy is greedy and result.num_tokens == 1
+    assert found >= 4
+
+
+def test_shared_prefix_costs_about_the_suffix(engine):
+    """MMLU 5-shot shape: the few-shot block is run once per batch, not once per question."""
+    rng = random.Random(2)
+    shots = sentence(rng, 60)
+    questions = [f"{shots}\n{sentence(rng, 5)}\nAnswer:" for _ in range(16)]
+    reqs = [LoglikRequest(q, f" {c}") for q in questions for c in "ABCD"]
+    naive = loglikelihood_naive(engine, reqs)
+    tokens = []  # tokens per forward
+    hook = engine.model.register_forward_pre_hook(lambda _m, args: tokens.append(args[0].numel()))
+    try:
+        assert_same(loglikelihood(engine, reqs, batch_size=16), naive)
+        assert len(tokens) == 3  # prefix, questions, letters: one batch, four letters sharing one row
+        naive_tokens = sum(len(tokenize_request(engine.tokenizer, r, 128)[0]) - 1 for r in reqs)
+        assert sum(tokens) < 0.1 * naive_tokens
+        tokens.clear()
+        assert_same(loglikelihood(engine, reqs, batch_size=16, max_forward_tokens=64), naive)
+        assert max(tokens) <= 64 and len(tokens) > 3  # the same, in chunks
+    finally:
+        hook.remove()
+
+
+def test_plan_groups_shared_prefixes():
+    prefix_a, prefix_b = tuple(range(100, 100 + SHARED_PREFIX_MIN)), tuple(range(200, 200 + SHARED_PREFIX_MIN))
+    rows = [Row(p + (i,) * (i % 5 + 1), (7,)) for i in range(12) for p in (prefix_a, prefix_b)]
+    rows += [Row((i,) * (i + 1), (7, 8)) for i in range(5)]  # no shared prefix: the pool
+    batches = plan_batches(rows, batch_size=8, max_batch_tokens=10_000)
+    assert sorted(i for b in batches for i in b) == list(range(len(rows)))
+    for b in batches:
+        starts = {rows[i].ctx[:SHARED_PREFIX_MIN] for i in b}
+        assert len(starts) == 1 or all(len(rows[i].ctx) < SHARED_PREFIX_MIN for i in b)
+        lengths = [len(rows[i].ctx) for i in b]
+        assert lengths == sorted(lengths, reverse=True)
+    budget = 3 * (SHARED_PREFIX_MIN + 6)
+    for b in plan_batches(rows, batch_size=8, max_batch_tokens=budget):
+        assert len(b) * max(len(rows[i].ctx) + len(rows[i].tail) for i in b) <= budget
