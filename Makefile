@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-slow lint bench clean
+.PHONY: setup browser run test test-slow lint bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,14 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(VENV)/bin/opengpt4 run
 
-test: setup
+# The UI tests drive Debian's chromium with Playwright (Playwright's own browser download is
+# not reachable here). Without root or apt they are skipped, with the reason in the summary.
+browser:
+	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		echo "chromium not installed: the UI tests will be skipped"
+
+test: setup browser
 	$(PY) -m pytest -q
 
 test-slow: setup

@@ -25,13 +25,52 @@ def test_smollm2_knows_the_capital_of_france(smollm2_home):
     assert "Paris" in r.stdout, r.stdout
 
 
-def test_make_run_chats_through_a_pipe(smollm2_home):
-    """`opengpt4 run` (what `make run` calls) finds the imported model and holds a multi-turn chat."""
-    r = run_cli("run", "--max-tokens", "30", home=smollm2_home,
+def test_chat_through_a_pipe(smollm2_home):
+    """`opengpt4 chat` holds a multi-turn conversation in the terminal."""
+    r = run_cli("chat", "--model", "smollm2-135m-instruct", "--max-tokens", "30", home=smollm2_home,
                 input="What is the capital of France?\nAnd of Italy?\n")
     assert r.returncode == 0, r.stderr
     first, second = r.stdout.split(">>> ")[1:]
     assert "Paris" in first and "Rome" in second, r.stdout
+
+
+def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
+    """`opengpt4 run` (what `make run` calls): the imported SmolLM2 behind the API and the chat UI."""
+    import socket
+    import time
+    import urllib.request
+
+    import openai
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OPENGPT4_HOME": str(smollm2_home)}
+    server = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "run", "--port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # poll: the server loads the model before it listens
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+                time.sleep(0.2)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
+        [model] = client.models.list().data
+        r = client.chat.completions.create(model=model.id, temperature=0, max_tokens=30,
+                                           messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
+        stream = client.chat.completions.create(model=model.id, temperature=0, max_tokens=30, stream=True,
+                                                messages=[{"role": "user", "content": "And the capital of Italy?"}])
+        assert "Rome" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        with urllib.request.urlopen(base + "/", timeout=10) as page:
+            assert b"<html" in page.read().lower()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_smollm2_follows_a_system_message(smollm2_home):
