@@ -1,5 +1,6 @@
 """End to end with real weights, through the `opengpt4` command: SmolLM2 chat, and a transformers-saved Llama."""
 
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,10 @@ def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
         stream = client.chat.completions.create(model=model.id, temperature=0, max_tokens=30, stream=True,
                                                 messages=[{"role": "user", "content": "And the capital of Italy?"}])
         assert "Rome" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        r = client.chat.completions.create(model=model.id, temperature=0, max_tokens=80,
+                                           response_format={"type": "json_object"}, messages=[
+                                               {"role": "user", "content": "Describe a cat as JSON with keys name and age."}])
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
         with urllib.request.urlopen(base + "/", timeout=10) as page:
             assert b"<html" in page.read().lower()
     finally:

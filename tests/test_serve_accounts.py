@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from opengpt4.engine.generate import Engine, Prompt
+from opengpt4.engine.json_mode import JsonPrefix
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import ConfigError
 from opengpt4.serve.app import create_app
@@ -255,7 +256,12 @@ def test_image_parts(server, engine):
     assert "too many images" in e.value.message and e.value.param == "messages[0].content[8]"
 
 
-def test_json_response_format_requires_the_word_json(server):
-    with pytest.raises(openai.BadRequestError) as e:
+def test_json_response_format_is_constrained(server):
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI's rule: the messages must ask for JSON
         client(server).chat.completions.create(model="tiny-latest", messages=HELLO, response_format={"type": "json_object"})
     assert "json" in e.value.message
+    r = client(server).chat.completions.create(model="tiny-latest", max_tokens=30, temperature=0,
+                                               messages=[{"role": "user", "content": "the cat as JSON"}],
+                                               response_format={"type": "json_object"})
+    text = r.choices[0].message.content
+    assert text.startswith("{") and JsonPrefix().feed(text) is not None

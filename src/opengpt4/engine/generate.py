@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from opengpt4.engine.detokenize import IncrementalDecoder
+from opengpt4.engine.json_mode import JsonPrefix, constrained_token
 from opengpt4.engine.sampling import SamplingParams, next_token, token_logprobs
 from opengpt4.model.transformer import KVCache, Transformer
 from opengpt4.model.vision import preprocess
@@ -75,6 +76,7 @@ class Row:
     generator: torch.Generator | None
     counts: Tensor | None  # generated-token counts, only when a penalty needs them
     generated: int = 0
+    json: JsonPrefix | None = None  # JSON mode: the text so far as a JSON-prefix automaton state
 
 
 class Engine:
@@ -85,6 +87,14 @@ class Engine:
         self.config = model.config
         if pack:
             model.pack_for_cpu_inference()
+        self._token_texts: list[str] | None = None
+
+    @property
+    def token_texts(self) -> list[str]:
+        """Each token's text on its own (JSON mode checks candidates against it); built on first use."""
+        if self._token_texts is None:
+            self._token_texts = [self.tokenizer.decode([i]) for i in range(self.config.vocab_size)]
+        return self._token_texts
 
     @property
     def device(self) -> torch.device:
@@ -208,13 +218,19 @@ class Engine:
         if params.presence_penalty or params.frequency_penalty:
             counts = torch.zeros(self.config.vocab_size)
         return Row(prompt_index, sample_index, params, max_new, IncrementalDecoder(self.tokenizer, params.stop),
-                   generator, counts)
+                   generator, counts, json=JsonPrefix() if params.json_mode else None)
 
     def step_row(self, row: Row, logits: Tensor, stop_ids: set[int]) -> Delta:
         """Sample one token for `row` from its raw logits (V,) and say what it adds."""
         sp = row.params
         # A generated image placeholder would have no image behind it.
-        token = next_token(logits, sp, row.counts, row.generator, banned=self.tokenizer.image_id)
+        def sample(scores: Tensor) -> int:
+            return next_token(scores, sp, row.counts, row.generator, banned=self.tokenizer.image_id)
+
+        if row.json is not None:
+            token, row.json = constrained_token(logits, row.json, self.token_texts, stop_ids, sample)
+        else:
+            token = sample(logits)
         logprob = None
         if sp.logprobs:
             lp, top = token_logprobs(logits, token, sp.top_logprobs)

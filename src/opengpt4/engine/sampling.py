@@ -29,6 +29,7 @@ class SamplingParams:
     n: int = 1
     stop_token_ids: list[int] = field(default_factory=list)  # extra ids that end a choice (vLLM's name)
     ignore_eos: bool = False  # keep going past the tokenizer's end-of-turn tokens (benchmarks)
+    json_mode: bool = False  # constrain the output to one JSON object (see json_mode.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

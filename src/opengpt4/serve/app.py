@@ -270,6 +270,7 @@ def create_app(models: dict[str, Engine], *, registry: Registry | None = None, k
         # prompt still gets the context_length_exceeded error).
         max_tokens = body.max_completion_tokens or body.max_tokens or max(served.scheduler.max_context - len(prompt.ids), 1)
         params = sampling_params(body, max_tokens, logprobs=body.logprobs, top=body.top_logprobs or 0)
+        params.json_mode = body.response_format is not None and body.response_format.type == "json_object"
         handle = admit(served, prompt, params, acct)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.card.snapshot,
                 "system_fingerprint": SYSTEM_FINGERPRINT}
