@@ -265,3 +265,12 @@ def test_json_response_format_is_constrained(server):
                                                response_format={"type": "json_object"})
     text = r.choices[0].message.content
     assert text.startswith("{") and JsonPrefix().feed(text) is not None
+
+
+def test_example_registry_loads():
+    from pathlib import Path
+
+    registry = load_registry(Path(__file__).parents[1] / "examples" / "registry.yaml")
+    names = registry.names()
+    assert names["opengpt4-mini"].snapshot == "opengpt4-mini-20261129"
+    assert {m.context_length for m in registry.models} == {8192, 2048}
