@@ -1,0 +1,174 @@
+"""Building responses: collected choices, logprobs in both API shapes, and the SSE streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from opengpt4.engine.generate import Delta, Engine, Prompt, TokenLogprob
+from opengpt4.engine.scheduler import RequestHandle
+from opengpt4.serve.accounting import Metrics
+from opengpt4.serve.schemas import (
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ChunkDelta,
+    ResponseMessage,
+    TextChoice,
+    TextCompletion,
+    TextLogprobs,
+    TokenLogprobOut,
+    TopLogprob,
+    Usage,
+    error_body,
+)
+
+
+def usage_of(handle: RequestHandle) -> Usage:
+    return Usage(prompt_tokens=handle.prompt_tokens, completion_tokens=handle.completion_tokens,
+                 total_tokens=handle.prompt_tokens + handle.completion_tokens)
+
+
+def event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def logprobs_out(lps: list[TokenLogprob]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(content=[
+        TokenLogprobOut(token=lp.token, logprob=lp.logprob, bytes=list(lp.token.encode()),
+                        top_logprobs=[TopLogprob(token=t, logprob=p, bytes=list(t.encode())) for _, t, p in lp.top])
+        for lp in lps])
+
+
+def collect_text(handle: RequestHandle, n: int) -> list[tuple[str, str, list[TokenLogprob]]]:
+    """Blocking (runs in a worker thread): every choice's (text, finish_reason, logprobs)."""
+    texts, finish, lps = [""] * n, ["length"] * n, [[] for _ in range(n)]
+    for d in handle.deltas():
+        texts[d.sample_index] += d.text
+        if d.logprob is not None:
+            lps[d.sample_index].append(d.logprob)
+        if d.finish_reason is not None:
+            finish[d.sample_index] = d.finish_reason
+    return list(zip(texts, finish, lps, strict=True))
+
+
+def collect_chat(handle: RequestHandle, n: int, logprobs: bool) -> list[Choice]:
+    return [Choice(index=i, message=ResponseMessage(content=text), finish_reason=finish,
+                   logprobs=logprobs_out(lps) if logprobs else None)
+            for i, (text, finish, lps) in enumerate(collect_text(handle, n))]
+
+
+def echo_logprobs(engine: Engine, lock: threading.Lock, text: str, prompt: Prompt, top: int) -> TextLogprobs:
+    """The prompt's own tokens with their logprobs, as the legacy API echoes them. A BOS the
+    tokenizer prepends conditions the first text token but is not listed (it is not in the text).
+    `lock`: scoring runs the model outside its scheduler, one request at a time."""
+    encoding = engine.tokenizer.backend.encode(text, add_special_tokens=False)
+    bos = len(prompt.ids) - len(encoding.ids)
+    with lock:
+        scored = engine.prompt_logprobs(prompt.ids, max(top, 1))
+    out = TextLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
+    for k, (token, (start, _)) in enumerate(zip(encoding.ids, encoding.offsets, strict=True)):
+        position = bos + k
+        out.text_offset.append(start)
+        if position == 0:  # nothing before it to condition on
+            out.tokens.append(engine.tokenizer.decode([token]))
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            continue
+        lp = scored[position - 1]
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append({t: v for _, t, v in lp.top[:top]})
+    return out
+
+
+def join_logprobs(echo: TextLogprobs | None, generated: list[TokenLogprob], offset: int, top: int) -> TextLogprobs:
+    out = echo.model_copy(deep=True) if echo else TextLogprobs(tokens=[], token_logprobs=[], top_logprobs=[],
+                                                               text_offset=[])
+    for lp in generated:
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(lp.logprob)
+        out.top_logprobs.append({t: v for _, t, v in lp.top[:top]})
+        out.text_offset.append(offset)
+        offset += len(lp.token)
+    return out
+
+
+def sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def read_deltas(handle: RequestHandle, request: Request) -> AsyncIterator[Delta]:
+    """A handle's deltas without blocking the event loop; stops early if the client went away."""
+    deltas: Iterator[Delta] = handle.deltas()
+    while (d := await asyncio.to_thread(next, deltas, None)) is not None:
+        yield d
+        if await request.is_disconnected():
+            handle.cancel()
+            return
+
+
+async def chat_chunks(handle: RequestHandle, n: int, meta: dict[str, Any], include_usage: bool,
+                      request: Request, metrics: Metrics) -> AsyncIterator[str]:
+    """Data-only SSE: role chunks, content deltas, a finish chunk per choice, [usage], [DONE]."""
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        return sse(ChatCompletionChunk(choices=choices, usage=usage, **meta).model_dump(exclude_none=True))
+
+    start, first = time.perf_counter(), True
+    try:
+        for i in range(n):
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
+        # If the client goes away, Starlette cancels this generator and the finally below
+        # cancels the generation.
+        async for d in read_deltas(handle, request):
+            if first and d.text:
+                metrics.ttft.labels(meta["model"]).observe(time.perf_counter() - start)
+                first = False
+            if d.text or d.logprob is not None:
+                lp = logprobs_out([d.logprob]) if d.logprob is not None else None
+                yield chunk([ChunkChoice(index=d.sample_index, delta=ChunkDelta(content=d.text), logprobs=lp)])
+            if d.finish_reason is not None:
+                yield chunk([ChunkChoice(index=d.sample_index, delta=ChunkDelta(), finish_reason=d.finish_reason)])
+        if handle.cancelled:
+            return
+        if include_usage:
+            yield chunk([], usage_of(handle))
+        yield "data: [DONE]\n\n"
+    except Exception as e:  # the 200 is already sent: report in-band, as OpenAI does
+        yield sse(error_body(str(e), "server_error"))
+    finally:
+        if not handle.done.is_set():
+            handle.cancel()
+
+
+async def text_chunks(handle: RequestHandle, n: int, meta: dict[str, Any], request: Request,
+                      include_usage: bool) -> AsyncIterator[str]:
+    """The legacy completions stream: text deltas per choice, then [usage], [DONE]."""
+    def chunk(choices: list[TextChoice], usage: Usage | None = None) -> str:
+        return sse(TextCompletion(choices=choices, usage=usage, **meta).model_dump(exclude_none=True))
+
+    offsets = [0] * n
+    try:
+        async for d in read_deltas(handle, request):
+            lp = join_logprobs(None, [d.logprob], offsets[d.sample_index], len(d.logprob.top)) if d.logprob else None
+            offsets[d.sample_index] += len(d.text)
+            if d.text or d.finish_reason is not None:
+                yield chunk([TextChoice(index=d.sample_index, text=d.text, finish_reason=d.finish_reason, logprobs=lp)])
+        if handle.cancelled:
+            return
+        if include_usage:
+            yield chunk([], usage_of(handle))
+        yield "data: [DONE]\n\n"
+    except Exception as e:
+        yield sse(error_body(str(e), "server_error"))
+    finally:
+        if not handle.done.is_set():
+            handle.cancel()
