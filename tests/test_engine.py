@@ -6,7 +6,7 @@ from PIL import Image
 
 from opengpt4.engine.detokenize import IncrementalDecoder
 from opengpt4.engine.generate import Engine, Prompt
-from opengpt4.engine.sampling import SamplingParams, apply_penalties, truncate
+from opengpt4.engine.sampling import SamplingParams, apply_penalties, next_token, truncate
 
 
 def naive_greedy(model, ids: list[int], steps: int) -> list[int]:
@@ -206,3 +206,15 @@ def test_json_prefix_automaton():
 
     for _ in range(300):
         assert accepts(json.dumps({str(i): value() for i in range(rng.randrange(4))}, indent=rng.choice([None, 2])))
+
+
+def test_sampling_follows_the_distribution():
+    """Inverse-CDF sampling: frequencies match softmax(logits / T); masked tokens never come out."""
+    logits = torch.tensor([0.0, 1.0, 2.0, float("-inf"), 0.5])
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.zeros(5)
+    for _ in range(20_000):
+        counts[next_token(logits, SamplingParams(temperature=0.8), None, generator)] += 1
+    expected = (logits / 0.8).softmax(-1)
+    assert counts[3] == 0
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.015)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -107,9 +106,8 @@ def sse(obj: dict[str, Any]) -> str:
 
 
 async def read_deltas(handle: RequestHandle, request: Request) -> AsyncIterator[Delta]:
-    """A handle's deltas without blocking the event loop; stops early if the client went away."""
-    deltas: Iterator[Delta] = handle.deltas()
-    while (d := await asyncio.to_thread(next, deltas, None)) is not None:
+    """A handle's deltas on the event loop; stops early if the client went away."""
+    async for d in handle.adeltas():
         yield d
         if await request.is_disconnected():
             handle.cancel()
