@@ -108,10 +108,10 @@ def loglikelihood(engine, requests: Sequence[LoglikRequest], batch_size: int = 3
     done = len(requests) - sum(len(u) for u in users)
     for batch in plan_batches(rows, batch_size, max_batch_tokens):
         for group, logits in run_rows(model, [rows[r] for r in batch], tokenizer.pad_id, max_forward_tokens):
-            for b, r in enumerate(batch[i] for i in group):
+            for b, r in enumerate(batch[g] for g in group):
                 tail = rows[r].tail
-                for i, last in users[r]:
-                    results[i] = score(logits[b, : len(tail)], [*tail[1:], last])
+                for index, last in users[r]:
+                    results[index] = score(logits[b, : len(tail)], [*tail[1:], last])
                 done += len(users[r])
         if progress is not None:
             progress(done, len(requests))
