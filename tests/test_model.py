@@ -198,3 +198,20 @@ def test_packed_weights_match_plain_and_never_go_stale(dtype):
     loss = model(ids, targets=ids)  # with autograd on, the plain weights are used and get gradients
     loss.backward()
     assert model.model.layers[0].mlp.down_proj.weight.grad is not None
+
+
+def test_padding_past_the_cache_end_never_overwrites_the_last_real_token(tiny_model):
+    """Row 0's real tokens fill the cache exactly while its padding (the batch is as long as row
+    1's chunk) runs past the end: that padding must not land on row 0's last slot."""
+    torch.manual_seed(1)
+    a, b = torch.randint(3, 300, (6,)), torch.randint(3, 300, (5,))
+    cache = KVCache(tiny_model.config, 2, 6)
+    with torch.no_grad():
+        first = torch.stack([a[:3], torch.cat([b[:1], b[:2]])])
+        tiny_model(first, cache=cache, num_valid=torch.tensor([3, 1]))
+        second = torch.stack([torch.cat([a[3:], a[:1]]), b[1:5]])  # row 0: 3 real + 1 padding past slot 5
+        tiny_model(second, cache=cache, num_valid=torch.tensor([3, 4]))
+        alone = KVCache(tiny_model.config, 1, 6)
+        tiny_model(a[None], cache=alone)
+    assert cache.lengths.tolist() == [6, 5]
+    assert torch.allclose(cache.k[:, 0, :, :6], alone.k[:, 0, :, :6], atol=1e-5)

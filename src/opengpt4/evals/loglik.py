@@ -183,15 +183,13 @@ def run_rows(model: Transformer, rows: list[Row], pad_id: int,
     shared = min(common_prefix(contexts[0], c) for c in contexts) if len(contexts) > 1 else 0
     if shared < SHARED_PREFIX_MIN:
         shared = 0
-    # Room for every padded position of stage C too: the cache clamps writes past its end onto
-    # its last slot, where a row's padding would then overwrite that row's last real token.
-    cache_len = max(len(r.ctx) for r in rows) + max(len(r.tail) for r in rows)
+    cache_len = max(len(r.ctx) + len(r.tail) for r in rows)
     cache = KVCache(model.config, len(contexts), cache_len, device=device, dtype=dtype)
     if shared:  # stage A: once, then broadcast into every context's row
         prefix = KVCache(model.config, 1, shared, device=device, dtype=dtype)
         prefill(model, [contexts[0][:shared]], prefix, pad_id, max_forward_tokens)
-        cache.k[:, :, :, :shared] = prefix.k
-        cache.v[:, :, :, :shared] = prefix.v
+        cache.k[:, :, :, :shared] = prefix.k[:, :, :, :shared]  # without the prefix's scratch slot
+        cache.v[:, :, :, :shared] = prefix.v[:, :, :, :shared]
         cache.lengths.fill_(shared)
     prefill(model, [c[shared:] for c in contexts], cache, pad_id, max_forward_tokens)  # stage B
 

@@ -63,7 +63,9 @@ class KVCache:
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32) -> None:
-        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        # One slot more than max_len: a scratch slot where padding tokens past the end write, so
+        # they never land on (and race with) a real token in the last slot. Reads stop at max_len.
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len + 1, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
@@ -354,9 +356,9 @@ class Transformer(nn.Module):
             raise ValueError(f"KV cache overflow: a row would reach {max(ends)} tokens, cache holds "
                              f"{cache.max_len}, model context {self.config.max_seq_len}")
         positions = cache.lengths[:, None] + torch.arange(T, device=cache.lengths.device)  # (B, T)
-        # Padding tokens past the end of the cache are clamped onto its last slot: a slot
-        # beyond a row's length is always rewritten before that row attends to it.
-        write_at = positions.clamp(max=cache.max_len - 1)
+        # Padding tokens past the end of the cache go to the scratch slot (index max_len, never
+        # read); padding inside it writes beyond its row's length, rewritten before it is read.
+        write_at = positions.clamp(max=cache.max_len)
         span = min(max(lengths) + T, cache.max_len)
         uniform = min(lengths) == max(lengths) and max(lengths) + T <= cache.max_len
         causal = T > 1 and max(lengths) == 0
