@@ -3,6 +3,7 @@
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import random
 import socket
 import threading
@@ -80,3 +81,17 @@ def live_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def write_registry(root, evals_yaml, samples=None, modelgraded=None):
+    """A user eval registry in OpenAI Evals' layout: evals/mine.yaml, data/<rel>.jsonl, modelgraded/mg.yaml."""
+    (root / "evals").mkdir(parents=True, exist_ok=True)
+    (root / "evals" / "mine.yaml").write_text(evals_yaml)
+    for rel, rows in (samples or {}).items():
+        path = root / "data" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if modelgraded:
+        (root / "modelgraded").mkdir(exist_ok=True)
+        (root / "modelgraded" / "mg.yaml").write_text(modelgraded)
+    return root

@@ -1,6 +1,5 @@
 """The eval registry: OpenAI Evals' YAML layout, user registries, class paths, clear errors."""
 
-import json
 import subprocess
 import sys
 
@@ -10,23 +9,11 @@ from opengpt4.errors import OpenGPT4Error
 from opengpt4.evals import templates
 from opengpt4.evals.api import Eval
 from opengpt4.evals.registry import OPENAI_EVALS_CLASSES, PACKAGE_REGISTRY, EvalSpec, Registry, list_evals, load_class
+from tests.conftest import write_registry
 
 
 class Dummy:
     identity = "dummy"
-
-
-def write_registry(root, evals_yaml, samples=None, modelgraded=None):
-    (root / "evals").mkdir(parents=True, exist_ok=True)
-    (root / "evals" / "mine.yaml").write_text(evals_yaml)
-    for rel, rows in (samples or {}).items():
-        path = root / "data" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if modelgraded:
-        (root / "modelgraded").mkdir(exist_ok=True)
-        (root / "modelgraded" / "mg.yaml").write_text(modelgraded)
-    return root
 
 
 MINE = """

@@ -20,20 +20,7 @@ from opengpt4.evals.completion import EngineCompletionFn, HTTPCompletionFn, Loca
 from opengpt4.evals.runner import run_eval
 from opengpt4.evals.stats import paired_bootstrap, summarize
 from opengpt4.model.checkpoint import save_checkpoint
-
-
-def write_registry(root, yaml_text, samples=None, modelgraded=None):
-    (root / "evals").mkdir(parents=True, exist_ok=True)
-    (root / "evals" / "mine.yaml").write_text(yaml_text)
-    for rel, rows in (samples or {}).items():
-        path = root / "data" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if modelgraded:
-        (root / "modelgraded").mkdir(exist_ok=True)
-        (root / "modelgraded" / "mg.yaml").write_text(modelgraded)
-    return root
-
+from tests.conftest import write_registry
 
 WORDS = ["cat", "mat", "birds", "apples", "pears", "Paris", "seven", "blue"]
 CHAT = [{"input": [{"role": "user", "content": f"the {w} sat on"}], "ideal": [w, "the"]} for w in WORDS]

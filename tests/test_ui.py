@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
 
 from opengpt4.engine.generate import Engine
 from opengpt4.serve.app import create_app
+from tests.conftest import live_server
 
 CHROMIUM = Path(os.environ.get("OPENGPT4_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -42,23 +41,9 @@ expect.set_options(timeout=TIMEOUT_MS)
 # --- fixtures ----------------------------------------------------------------------------------
 @contextmanager
 def serve(app) -> Iterator[str]:
-    """Run `app` with uvicorn in a thread on a free loopback port; yields the base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        assert thread.is_alive(), "server thread died on startup"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """The app on loopback (conftest's live_server); yields the base URL the page is served from."""
+    with live_server(app) as url:
+        yield url.removesuffix("/v1")
 
 
 @pytest.fixture(scope="module")

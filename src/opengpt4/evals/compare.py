@@ -7,11 +7,11 @@ difference. The samples whose score changed are listed with both answers.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from opengpt4.errors import OpenGPT4Error
+from opengpt4.evals.templates import read_jsonl
 
 from .stats import mcnemar, paired_bootstrap
 
@@ -24,13 +24,7 @@ def read_log(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, A
     spec: dict[str, Any] | None = None
     samples: dict[str, dict[str, Any]] = {}
     final: dict[str, Any] = {}
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OpenGPT4Error(f"{file}:{number}: not valid JSON ({e})") from None
+    for event in read_jsonl(file):
         if "spec" in event:
             spec = event["spec"]
         elif "final_report" in event:
