@@ -171,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.model and not args.registry:
         raise OpenGPT4Error("give --registry FILE or at least one --model")
     serve(args.model or [], registry_file=args.registry, host=args.host, port=args.port, no_auth=args.no_auth,
-          db=args.db, rate_limit_storage=args.rate_limit_storage)
+          db=args.db, rate_limit_storage=args.rate_limit_storage, dtype=args.dtype)
 
 
 def _database(args: argparse.Namespace):
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
     p.add_argument("--db", default=None, help="keys and usage database (default $OPENGPT4_HOME/serve.db)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights precision (default auto: bfloat16 where the CPU has it natively)")
     p.add_argument("--rate-limit-storage", default="memory://",
                    help="where rate-limit counters live: memory:// (default) or redis://HOST:PORT to share them")
     p.set_defaults(func=cmd_serve)

@@ -382,7 +382,8 @@ def chat_messages(messages: list[ChatMessage], accepts_images: bool) -> list[dic
 
 
 def main(model_paths: list[str], registry_file: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-         no_auth: bool = False, db: str | None = None, rate_limit_storage: str = "memory://") -> None:
+         no_auth: bool = False, db: str | None = None, rate_limit_storage: str = "memory://",
+         dtype: str = "auto") -> None:
     """Load every model of the registry (or each --model, its id the directory's name) and serve
     them until interrupted."""
     import uvicorn
@@ -396,7 +397,7 @@ def main(model_paths: list[str], registry_file: str | None = None, host: str = "
     engines: dict[str, Engine] = {}
     for card in registry.models:
         if card.path not in engines:
-            model, tokenizer = load_checkpoint(card.path, dtype=inference_dtype("auto"))
+            model, tokenizer = load_checkpoint(card.path, dtype=inference_dtype(dtype))
             engines[card.path] = Engine(model, tokenizer)
     database = Database(db or opengpt4_home() / "serve.db")
     keys = None if no_auth else KeyStore(database)
