@@ -16,7 +16,8 @@ When the parent runs as root (this project's machines), in addition:
 - a fresh network namespace whose only interface, loopback, is down: every connect(), to
   127.0.0.1 or a public address, fails at once;
 - a fresh mount namespace: the program's directory is bind-mounted over /tmp, /var/tmp,
-  /dev/shm and /run/lock, so the world-writable places are its own directory; a directory
+  /dev/shm and /run/lock, so the world-writable places are its own directory (a virtualenv
+  that lives under /tmp is bound back in at its path); a directory
   that the unprivileged user could not traverse on the way to the interpreter (such as
   /root for a pyenv Python) is covered by an empty tmpfs with only the interpreter's
   installation bound back in (this also hides the rest of that directory);
@@ -102,8 +103,14 @@ if uid is not None:
         while expose(prefix, os.path.join(workdir, f".stage{n}")):
             pass
     covered = [d for d in cfg["shared_dirs"] if os.path.isdir(d) and os.stat(d).st_mode & 0o002]
+    for prefix in cfg["interpreter"]:  # a virtualenv under /tmp must stay visible through the cover
+        for d in covered:
+            if prefix.startswith(d.rstrip("/") + "/"):
+                inner = os.path.join(workdir, os.path.relpath(prefix, d))
+                os.makedirs(inner, exist_ok=True)
+                mount(prefix, inner, flags=BIND | REC)
     for d in sorted(covered, key=lambda d: d == "/tmp"):  # /tmp last: workdir lies under it
-        mount(workdir, d, flags=BIND)
+        mount(workdir, d, flags=BIND | REC)
     os.chdir("/tmp" if "/tmp" in covered else workdir)
 else:
     libc.unshare(NEWUSER | NEWNET)  # best effort: fails where unprivileged user namespaces are off
