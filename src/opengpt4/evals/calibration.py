@@ -9,7 +9,6 @@ accuracy per confidence bin as bars against the diagonal of perfect calibration.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,13 +64,12 @@ def reliability_diagram(confidences: Sequence[float], correct: Sequence[bool | f
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # not mkstemp: that would leave it 0600
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
+        fig.savefig(tmp, format="png")
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         plt.close(fig)
