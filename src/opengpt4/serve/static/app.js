@@ -1,245 +1,20 @@
-// The opengpt4 web chat: one plain ES module, no build step, no dependencies, no network
+// The opengpt4 web chat: plain ES modules (this one, api.js, dom.js, state.js), no build step, no dependencies, no network
 // access beyond the server it was loaded from. It speaks the same OpenAI-compatible /v1 API
 // as any other client, so everything it does can be reproduced with the `openai` package.
 //
 // Safety rule for the whole file: model output and user text only ever reach the page as
 // text nodes (textContent / append(string)); nothing here assigns innerHTML.
 
-// Relative, so the UI also works when the server sits behind a path prefix.
-const API = "v1";
-
-const STORAGE = {
-  conversations: "opengpt4.conversations",
-  current: "opengpt4.current",
-  settings: "opengpt4.settings",
-  apiKey: "opengpt4.apiKey",
-};
+import { API, APIError, apiMessages, fetchModels, headers, responseError, sseData } from "./api.js";
+import { $, h, icon } from "./dom.js";
+import { current, newId, persistConversations, saveSettings, selectedModel, state, STORAGE, store } from "./state.js";
 
 const MAX_IMAGE_BYTES = 20 * 1024 * 1024; // OpenAI's own per-image limit
 const TITLE_LENGTH = 48;
 
-// ---------------------------------------------------------------------------------------
-// Storage
-// ---------------------------------------------------------------------------------------
-
-function load(key, fallback) {
-  try {
-    const raw = localStorage.getItem(key);
-    return raw === null ? fallback : JSON.parse(raw);
-  } catch {
-    return fallback; // corrupt or unavailable storage must not keep the page from starting
-  }
-}
-
-function store(key, value) {
-  localStorage.setItem(key, JSON.stringify(value));
-}
-
-// localStorage holds ~5 MB, and attached images are stored as data: URLs, so a few photos
-// can fill it. Rather than lose the whole history, retry without image data and say so.
 function saveConversations() {
-  try {
-    store(STORAGE.conversations, state.conversations);
-  } catch {
-    const stripped = state.conversations.map((c) => ({
-      ...c,
-      messages: c.messages.map((m) => (m.images?.length ? { ...m, images: m.images.map(() => null) } : m)),
-    }));
-    try {
-      store(STORAGE.conversations, stripped);
-      showNotice("Browser storage is full: images in your conversations will not be kept after a reload.");
-    } catch {
-      showNotice("Browser storage is full: this conversation will not be kept after a reload.");
-    }
-  }
-}
-
-function saveSettings() {
-  store(STORAGE.settings, state.settings);
-}
-
-// ---------------------------------------------------------------------------------------
-// State
-// ---------------------------------------------------------------------------------------
-
-const state = {
-  conversations: load(STORAGE.conversations, []), // [{id, title, system, messages, updated}]
-  currentId: load(STORAGE.current, null),
-  settings: { model: null, temperature: 1, maxTokens: null, ...load(STORAGE.settings, {}) },
-  apiKey: localStorage.getItem(STORAGE.apiKey) || "",
-  models: [], // model objects from GET /v1/models (may carry pricing, context_length, accepts_images)
-  pending: [], // images attached in the composer, as data: URLs, not sent yet
-  streams: new Map(), // conversation id -> AbortController of its in-flight reply
-};
-
-// Ids only need to be unique within this browser; crypto.randomUUID is missing on plain-http
-// pages served to other machines (not a "secure context"), so do not depend on it.
-function newId() {
-  return Date.now().toString(36) + Math.random().toString(36).slice(2, 10);
-}
-
-function current() {
-  return state.conversations.find((c) => c.id === state.currentId) ?? null;
-}
-
-function selectedModel() {
-  return state.models.find((m) => m.id === state.settings.model) ?? null;
-}
-
-// ---------------------------------------------------------------------------------------
-// DOM helpers
-// ---------------------------------------------------------------------------------------
-
-const $ = (id) => document.getElementById(id);
-
-/** h("div", {class: "x", onclick: f}, "text", child): strings become text nodes, never HTML. */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") el.className = value;
-    else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
-    else if (value === true) el.setAttribute(key, "");
-    else if (value !== false && value != null) el.setAttribute(key, value);
-  }
-  el.append(...children.filter((c) => c != null && c !== false));
-  return el;
-}
-
-// A small fixed icon set (24x24 stroke paths), built with DOM calls so no markup is parsed.
-const ICONS = {
-  plus: ["M12 5v14", "M5 12h14"],
-  settings: ["M12 15a3 3 0 1 0 0-6 3 3 0 0 0 0 6z",
-    "M19.4 15a1.7 1.7 0 0 0 .3 1.8l.1.1a2 2 0 1 1-2.8 2.8l-.1-.1a1.7 1.7 0 0 0-1.8-.3 1.7 1.7 0 0 0-1 1.5V21a2 2 0 1 1-4 0v-.1a1.7 1.7 0 0 0-1.1-1.5 1.7 1.7 0 0 0-1.8.3l-.1.1a2 2 0 1 1-2.8-2.8l.1-.1a1.7 1.7 0 0 0 .3-1.8 1.7 1.7 0 0 0-1.5-1H3a2 2 0 1 1 0-4h.1a1.7 1.7 0 0 0 1.5-1.1 1.7 1.7 0 0 0-.3-1.8l-.1-.1a2 2 0 1 1 2.8-2.8l.1.1a1.7 1.7 0 0 0 1.8.3H9a1.7 1.7 0 0 0 1-1.5V3a2 2 0 1 1 4 0v.1a1.7 1.7 0 0 0 1 1.5 1.7 1.7 0 0 0 1.8-.3l.1-.1a2 2 0 1 1 2.8 2.8l-.1.1a1.7 1.7 0 0 0-.3 1.8V9a1.7 1.7 0 0 0 1.5 1H21a2 2 0 1 1 0 4h-.1a1.7 1.7 0 0 0-1.5 1z"],
-  menu: ["M4 6h16", "M4 12h16", "M4 18h16"],
-  close: ["M6 6l12 12", "M18 6L6 18"],
-  trash: ["M4 7h16", "M10 11v6", "M14 11v6", "M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12", "M9 7V4h6v3"],
-  clip: ["M21 11.5l-8.5 8.5a5 5 0 0 1-7-7l8.5-8.5a3.5 3.5 0 0 1 5 5L10.5 18a2 2 0 0 1-3-3L15 7.5"],
-  send: ["M12 19V5", "M5 12l7-7 7 7"],
-  stop: ["M7 7h10v10H7z"],
-};
-
-function icon(name) {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  for (const d of ICONS[name]) {
-    const path = document.createElementNS(ns, "path");
-    path.setAttribute("d", d);
-    svg.append(path);
-  }
-  return svg;
-}
-
-// ---------------------------------------------------------------------------------------
-// The API
-// ---------------------------------------------------------------------------------------
-
-function headers(json = false) {
-  const out = {};
-  if (json) out["Content-Type"] = "application/json";
-  if (state.apiKey) out.Authorization = `Bearer ${state.apiKey}`;
-  return out;
-}
-
-/** An error a person can act on, built from a non-200 response (OpenAI's error envelope). */
-class APIError extends Error {
-  constructor(message, { detail = "", status = 0, action = null } = {}) {
-    super(message); // the headline
-    this.detail = detail; // the server's own words, when the headline is ours
-    this.status = status;
-    this.action = action; // "settings" when changing the API key is the fix
-  }
-
-  get text() {
-    return this.detail ? `${this.message}. ${this.detail}` : this.message;
-  }
-}
-
-async function responseError(response) {
-  let detail = "";
-  try {
-    const body = await response.json();
-    detail = body?.error?.message ?? "";
-  } catch {
-    // not JSON (a proxy's HTML page, say): fall back to the status line below
-  }
-  detail = detail || `${response.status} ${response.statusText}`.trim();
-  if (response.status === 429) {
-    const wait = retryAfterSeconds(response.headers.get("retry-after"));
-    const when = wait === null ? "retry shortly" : `retry in ${wait} s`;
-    return new APIError(`Rate limit reached — ${when}`, { detail, status: 429 });
-  }
-  if (response.status === 401) {
-    return new APIError(detail, { detail: "Check the API key in Settings.", status: 401, action: "settings" });
-  }
-  return new APIError(detail, { status: response.status });
-}
-
-// Retry-After is either delta-seconds or an HTTP date (RFC 9110 §10.2.3).
-function retryAfterSeconds(value) {
-  if (!value) return null;
-  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) return Math.ceil(Number(value));
-  const date = Date.parse(value);
-  return Number.isNaN(date) ? null : Math.max(0, Math.ceil((date - Date.now()) / 1000));
-}
-
-async function fetchModels() {
-  const response = await fetch(`${API}/models`, { headers: headers() });
-  if (!response.ok) throw await responseError(response);
-  const body = await response.json();
-  return Array.isArray(body.data) ? body.data : [];
-}
-
-/**
- * Yield the data payloads of a data-only server-sent-event stream ("data: {...}" lines,
- * events separated by a blank line). fetch + ReadableStream rather than EventSource, because
- * EventSource can neither POST a body nor send an Authorization header.
- */
-async function* sseData(body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buffer = (buffer + value).replace(/\r\n?/g, "\n"); // SSE allows CRLF and CR line ends too
-      let end;
-      while ((end = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = event.split("\n")
-          .filter((line) => line.startsWith("data:"))
-          .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5))
-          .join("\n");
-        if (data) yield data;
-      }
-    }
-  } finally {
-    reader.releaseLock();
-  }
-}
-
-/** The conversation as Chat Completions messages (failed, empty replies are left out). */
-function apiMessages(conv) {
-  const out = [];
-  if (conv.system.trim()) out.push({ role: "system", content: conv.system });
-  for (const m of conv.messages) {
-    if (m.role === "user") {
-      const images = (m.images ?? []).filter(Boolean); // null: dropped when storage was full
-      if (!images.length) {
-        out.push({ role: "user", content: m.content });
-      } else {
-        // Images first, then the question: the order the model saw images in training.
-        const parts = images.map((url) => ({ type: "image_url", image_url: { url } }));
-        if (m.content) parts.push({ type: "text", text: m.content });
-        out.push({ role: "user", content: parts });
-      }
-    } else if (m.role === "assistant" && m.content) {
-      out.push({ role: "assistant", content: m.content });
-    }
-  }
-  return out;
+  const warning = persistConversations();
+  if (warning) showNotice(warning);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -497,7 +272,7 @@ async function reply(conv) {
 
   try {
     const response = await fetch(`${API}/chat/completions`, {
-      method: "POST", headers: headers(true), body: JSON.stringify(body), signal: controller.signal,
+      method: "POST", headers: headers(state.apiKey, true), body: JSON.stringify(body), signal: controller.signal,
     });
     if (!response.ok) throw await responseError(response);
     let done = false;
@@ -595,7 +370,7 @@ function openSettings() {
 
 async function loadModels() {
   try {
-    state.models = await fetchModels();
+    state.models = await fetchModels(state.apiKey);
     hideNotice();
   } catch (e) {
     state.models = [];
