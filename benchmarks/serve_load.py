@@ -60,6 +60,11 @@ def tiny_checkpoint(dest: Path) -> Path:
     return dest
 
 
+def ledger_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -172,8 +177,9 @@ def main() -> None:
         for clients in args.clients:
             level = asyncio.run(run_level(base, key, model, clients, args.requests, args.max_tokens))
             sent += level["requests"]
-            with sqlite3.connect(db) as conn:
-                rows = conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+            deadline = time.monotonic() + 5  # a row lands just after its response's last byte
+            while (rows := ledger_rows(db)) < sent and time.monotonic() < deadline:
+                time.sleep(0.05)
             level["lost_usage_rows"] = sent - rows
             results.append(level)
             print(json.dumps(level), file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -168,14 +169,21 @@ def test_every_request_is_in_the_ledger_with_cost(server):
                                                     stream_options={"include_usage": True})
     streamed_usage = [c.usage for c in stream if c.usage][0]
     post(url + "/chat/completions", {"model": "nope", "messages": HELLO}, keys["main"])  # 404: a row too
+    # A row is written once its response is fully sent, which can be just after the client has
+    # read the last byte: poll briefly.
+    deadline = time.monotonic() + 5
+    while ledger.count() < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert ledger.count() == before + 3
     rows = store.db.execute("SELECT model, prompt_tokens, completion_tokens, cost, status FROM usage "
-                            "ORDER BY id DESC LIMIT 3")
-    assert rows[0][0] is None and rows[0][4] == 404
-    assert rows[1][1:3] == (streamed_usage.prompt_tokens, streamed_usage.completion_tokens) and rows[1][4] == 200
-    model, prompt, completion, cost, status = rows[2]
-    assert (model, prompt, completion, status) == ("tiny-20261129", r.usage.prompt_tokens, r.usage.completion_tokens, 200)
-    assert math.isclose(cost, (0.03 * prompt + 0.06 * completion) / 1000)
+                            "ORDER BY id DESC LIMIT 3")  # in completion order, which may differ from sending order
+    assert sorted(row[4] for row in rows) == [200, 200, 404]
+    assert [row[0] for row in rows if row[4] == 404] == [None]
+    served = [row for row in rows if row[4] == 200]
+    assert sorted(row[1:3] for row in served) == sorted([(r.usage.prompt_tokens, r.usage.completion_tokens),
+                                                         (streamed_usage.prompt_tokens, streamed_usage.completion_tokens)])
+    for model, prompt, completion, cost, _ in served:
+        assert model == "tiny-20261129" and math.isclose(cost, (0.03 * prompt + 0.06 * completion) / 1000)
 
 
 def test_usage_command_prints_totals(server):
