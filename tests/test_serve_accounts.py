@@ -188,7 +188,12 @@ def test_every_request_is_in_the_ledger_with_cost(server):
 
 def test_usage_command_prints_totals(server):
     _, _, store = server
+    ledger = UsageLedger(store.db)
+    before = ledger.count()
     client(server).chat.completions.create(model="tiny-latest", messages=HELLO, max_tokens=2)
+    deadline = time.monotonic() + 5  # the row lands just after the response's last byte
+    while ledger.count() == before and time.monotonic() < deadline:
+        time.sleep(0.01)
     out = subprocess.run([sys.executable, "-m", "opengpt4.cli", "usage", "--db", str(store.db.path), "--json"],
                          capture_output=True, text=True, check=True).stdout
     totals = {(t["key"], t["model"]): t for t in json.loads(out)}
@@ -199,9 +204,14 @@ def test_usage_command_prints_totals(server):
 def test_metrics_exposition(server):
     url, _, _ = server
     client(server).chat.completions.create(model="tiny-latest", messages=HELLO, max_tokens=2)
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    assert 'opengpt4_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
+    deadline = time.monotonic() + 5  # counted just after the response's last byte: poll briefly
+    while True:
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        if 'opengpt4_requests_total{endpoint="/v1/chat/completions",status="200"}' in text:
+            break
+        assert time.monotonic() < deadline, text
+        time.sleep(0.01)
     assert 'opengpt4_tokens_total{kind="completion",model="tiny-20261129"}' in text
     assert 'opengpt4_queue_depth{model="tiny-20261129"} 0.0' in text
     assert "opengpt4_request_latency_seconds_bucket" in text
