@@ -95,3 +95,12 @@ def write_registry(root, evals_yaml, samples=None, modelgraded=None):
         (root / "modelgraded").mkdir(exist_ok=True)
         (root / "modelgraded" / "mg.yaml").write_text(modelgraded)
     return root
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    """Poll `condition()` until it is true or `timeout` seconds pass; returns its last value.
+    For effects a server records just after a response's last byte (ledger rows, metrics)."""
+    deadline = time.monotonic() + timeout
+    while not (ok := condition()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ok

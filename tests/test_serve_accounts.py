@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -22,7 +21,7 @@ from opengpt4.errors import ConfigError
 from opengpt4.serve.app import create_app
 from opengpt4.serve.keys import KeyStore, UsageLedger
 from opengpt4.serve.registry import load_registry
-from tests.conftest import live_server
+from tests.conftest import live_server, wait_for
 
 HELLO = [{"role": "user", "content": "the cat sat on"}]
 
@@ -169,12 +168,8 @@ def test_every_request_is_in_the_ledger_with_cost(server):
                                                     stream_options={"include_usage": True})
     streamed_usage = [c.usage for c in stream if c.usage][0]
     post(url + "/chat/completions", {"model": "nope", "messages": HELLO}, keys["main"])  # 404: a row too
-    # A row is written once its response is fully sent, which can be just after the client has
-    # read the last byte: poll briefly.
-    deadline = time.monotonic() + 5
-    while ledger.count() < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert ledger.count() == before + 3
+    # A row is written once its response is fully sent, just after the client read the last byte.
+    assert wait_for(lambda: ledger.count() >= before + 3) and ledger.count() == before + 3
     rows = store.db.execute("SELECT model, prompt_tokens, completion_tokens, cost, status FROM usage "
                             "ORDER BY id DESC LIMIT 3")  # in completion order, which may differ from sending order
     assert sorted(row[4] for row in rows) == [200, 200, 404]
@@ -191,9 +186,7 @@ def test_usage_command_prints_totals(server):
     ledger = UsageLedger(store.db)
     before = ledger.count()
     client(server).chat.completions.create(model="tiny-latest", messages=HELLO, max_tokens=2)
-    deadline = time.monotonic() + 5  # the row lands just after the response's last byte
-    while ledger.count() == before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert wait_for(lambda: ledger.count() > before)
     out = subprocess.run([sys.executable, "-m", "opengpt4.cli", "usage", "--db", str(store.db.path), "--json"],
                          capture_output=True, text=True, check=True).stdout
     totals = {(t["key"], t["model"]): t for t in json.loads(out)}
@@ -204,14 +197,13 @@ def test_usage_command_prints_totals(server):
 def test_metrics_exposition(server):
     url, _, _ = server
     client(server).chat.completions.create(model="tiny-latest", messages=HELLO, max_tokens=2)
-    deadline = time.monotonic() + 5  # counted just after the response's last byte: poll briefly
-    while True:
+    def scrape() -> str:
         with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        if 'opengpt4_requests_total{endpoint="/v1/chat/completions",status="200"}' in text:
-            break
-        assert time.monotonic() < deadline, text
-        time.sleep(0.01)
+            return r.read().decode()
+
+    # counted just after the response's last byte
+    assert wait_for(lambda: 'opengpt4_requests_total{endpoint="/v1/chat/completions",status="200"}' in scrape())
+    text = scrape()
     assert 'opengpt4_tokens_total{kind="completion",model="tiny-20261129"}' in text
     assert 'opengpt4_queue_depth{model="tiny-20261129"} 0.0' in text
     assert "opengpt4_request_latency_seconds_bucket" in text
