@@ -1,16 +1,12 @@
 """End to end: evals on the tiny real model, locally and over HTTP; logs, cache, statistics, compare."""
 
 import json
-import socket
 import subprocess
 import sys
-import threading
-import time
 
 import httpx
 import pytest
 import scipy.stats
-import uvicorn
 
 from opengpt4.engine.generate import Engine
 from opengpt4.errors import OpenGPT4Error
@@ -20,7 +16,7 @@ from opengpt4.evals.completion import EngineCompletionFn, HTTPCompletionFn, Loca
 from opengpt4.evals.runner import run_eval
 from opengpt4.evals.stats import paired_bootstrap, summarize
 from opengpt4.model.checkpoint import save_checkpoint
-from tests.conftest import write_registry
+from tests.conftest import live_server, write_registry
 
 WORDS = ["cat", "mat", "birds", "apples", "pears", "Paris", "seven", "blue"]
 CHAT = [{"input": [{"role": "user", "content": f"the {w} sat on"}], "ideal": [w, "the"]} for w in WORDS]
@@ -237,20 +233,8 @@ def engine(tiny_model, tiny_tokenizer):
 def base_url(engine):
     from opengpt4.serve.app import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app({"tiny": engine}), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(create_app({"tiny": engine})) as url:
+        yield url
 
 
 def test_http_run_matches_local_run(tmp_path, engine, base_url, registry):

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,11 +246,7 @@ def test_stop_button_aborts_generation(page, server, app, tiny_model):
         expect(reply.locator(".msg-status")).to_have_text("Stopped")
         partial = reply.locator(".msg-content").text_content()
         release.set()
-        scheduler = app.state.schedulers["tiny"]
-        deadline = time.monotonic() + 5
-        while scheduler.num_decoding or scheduler.prefilling or scheduler.waiting:
-            assert time.monotonic() < deadline, "generation kept running after Stop"
-            time.sleep(0.02)
+        assert app.state.schedulers["tiny"].idle.wait(5), "generation kept running after Stop"
         assert len(forwards) < 20, f"{len(forwards)} forwards for a request stopped after 5 tokens"
     finally:
         release.set()

@@ -141,6 +141,8 @@ class Scheduler:
         self._lock = threading.Lock()  # guards `waiting` between submitting threads and the loop
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
+        self.idle = threading.Event()  # set while nothing waits, prefills or decodes (background mode)
+        self.idle.set()
         self._thread: threading.Thread | None = None
 
     # --- the callers' side ---------------------------------------------------------------
@@ -154,6 +156,7 @@ class Scheduler:
         with self._lock:
             if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the server is busy: {len(self.waiting)} requests are waiting; retry later")
+            self.idle.clear()
             self.waiting.append(request)
         self._wakeup.set()
         return request.handle
@@ -179,6 +182,9 @@ class Scheduler:
                 self._fail_all(e)
                 busy = False
             if not busy:
+                with self._lock:  # under the lock: a submit in between keeps it clear
+                    if not self.waiting:
+                        self.idle.set()
                 self._wakeup.wait()
                 self._wakeup.clear()
 
