@@ -17,11 +17,9 @@ DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 
 
 def _load(model: str, dtype: str = "auto"):
-    from opengpt4.engine.generate import Engine, inference_dtype
-    from opengpt4.model.checkpoint import load_checkpoint
+    from opengpt4.engine.generate import Engine
 
-    m, tok = load_checkpoint(model, dtype=inference_dtype(dtype))
-    return Engine(m, tok)
+    return Engine.load(model, dtype)
 
 
 def _sampling(args: argparse.Namespace):
@@ -85,9 +83,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.raw:
         if args.image or args.system:
             raise OpenGPT4Error("--raw continues plain text: it takes neither --system nor --image")
-        from opengpt4.engine.generate import Prompt
 
-        prompt = Prompt(engine.tokenizer.encode(args.prompt, add_bos=engine.tokenizer.add_bos))
+        prompt = engine.text_prompt(args.prompt)
     else:
         prompt = engine.chat_prompt(_messages(args.system, args.prompt, args.image))
     engine.check_prompt(prompt, params.max_tokens)

@@ -89,6 +89,18 @@ class Engine:
             model.pack_for_cpu_inference()
         self._token_texts: list[str] | None = None
 
+    @classmethod
+    def load(cls, model: str, dtype: str = "auto") -> Engine:
+        """An engine for a checkpoint dir or imported model name, at `inference_dtype(dtype)`."""
+        from opengpt4.model.checkpoint import load_checkpoint
+
+        m, tok = load_checkpoint(model, dtype=inference_dtype(dtype))
+        return cls(m, tok)
+
+    def text_prompt(self, text: str) -> Prompt:
+        """Raw text, no chat template: BOS first when the tokenizer's model was trained so."""
+        return Prompt(self.tokenizer.encode(text, add_bos=self.tokenizer.add_bos))
+
     @property
     def token_texts(self) -> list[str]:
         """Each token's text on its own (JSON mode checks candidates against it); built on first use."""

@@ -44,12 +44,7 @@ class EngineCompletionFn:
         return self._engine
 
     def _prompt(self, prompt: Prompt) -> Any:
-        from opengpt4.engine.generate import Prompt as EnginePrompt
-
-        if isinstance(prompt, str):
-            tok = self.engine.tokenizer
-            return EnginePrompt(tok.encode(prompt, add_bos=tok.add_bos))
-        return self.engine.chat_prompt(prompt)
+        return self.engine.text_prompt(prompt) if isinstance(prompt, str) else self.engine.chat_prompt(prompt)
 
     def complete(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[CompletionResult]:
         from opengpt4.engine.sampling import SamplingParams
@@ -108,11 +103,9 @@ class LocalCompletionFn(EngineCompletionFn):
     def engine(self) -> Any:
         with self._load_lock:
             if self._engine is None:
-                from opengpt4.engine.generate import Engine, inference_dtype
-                from opengpt4.model.checkpoint import load_checkpoint
+                from opengpt4.engine.generate import Engine
 
-                model, tokenizer = load_checkpoint(self.path, dtype=inference_dtype(self.dtype))
-                self._engine = Engine(model, tokenizer)
+                self._engine = Engine.load(str(self.path), self.dtype)
             return self._engine
 
 

@@ -292,8 +292,7 @@ def create_app(models: dict[str, Engine], *, registry: Registry | None = None, k
             raise APIError(400, "a list of prompts is supported without streaming and scoring", param="prompt")
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.card.snapshot,
                 "system_fingerprint": SYSTEM_FINGERPRINT}
-        tok = served.engine.tokenizer
-        prompts = [Prompt(tok.encode(t, add_bos=tok.add_bos)) for t in texts]
+        prompts = [served.engine.text_prompt(t) for t in texts]
         if body.max_tokens == 0:  # scoring only: echo the prompt with its logprobs, generate nothing
             return await score_text(served, texts[0], prompts[0], body.logprobs, meta, acct)
         params = sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top=body.logprobs or 0)
@@ -388,8 +387,7 @@ def main(model_paths: list[str], registry_file: str | None = None, host: str = "
     them until interrupted."""
     import uvicorn
 
-    from opengpt4.engine.generate import inference_dtype
-    from opengpt4.model.checkpoint import load_checkpoint, opengpt4_home
+    from opengpt4.model.checkpoint import opengpt4_home
     from opengpt4.serve.keys import Database
     from opengpt4.serve.registry import load_registry
 
@@ -397,8 +395,7 @@ def main(model_paths: list[str], registry_file: str | None = None, host: str = "
     engines: dict[str, Engine] = {}
     for card in registry.models:
         if card.path not in engines:
-            model, tokenizer = load_checkpoint(card.path, dtype=inference_dtype(dtype))
-            engines[card.path] = Engine(model, tokenizer)
+            engines[card.path] = Engine.load(card.path, dtype)
     database = Database(db or opengpt4_home() / "serve.db")
     keys = None if no_auth else KeyStore(database)
     if keys is not None and not any(k.revoked is None for k in keys.list()):
