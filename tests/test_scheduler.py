@@ -6,7 +6,8 @@ import pytest
 
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
-from opengpt4.engine.scheduler import QueueFull, Scheduler
+from opengpt4.engine.scheduler import Scheduler
+from opengpt4.errors import QueueFull
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 

@@ -24,3 +24,55 @@ class ImageError(OpenGPT4Error, ValueError):
 
 class TokenizerError(OpenGPT4Error, ValueError):
     """Bad tokenizer input: an unknown role, a malformed chat message."""
+
+
+# --- requests refused: raised where the fact is known, mapped to HTTP statuses in serve/app.py ---
+class InvalidRequest(OpenGPT4Error, ValueError):
+    """A request that cannot be served as asked: an empty prompt, an option out of range or not
+    supported. `param` names the offending field, `code` says why for programs."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+class ContextLengthExceeded(OpenGPT4Error, ValueError):
+    """The prompt plus the tokens asked for do not fit the context. `max_tokens` None: the prompt
+    is only scored (echo), so the prompt alone must fit."""
+
+    def __init__(self, limit: int, prompt_tokens: int, max_tokens: int | None = None) -> None:
+        self.limit, self.prompt_tokens, self.max_tokens = limit, prompt_tokens, max_tokens
+        if max_tokens is None:
+            asked = f"{prompt_tokens} tokens to score"
+        else:
+            asked = (f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
+                     f"{max_tokens} in the completion)")
+        super().__init__(f"This model's maximum context length is {limit} tokens. However, you requested {asked}.")
+
+
+class QueueFull(OpenGPT4Error):
+    """Too many requests are waiting for a batch slot; the client retries later."""
+
+
+class RateLimited(OpenGPT4Error):
+    """Over one of a key's per-minute limits. `kind`: which one, "requests" or "tokens";
+    `retry_after`: seconds until a retry can pass (None: never, the request alone is over the
+    limit); `headers`: the key's x-ratelimit-* headers (and retry-after) to answer with."""
+
+    def __init__(self, message: str, *, kind: str, retry_after: int | None, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.kind, self.retry_after, self.headers = kind, retry_after, headers
+
+
+class ModelNotFound(OpenGPT4Error):
+    """A model name that no served model answers to."""
+
+    param = "model"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` does not exist or you do not have access to it.")
+        self.model = model
+
+
+class InvalidAPIKey(OpenGPT4Error):
+    """A missing, unknown or revoked API key."""

@@ -18,6 +18,7 @@ from torch import Tensor
 from opengpt4.engine.detokenize import IncrementalDecoder
 from opengpt4.engine.json_mode import JsonPrefix, constrained_token
 from opengpt4.engine.sampling import SamplingParams, next_token, token_logprobs
+from opengpt4.errors import ContextLengthExceeded, InvalidRequest
 from opengpt4.model.transformer import KVCache, Transformer
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
@@ -124,16 +125,15 @@ class Engine:
             images = preprocess(encoding.images, self.config.vision)
         return Prompt(encoding.ids, images)
 
-    def check_prompt(self, prompt: Prompt, max_tokens: int = 0, limit: int | None = None) -> None:
-        """OpenAI's context error when prompt + max_tokens exceed `limit` (default and cap: the model's context)."""
+    def check_prompt(self, prompt: Prompt, max_tokens: int | None = 0, limit: int | None = None) -> None:
+        """Raises ContextLengthExceeded when prompt + max_tokens exceed `limit` (default and cap: the
+        model's context). max_tokens None: the prompt is scored, not continued, so it alone must fit;
+        otherwise it needs room for at least one new token."""
         limit = min(limit or self.config.max_seq_len, self.config.max_seq_len)
         if not prompt.ids:
-            raise ValueError("empty prompt: nothing to condition on")
-        if len(prompt.ids) + max(max_tokens, 1) > limit:
-            raise ValueError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{len(prompt.ids) + max_tokens} tokens ({len(prompt.ids)} in the messages, {max_tokens} in the completion)."
-            )
+            raise InvalidRequest("empty prompt: nothing to condition on")
+        if len(prompt.ids) + (0 if max_tokens is None else max(max_tokens, 1)) > limit:
+            raise ContextLengthExceeded(limit, len(prompt.ids), max_tokens)
 
     @torch.inference_mode()
     def prompt_logprobs(self, ids: list[int], top: int = 0) -> list[TokenLogprob]:

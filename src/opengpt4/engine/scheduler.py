@@ -29,12 +29,8 @@ from torch import Tensor
 
 from opengpt4.engine.generate import Delta, Engine, Prompt, Row
 from opengpt4.engine.sampling import SamplingParams
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import InvalidRequest, OpenGPT4Error, QueueFull
 from opengpt4.model.transformer import KVCache
-
-
-class QueueFull(OpenGPT4Error):
-    """Too many requests are waiting; the server answers 503 and the client retries later."""
 
 
 class RequestHandle:
@@ -146,12 +142,18 @@ class Scheduler:
         self._thread: threading.Thread | None = None
 
     # --- the callers' side ---------------------------------------------------------------
-    def submit(self, prompt: Prompt | list[int], params: SamplingParams) -> RequestHandle:
-        """Queue a request; raises ValueError (context, n) before any work and QueueFull when full."""
+    def submit(self, prompt: Prompt | list[int], params: SamplingParams,
+               charge: Callable[[], None] | None = None) -> RequestHandle:
+        """Queue a request. Raises ContextLengthExceeded or InvalidRequest for one that can never
+        run here, QueueFull when too many wait. `charge` is called once the request is known to
+        fit and before it is queued: a server charges rate limits there, so a request too long
+        costs nothing and one that `charge` refuses (by raising) is never queued."""
         prompt = prompt if isinstance(prompt, Prompt) else Prompt(list(prompt))
         self.engine.check_prompt(prompt, params.max_tokens, self.max_context)  # a server may serve less context
         if params.n > self.max_batch:
-            raise ValueError(f"n must be <= {self.max_batch} (the batch size), got {params.n}")
+            raise InvalidRequest(f"n must be <= {self.max_batch} (the batch size), got {params.n}", param="n")
+        if charge is not None:
+            charge()
         request = _Request(prompt, params, RequestHandle(len(prompt.ids), params.n))
         with self._lock:
             if len(self.waiting) >= self.max_queue:
