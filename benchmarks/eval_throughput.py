@@ -2,7 +2,7 @@
 
     python benchmarks/eval_throughput.py [--questions 100] [--batch-size 16] [--dtype float32]
 
-Same model, same requests, same run: `opengpt4.evals.loglik.loglikelihood` (batched, shared
+Same model, same requests, same run: `opengpt4.engine.score.loglikelihood` (batched, shared
 contexts and few-shot prefixes run once) against `loglikelihood_naive` (one plain forward per
 request, the reference it must equal). Tasks: MMLU 5-shot (the first questions of four
 subjects, in file order as a full run meets them: a full run has ~250 per subject, so this
@@ -25,7 +25,7 @@ MMLU_SUBJECTS = ("high_school_geography", "college_biology", "marketing", "high_
 
 def mmlu_questions(n: int) -> list[tuple[list, int]]:
     """(requests, gold) of n questions, n/4 from each subject."""
-    from opengpt4.evals.api import LoglikRequest
+    from opengpt4.engine.score import LoglikRequest
     from opengpt4.evals.mmlu import LETTERS, MMLU
 
     samples = MMLU(None, subjects=list(MMLU_SUBJECTS)).load_samples()
@@ -45,7 +45,7 @@ def arc_questions(n: int) -> list[tuple[list, int]]:
 
 
 def measure(engine, questions: list[tuple[list, int]], batch_size: int) -> dict:
-    from opengpt4.evals.loglik import loglikelihood, loglikelihood_naive
+    from opengpt4.engine.score import loglikelihood, loglikelihood_naive
 
     requests = [r for group, _ in questions for r in group]
     loglikelihood(engine, requests[:8], batch_size)  # warm-up: allocator, thread pool, kernels

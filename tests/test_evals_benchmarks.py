@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from opengpt4.engine.generate import Engine
+from opengpt4.engine.score import loglikelihood_naive
 from opengpt4.errors import OpenGPT4Error
 from opengpt4.evals.api import CompletionResult, Loglik, LoglikRequest, SampleResult
 from opengpt4.evals.calibration import expected_calibration_error, reliability_diagram
@@ -20,7 +21,6 @@ from opengpt4.evals.gauntlet import (
     score_choices,
 )
 from opengpt4.evals.gsm8k import GSM8K, last_number
-from opengpt4.evals.loglik import loglikelihood_naive
 from opengpt4.evals.mmlu import MMLU
 from opengpt4.evals.xstest import XSTest, refusal_label
 

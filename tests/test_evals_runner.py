@@ -250,7 +250,7 @@ def test_http_run_matches_local_run(tmp_path, engine, base_url, registry):
 
 
 def test_http_text_prompts_and_loglikelihood_match_local(engine, base_url):
-    from opengpt4.evals.loglik import loglikelihood
+    from opengpt4.engine.score import loglikelihood
 
     fn = HTTPCompletionFn(base_url, "tiny")
     local = EngineCompletionFn(engine, "local:same-engine")

@@ -119,6 +119,24 @@ def test_round_trips_any_unicode(tok):
     assert len(tok.encode("the cat sat on the mat")) < len(b"the cat sat on the mat")  # merges were learned
 
 
+def test_encode_with_offsets_gives_each_tokens_character_span(tok):
+    rng = random.Random(99)
+    for text in FIXED_TEXTS + [random_unicode(rng) for _ in range(300)]:
+        ids, offsets = tok.encode_with_offsets(text)
+        assert ids == tok.encode(text) and len(offsets) == len(ids), repr(text)
+        if not ids:
+            continue
+        assert offsets[0][0] == 0 and offsets[-1][1] == len(text)  # the spans cover the text, in order
+        for (start, end), (next_start, next_end) in zip(offsets, offsets[1:], strict=False):
+            assert start <= next_start <= end <= next_end
+        for i, (start, end) in zip(ids, offsets, strict=True):
+            if "\ufffd" not in tok.decode([i]):  # a whole-character token is exactly its span
+                assert tok.decode([i]) == text[start:end]
+    # A character the corpus never had is split into byte tokens: each of them spans all of it.
+    ids, offsets = tok.encode_with_offsets("a🦀")
+    assert len(ids) > 2 and offsets == [(0, 1)] + [(1, 2)] * (len(ids) - 1) and tok.decode(ids[1:]) == "🦀"
+
+
 def test_digits_are_split_individually(tok):
     assert [tok.id_to_token(i) for i in tok.encode("12345")] == ["1", "2", "3", "4", "5"]
 

@@ -252,6 +252,13 @@ class Tokenizer:
                 ids += self._backend.encode(piece, add_special_tokens=False).ids
         return ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and each token's (start, end) character span in `text`. Where a
+        character's bytes are split over several tokens, each of them spans the whole character.
+        Scoring splits a context from its continuation by these spans; echo reports the starts."""
+        encoding = self._backend.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
 

@@ -8,13 +8,14 @@ Rows leave the batch as soon as they finish, so the remaining ones run at their 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from opengpt4.engine import score
 from opengpt4.engine.detokenize import IncrementalDecoder
 from opengpt4.engine.json_mode import JsonPrefix, constrained_token
 from opengpt4.engine.sampling import SamplingParams, next_token, token_logprobs
@@ -135,20 +136,19 @@ class Engine:
         if len(prompt.ids) + (0 if max_tokens is None else max(max_tokens, 1)) > limit:
             raise ContextLengthExceeded(limit, len(prompt.ids), max_tokens)
 
-    @torch.inference_mode()
+    # --- scoring (engine/score.py) --------------------------------------------------------
     def prompt_logprobs(self, ids: list[int], top: int = 0) -> list[TokenLogprob]:
         """Score a text: for each token after the first, its logprob given the tokens before it
         (and the `top` most likely alternatives). What `echo` + `logprobs` report."""
-        if len(ids) > self.config.max_seq_len:
-            raise ValueError(f"This model's maximum context length is {self.config.max_seq_len} tokens. "
-                             f"However, you requested {len(ids)} tokens to score.")
-        logits = self.model(torch.tensor([ids], device=self.device))[0, :-1].float()
-        out = []
-        for i, token in enumerate(ids[1:]):
-            lp, alternatives = token_logprobs(logits[i], token, top)
-            out.append(TokenLogprob(token, self.tokenizer.decode([token]), lp,
-                                    [(t, self.tokenizer.decode([t]), v) for t, v in alternatives]))
-        return out
+        [scores] = score.score_tokens(self, [(ids, 1)], top)
+        name = self.tokenizer.decode
+        return [TokenLogprob(token, name([token]), lp, [(t, name([t]), v) for t, v in alternatives])
+                for token, lp, alternatives in zip(scores.ids, scores.logprobs, scores.top, strict=True)]
+
+    def loglikelihood(self, requests: Sequence[score.LoglikRequest], batch_size: int = 32,
+                      progress: Callable[[int, int], None] | None = None) -> list[score.Loglik]:
+        """log P(continuation | context) of each request, batched; progress(done, total) after each batch."""
+        return score.loglikelihood(self, requests, batch_size, progress)
 
     # --- generation ----------------------------------------------------------------------
     def generate(self, prompts: Sequence[Prompt | list[int]], params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:

@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# Scoring requests and results are the engine's (engine/score.py owns the token boundary
+# rule); eval classes and completion functions name them from here.
+from opengpt4.engine.score import Loglik, LoglikRequest
+
 # A prompt is raw text (sent as is, no chat template) or OpenAI chat messages.
 Prompt = str | list[dict[str, Any]]
 
@@ -36,27 +40,6 @@ class CompletionResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
-
-
-@dataclass(frozen=True)
-class LoglikRequest:
-    """log P(continuation | context) for raw text (no chat template).
-
-    Token boundary rule, shared by every implementation so that local and HTTP scores agree:
-    tokenize `context + continuation` as one string (BOS first when the tokenizer adds one);
-    the continuation's tokens are those from the first token whose character span ends after
-    `len(context)` to the end.
-    """
-
-    context: str
-    continuation: str
-
-
-@dataclass
-class Loglik:
-    logprob: float  # sum of the continuation tokens' log-probabilities
-    num_tokens: int  # continuation tokens
-    is_greedy: bool  # every continuation token is the argmax at its position
 
 
 class CompletionFn(Protocol):

@@ -67,10 +67,8 @@ class EngineCompletionFn:
         return out
 
     def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
-        from opengpt4.evals.loglik import loglikelihood  # written alongside; imported when first needed
-
         with self._lock:
-            return loglikelihood(self.engine, requests, self.batch_size)
+            return self.engine.loglikelihood(requests, self.batch_size)
 
 
 def checkpoint_identity(path: Path) -> str:

@@ -69,12 +69,12 @@ def echo_logprobs(engine: Engine, lock: threading.Lock, text: str, prompt: Promp
     """The prompt's own tokens with their logprobs, as the legacy API echoes them. A BOS the
     tokenizer prepends conditions the first text token but is not listed (it is not in the text).
     `lock`: scoring runs the model outside its scheduler, one request at a time."""
-    encoding = engine.tokenizer.backend.encode(text, add_special_tokens=False)
-    bos = len(prompt.ids) - len(encoding.ids)
+    ids, offsets = engine.tokenizer.encode_with_offsets(text)
+    bos = len(prompt.ids) - len(ids)
     with lock:
         scored = engine.prompt_logprobs(prompt.ids, max(top, 1))
     out = TextLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
-    for k, (token, (start, _)) in enumerate(zip(encoding.ids, encoding.offsets, strict=True)):
+    for k, (token, (start, _)) in enumerate(zip(ids, offsets, strict=True)):
         position = bos + k
         out.text_offset.append(start)
         if position == 0:  # nothing before it to condition on

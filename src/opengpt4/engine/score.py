@@ -1,7 +1,14 @@
-"""Batched log-likelihood of continuations, log P(continuation | context), on a local Engine.
+"""Scoring text: the log-probability of given tokens, batched. The one scoring path.
 
-Multiple-choice benchmarks spend nearly all their time here, and their requests repeat
-themselves in two ways that this module turns into saved work:
+Everything that asks "how likely is this text" comes here: multiple-choice evals
+(log P(continuation | context), `loglikelihood`), the server's `echo` + `logprobs` (every
+prompt token with its most likely alternatives, `Engine.prompt_logprobs`), and the reward
+model, DPO and graders after them. A scored sequence is token ids plus the index `start` of
+the first token to score; `score_tokens` gives each token from there its log-probability
+given the tokens before it, whether it is the most likely token there, and optionally the
+top-k alternatives.
+
+Requests repeat themselves in two ways that this module turns into saved work:
 
 - The same context with several continuations (ARC's four answers, MMLU's " A".." D"):
   each distinct context is run once and its KV cache copied to the rows of its
@@ -11,35 +18,73 @@ themselves in two ways that this module turns into saved work:
   with the same ~500-token few-shot block): each batch runs its common prefix once and the
   contexts' remaining tokens against it, so a question costs about its own tokens.
 
-A request's tokens go through three stages of right-padded forwards with a KV cache that
+A sequence's tokens go through three stages of right-padded forwards with a KV cache that
 keeps a length per row: (A) the batch's shared prefix, once; (B) each distinct context's
-remaining tokens except the last; (C) the last context token plus the continuation's tokens
-but the last, whose logits are exactly the ones scored. Only stage C computes logits over
-the vocabulary for more than one position. A and B run in chunks of a few hundred tokens,
-the size at which a CPU runs fastest per token. The result equals one plain forward per
-request (`loglikelihood_naive`, the reference) up to float rounding.
+remaining tokens except the last; (C) the last context token plus the scored tokens but the
+last, whose logits are exactly the ones read. Only stage C computes logits over the
+vocabulary for more than one position. A and B run in chunks of a few hundred tokens, the
+size at which a CPU runs fastest per token. The result equals one plain forward per
+sequence (`score_tokens_naive`, the reference) up to float rounding.
 
-Tokenization follows `LoglikRequest`'s boundary rule; when the context is empty and the
-tokenizer adds no BOS, the BOS token is put first anyway (the first token needs something
-to be predicted from; lm-eval uses its end-of-text token the same way). Requests longer
-than the model's context lose tokens from the left of the context, as in lm-eval.
+`LoglikRequest`s are tokenized by their boundary rule (`tokenize_request`); when the context
+is empty and the tokenizer adds no BOS, the BOS token is put first anyway (the first token
+needs something to be predicted from; lm-eval uses its end-of-text token the same way).
+Requests longer than the model's context lose tokens from the left of the context, as in
+lm-eval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from opengpt4.evals.api import Loglik, LoglikRequest
 from opengpt4.model.transformer import KVCache, Transformer
 from opengpt4.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from opengpt4.engine.generate import Engine
 
 # A prefix shared by a batch is prefilled once when at least this long (below it, the extra
 # forward call costs more than it saves); also the bar for grouping contexts into clusters.
 SHARED_PREFIX_MIN = 32
+
+
+@dataclass(frozen=True)
+class LoglikRequest:
+    """log P(continuation | context) for raw text (no chat template).
+
+    Token boundary rule, shared by every implementation so that local and HTTP scores agree:
+    tokenize `context + continuation` as one string (BOS first when the tokenizer adds one);
+    the continuation's tokens are those from the first token whose character span ends after
+    `len(context)` to the end.
+    """
+
+    context: str
+    continuation: str
+
+
+@dataclass
+class Loglik:
+    logprob: float  # sum of the continuation tokens' log-probabilities
+    num_tokens: int  # continuation tokens
+    is_greedy: bool  # every continuation token is the argmax at its position
+
+
+@dataclass
+class TokenScores:
+    """The scored tokens of one sequence, each read against the distribution that predicts it."""
+
+    ids: list[int]
+    logprobs: list[float]
+    greedy: list[bool]  # no other token is more likely there (ties count as greedy)
+    top: list[list[tuple[int, float]]]  # per token: the `top` most likely (id, logprob), best first
+
+    def loglik(self) -> Loglik:
+        return Loglik(sum(self.logprobs), len(self.ids), all(self.greedy))
 
 
 @dataclass(frozen=True)
@@ -52,10 +97,9 @@ class Row:
 
 def tokenize_request(tokenizer: Tokenizer, request: LoglikRequest, max_seq_len: int) -> tuple[list[int], int]:
     """The token ids of context + continuation and the index of the first continuation token."""
-    encoding = tokenizer.backend.encode(request.context + request.continuation, add_special_tokens=False)
-    ids = list(encoding.ids)
+    ids, offsets = tokenizer.encode_with_offsets(request.context + request.continuation)
     boundary = len(request.context)
-    start = next((i for i, (_, end) in enumerate(encoding.offsets) if end > boundary), len(ids))
+    start = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
     if tokenizer.add_bos or (start == 0 and ids):
         ids, start = [tokenizer.bos_id, *ids], start + 1
     excess = len(ids) - 1 - max_seq_len  # the model reads all ids but the last
@@ -67,36 +111,44 @@ def tokenize_request(tokenizer: Tokenizer, request: LoglikRequest, max_seq_len: 
     return ids, start
 
 
-def score(logits: Tensor, targets: list[int]) -> Loglik:
-    """Loglik of `targets` from the logits (T, V) that predict them."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    target = torch.tensor(targets, device=logits.device)
-    total = logprobs.gather(-1, target[:, None]).sum()
-    greedy = bool((logits.argmax(-1) == target).all())
-    return Loglik(float(total), len(targets), greedy)
+def loglikelihood(engine: Engine, requests: Sequence[LoglikRequest], batch_size: int = 32,
+                  progress: Callable[[int, int], None] | None = None, *,
+                  max_batch_tokens: int = 16384, max_forward_tokens: int = 512) -> list[Loglik]:
+    """Loglik of each request, in order (the arguments are `score_tokens`')."""
+    max_seq_len = engine.model.config.max_seq_len
+    sequences = [tokenize_request(engine.tokenizer, r, max_seq_len) for r in requests]
+    scores = score_tokens(engine, sequences, batch_size=batch_size, progress=progress,
+                          max_batch_tokens=max_batch_tokens, max_forward_tokens=max_forward_tokens)
+    return [s.loglik() for s in scores]
+
+
+def loglikelihood_naive(engine: Engine, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+    """The reference for `loglikelihood`: one plain forward (no cache, no batching) per request."""
+    max_seq_len = engine.model.config.max_seq_len
+    sequences = [tokenize_request(engine.tokenizer, r, max_seq_len) for r in requests]
+    return [s.loglik() for s in score_tokens_naive(engine, sequences)]
 
 
 @torch.inference_mode()
-def loglikelihood(engine, requests: Sequence[LoglikRequest], batch_size: int = 32,
-                  progress: Callable[[int, int], None] | None = None, *,
-                  max_batch_tokens: int = 16384, max_forward_tokens: int = 512) -> list[Loglik]:
-    """Loglik of each request, in order. engine: an `opengpt4.engine.generate.Engine`.
+def score_tokens(engine: Engine, sequences: Sequence[tuple[Sequence[int], int]], top: int = 0, *,
+                 batch_size: int = 32, progress: Callable[[int, int], None] | None = None,
+                 max_batch_tokens: int = 16384, max_forward_tokens: int = 512) -> list[TokenScores]:
+    """Scores of `ids[start:]` for each (ids, start), in order; `top` alternatives per token.
 
     batch_size: distinct contexts per batch (each with all its continuations). max_batch_tokens
     caps rows x longest row, the KV cache's size. max_forward_tokens: tokens per forward, about
     (long contexts go in chunks; it also bounds the logits held at once). progress(done,
-    total) is called after each batch, counting requests.
+    total) is called after each batch, counting sequences.
     """
     model: Transformer = engine.model
-    tokenizer: Tokenizer = engine.tokenizer
-    results: list[Loglik | None] = [None] * len(requests)
+    results: list[TokenScores | None] = [None] * len(sequences)
     row_index: dict[Row, int] = {}
     rows: list[Row] = []
-    users: list[list[tuple[int, int]]] = []  # per row: (request index, last target token)
-    for i, request in enumerate(requests):
-        ids, start = tokenize_request(tokenizer, request, model.config.max_seq_len)
-        if start == len(ids):  # an empty continuation
-            results[i] = Loglik(0.0, 0, True)
+    users: list[list[tuple[int, int]]] = []  # per row: (sequence index, last target token)
+    for i, (ids, start) in enumerate(sequences):
+        check_fits(ids, start, model.config.max_seq_len)
+        if start >= len(ids):  # nothing to score
+            results[i] = TokenScores([], [], [], [])
             continue
         row = Row(tuple(ids[: start - 1]), tuple(ids[start - 1 : -1]))
         if row not in row_index:
@@ -105,17 +157,60 @@ def loglikelihood(engine, requests: Sequence[LoglikRequest], batch_size: int = 3
             users.append([])
         users[row_index[row]].append((i, ids[-1]))
 
-    done = len(requests) - sum(len(u) for u in users)
+    done = len(sequences) - sum(len(u) for u in users)
     for batch in plan_batches(rows, batch_size, max_batch_tokens):
-        for group, logits in run_rows(model, [rows[r] for r in batch], tokenizer.pad_id, max_forward_tokens):
+        for group, logits in run_rows(model, [rows[r] for r in batch], engine.tokenizer.pad_id, max_forward_tokens):
             for b, r in enumerate(batch[g] for g in group):
                 tail = rows[r].tail
-                for index, last in users[r]:
-                    results[index] = score(logits[b, : len(tail)], [*tail[1:], last])
+                targets = [[*tail[1:], last] for _, last in users[r]]
+                for (index, _), scores in zip(users[r], read_scores(logits[b, : len(tail)], targets, top), strict=True):
+                    results[index] = scores
                 done += len(users[r])
         if progress is not None:
-            progress(done, len(requests))
+            progress(done, len(sequences))
     return results  # type: ignore[return-value]  # every entry is filled above
+
+
+@torch.inference_mode()
+def score_tokens_naive(engine: Engine, sequences: Sequence[tuple[Sequence[int], int]], top: int = 0) -> list[TokenScores]:
+    """The reference for `score_tokens`: one plain forward (no cache, no batching) per sequence."""
+    model: Transformer = engine.model
+    device = model.model.embed_tokens.weight.device
+    out = []
+    for ids, start in sequences:
+        check_fits(ids, start, model.config.max_seq_len)
+        if start >= len(ids):
+            out.append(TokenScores([], [], [], []))
+            continue
+        logits = model(torch.tensor([list(ids[:-1])], device=device))[0]
+        out += read_scores(logits[start - 1 :], [list(ids[start:])], top)
+    return out
+
+
+def check_fits(ids: Sequence[int], start: int, max_seq_len: int) -> None:
+    if start < 1 and ids:  # a bug in the caller: even BOS cannot be scored
+        raise ValueError("the first token has nothing before it to be predicted from: score from index 1 on")
+    if len(ids) - 1 > max_seq_len:  # the model reads all ids but the last
+        raise ValueError(f"This model's maximum context length is {max_seq_len} tokens. "
+                         f"However, you requested {len(ids)} tokens to score.")
+
+
+def read_scores(logits: Tensor, targets: list[list[int]], top: int) -> list[TokenScores]:
+    """Each target sequence read against the logits (T, V) that predict its T tokens. The
+    sequences sharing one row differ only in their last token, so the distributions (and
+    the alternatives) are computed once for all of them."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = logprobs.max(dim=-1).values
+    alternatives: list[list[tuple[int, float]]] = [[] for _ in range(len(logits))]
+    if top > 0:
+        values, ids = torch.topk(logprobs, min(top, logprobs.shape[-1]), dim=-1)
+        alternatives = [list(zip(i, v, strict=True)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+    out = []
+    for tokens in targets:
+        chosen = logprobs.gather(-1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0]
+        # Compared by value, as a client reading echoed logprobs can only do: tied tokens are all greedy.
+        out.append(TokenScores(tokens, chosen.tolist(), (chosen >= best).tolist(), alternatives))
+    return out
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -225,19 +320,3 @@ def prefill(model: Transformer, seqs: list[Sequence[int]], cache: KVCache, pad_i
     for start in range(0, ids.shape[1], step):
         chunk = ids[:, start : start + step]
         model(chunk, cache=cache, num_valid=(lengths - start).clamp(0, chunk.shape[1]), last_only=True)
-
-
-@torch.inference_mode()
-def loglikelihood_naive(engine, requests: Sequence[LoglikRequest]) -> list[Loglik]:
-    """The reference: one plain forward (no cache, no batching) per request."""
-    model: Transformer = engine.model
-    device = model.model.embed_tokens.weight.device
-    out = []
-    for request in requests:
-        ids, start = tokenize_request(engine.tokenizer, request, model.config.max_seq_len)
-        if start == len(ids):
-            out.append(Loglik(0.0, 0, True))
-            continue
-        logits = model(torch.tensor([ids[:-1]], device=device))[0]
-        out.append(score(logits[start - 1 :], ids[start:]))
-    return out

@@ -1,20 +1,26 @@
-"""Batched log-likelihood equals one plain forward per request, and saves the work it claims to."""
+"""The one scoring path: batched scores equal one plain forward per request, save the work
+they claim to, and the server's echo reports the same numbers as `Engine.loglikelihood`."""
 
 import random
+import threading
 
 import pytest
 import torch
 
 from opengpt4.engine.generate import Engine
-from opengpt4.evals.api import LoglikRequest
-from opengpt4.evals.loglik import (
+from opengpt4.engine.score import (
     SHARED_PREFIX_MIN,
+    LoglikRequest,
     Row,
     loglikelihood,
     loglikelihood_naive,
     plan_batches,
+    score_tokens,
+    score_tokens_naive,
     tokenize_request,
 )
+from opengpt4.evals.completion import loglik_from_echo
+from opengpt4.serve.responses import echo_logprobs
 from opengpt4.tokenizer import Tokenizer
 from tests.conftest import WORDS
 
@@ -61,7 +67,7 @@ def assert_same(batched, naive):
 
 
 @pytest.mark.parametrize(("batch_size", "max_forward_tokens"), [(4, 512), (32, 512), (8, 20)])
-def test_batched_equals_naive(engine, batch_size, max_forward_tokens):
+def test_batched_loglikelihood_equals_one_plain_forward_per_request(engine, batch_size, max_forward_tokens):
     reqs = mixed_requests()
     calls = []
     batched = loglikelihood(engine, reqs, batch_size=batch_size, progress=lambda d, t: calls.append((d, t)),
@@ -73,16 +79,16 @@ def test_batched_equals_naive(engine, batch_size, max_forward_tokens):
     print(f"max |batched - naive| = {diff:.2e}")
 
 
-def test_without_bos(tiny_model, tiny_tokenizer):
+def test_without_bos_an_empty_context_is_conditioned_on_bos(tiny_model, tiny_tokenizer):
     tokenizer = Tokenizer(tiny_tokenizer.backend, add_bos=False)
     engine = Engine(tiny_model, tokenizer, pack=False)
     reqs = mixed_requests(seed=1)
-    assert_same(loglikelihood(engine, reqs, batch_size=8), loglikelihood_naive(engine, reqs))
+    assert_same(engine.loglikelihood(reqs, batch_size=8), loglikelihood_naive(engine, reqs))
     ids, start = tokenize_request(tokenizer, LoglikRequest("", "the cat"), 128)
     assert start == 1 and ids[0] == tokenizer.bos_id  # an empty context still conditions on something
 
 
-def test_token_boundary_rule(tiny_tokenizer):
+def test_continuation_starts_at_the_first_token_ending_past_the_context(tiny_tokenizer):
     tok = tiny_tokenizer
     ids, start = tokenize_request(tok, LoglikRequest("the cat", " sat"), 128)
     assert ids == [tok.bos_id, *tok.encode("the cat sat")]
@@ -92,7 +98,7 @@ def test_token_boundary_rule(tiny_tokenizer):
     assert tok.decode(ids[start:]) == " cat sat"
 
 
-def test_is_greedy(engine, tiny_tokenizer):
+def test_is_greedy_only_when_every_continuation_token_is_the_argmax(engine, tiny_tokenizer):
     tok = tiny_tokenizer
     found = 0
     for context in ["the cat sat on", "seven blue birds", "def add(a, b):", "apples and", "in Paris"]:
@@ -106,12 +112,12 @@ def test_is_greedy(engine, tiny_tokenizer):
             if full[start:] != [token]:  # the token does not survive re-tokenization here
                 continue
             found += 1
-            [result] = loglikelihood(engine, [LoglikRequest(context, continuation)])
+            [result] = engine.loglikelihood([LoglikRequest(context, continuation)])
             assert result.is_greedy is greedy and result.num_tokens == 1
     assert found >= 4
 
 
-def test_shared_prefix_costs_about_the_suffix(engine):
+def test_shared_prefix_is_run_once_per_batch_not_once_per_question(engine):
     """MMLU 5-shot shape: the few-shot block is run once per batch, not once per question."""
     rng = random.Random(2)
     shots = sentence(rng, 60)
@@ -132,7 +138,7 @@ def test_shared_prefix_costs_about_the_suffix(engine):
         hook.remove()
 
 
-def test_plan_groups_shared_prefixes():
+def test_plan_batches_groups_shared_prefixes_longest_first_within_budget():
     prefix_a, prefix_b = tuple(range(100, 100 + SHARED_PREFIX_MIN)), tuple(range(200, 200 + SHARED_PREFIX_MIN))
     rows = [Row(p + (i,) * (i % 5 + 1), (7,)) for i in range(12) for p in (prefix_a, prefix_b)]
     rows += [Row((i,) * (i + 1), (7, 8)) for i in range(5)]  # no shared prefix: the pool
@@ -146,3 +152,51 @@ def test_plan_groups_shared_prefixes():
     budget = 3 * (SHARED_PREFIX_MIN + 6)
     for b in plan_batches(rows, batch_size=8, max_batch_tokens=budget):
         assert len(b) * max(len(rows[i].ctx) + len(rows[i].tail) for i in b) <= budget
+
+
+def test_token_scores_and_alternatives_equal_one_plain_forward_per_sequence(engine, tiny_tokenizer):
+    """Per-token scores (what echo reports) come from the same batched path as log-likelihoods."""
+    rng = random.Random(3)
+    bos = tiny_tokenizer.bos_id
+    shared = [bos, *tiny_tokenizer.encode(sentence(rng, 30))]  # a shared prefix, stage A
+    sequences = [([bos, *tiny_tokenizer.encode(sentence(rng, rng.randint(2, 20)))], 1) for _ in range(4)]
+    sequences += [([*shared, *tiny_tokenizer.encode(" " + sentence(rng, 3))], len(shared)) for _ in range(4)]
+    sequences += [([*shared, last], len(shared)) for last in (5, 6, 7)]  # one row, three last tokens
+    sequences += [([bos], 1), ([], 1)]  # nothing to score
+    batched = score_tokens(engine, sequences, top=3, batch_size=4, max_forward_tokens=24)
+    naive = score_tokens_naive(engine, sequences, top=3)
+    for (ids, start), b, n in zip(sequences, batched, naive, strict=True):
+        assert b.ids == n.ids == list(ids[start:])
+        assert b.logprobs == pytest.approx(n.logprobs, abs=1e-4)
+        assert b.greedy == n.greedy
+        assert [[t for t, _ in top] for top in b.top] == [[t for t, _ in top] for top in n.top]
+        assert all(len(top) == 3 and top[0][1] >= lp for top, lp in zip(b.top, b.logprobs, strict=True))
+
+
+def test_prompt_logprobs_are_each_tokens_score_given_the_tokens_before_it(engine, tiny_tokenizer):
+    ids = [tiny_tokenizer.bos_id, *tiny_tokenizer.encode("the cat sat on a mat")]
+    scored = engine.prompt_logprobs(ids, top=2)
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(engine.model(torch.tensor([ids]))[0, :-1].float(), dim=-1)
+    assert [t.token_id for t in scored] == ids[1:]
+    assert [t.logprob for t in scored] == pytest.approx(logprobs[range(len(ids) - 1), ids[1:]].tolist(), abs=1e-5)
+    assert [t.top[0][0] for t in scored] == logprobs.argmax(-1).tolist()
+    assert "".join(t.token for t in scored) == "the cat sat on a mat"
+    with pytest.raises(ValueError, match="maximum context length"):
+        engine.prompt_logprobs([tiny_tokenizer.bos_id] * (engine.config.max_seq_len + 2))
+
+
+def test_server_echo_and_engine_loglikelihood_agree(engine):
+    """What `/v1/completions` with echo + logprobs returns, read with the boundary rule as an
+    HTTP completion function reads it, is what `Engine.loglikelihood` computes locally."""
+    requests = [r for r in mixed_requests(seed=4)
+                if len(tokenize_request(engine.tokenizer, r, 10_000)[0]) <= engine.config.max_seq_len]
+    assert len(requests) > 40
+    local = engine.loglikelihood(requests)
+    lock = threading.Lock()
+    for request, want in zip(requests, local, strict=True):
+        text = request.context + request.continuation
+        echoed = echo_logprobs(engine, lock, text, engine.text_prompt(text), 1)
+        got = loglik_from_echo(echoed.model_dump(), text, len(request.context))
+        assert (got.num_tokens, got.is_greedy) == (want.num_tokens, want.is_greedy), request
+        assert got.logprob == pytest.approx(want.logprob, abs=1e-5), request
