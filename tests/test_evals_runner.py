@@ -126,6 +126,20 @@ def test_same_eval_twice_is_identical_and_cached(tmp_path, local, registry):
     assert LocalCompletionFn(local.path, dtype="float32").identity == local.identity
 
 
+def test_the_cache_never_serves_one_precision_for_another(tmp_path, local, registry):
+    """A result is cached under the model *and* its inference precision: a float32 run
+    followed by a bfloat16 run of the same checkpoint computes everything again."""
+    bf16 = LocalCompletionFn(local.path, dtype="bfloat16", batch_size=4)
+    assert bf16.identity != local.identity and bf16.identity.endswith("@bfloat16")
+    assert LocalCompletionFn(local.path).identity == local.identity  # auto is float32
+    cache = tmp_path / "cache.sqlite"
+    run_eval("chat-match", local, registries=[registry], out_dir=tmp_path / "f", cache_path=cache, progress=False)
+    report = run_eval("chat-match", bf16, registries=[registry], out_dir=tmp_path / "b", cache_path=cache,
+                      progress=False)
+    assert report["cache"] == {"hits": 0, "misses": len(CHAT)}
+    assert report["model"] == bf16.identity
+
+
 def test_limit_takes_a_seeded_representative_subset(tmp_path, local, registry):
     def ids(seed, limit=3):
         report = run_eval("chat-match", local, registries=[registry], limit=limit, seed=seed,

@@ -127,6 +127,25 @@ def test_context_length_exceeded(client, engine):
     assert "maximum context length" in e.value.message
 
 
+def test_scoring_a_text_longer_than_the_context(client, engine):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="the cat " * engine.config.max_seq_len, max_tokens=0,
+                                  echo=True, logprobs=0)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+    assert "tokens to score. Please reduce the length of the prompt." in e.value.message
+
+
+def test_full_queue_is_503_server_busy(client, app):
+    scheduler = app.state.schedulers["tiny"]
+    max_queue, scheduler.max_queue = scheduler.max_queue, 0  # every request finds the queue full
+    try:
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3)
+    finally:
+        scheduler.max_queue = max_queue
+    assert e.value.status_code == 503 and e.value.code == "server_busy" and e.value.type == "server_error"
+
+
 def test_malformed_request_is_400(client, base_url):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="tiny", messages=HELLO, extra_body={"temperature": "hot"})

@@ -19,7 +19,8 @@ from opengpt4.engine.json_mode import JsonPrefix
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import ConfigError
 from opengpt4.serve.app import create_app
-from opengpt4.serve.keys import KeyStore, UsageLedger
+from opengpt4.serve.keys import KeyStore
+from opengpt4.serve.ledger import UsageLedger
 from opengpt4.serve.registry import load_registry
 from tests.conftest import live_server, wait_for
 

@@ -200,7 +200,7 @@ def cmd_usage(args: argparse.Namespace) -> None:
     import json
     import time
 
-    from opengpt4.serve.keys import UsageLedger
+    from opengpt4.serve.ledger import UsageLedger
 
     since = time.time() - args.days * 86400 if args.days else None
     totals = UsageLedger(_database(args)).totals(since)

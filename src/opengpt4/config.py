@@ -17,6 +17,11 @@ from typing import Any
 
 from opengpt4.errors import ConfigError
 
+# Inference precision modes (model/precision.py applies them; benchmarks/precision.py measures them).
+PRECISIONS = ("float32", "bf16-weights", "bfloat16")
+PRECISION_HELP = ("inference precision: float32 (the reference), bf16-weights (bfloat16 matmul weights, float32 "
+                  "activations and logits) or bfloat16 (everything); auto = float32 (default auto)")
+
 FORMAT_VERSION = 1
 
 

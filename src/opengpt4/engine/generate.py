@@ -20,17 +20,10 @@ from opengpt4.engine.detokenize import IncrementalDecoder
 from opengpt4.engine.json_mode import JsonPrefix, constrained_token
 from opengpt4.engine.sampling import SamplingParams, next_token, token_logprobs
 from opengpt4.errors import ContextLengthExceeded, InvalidRequest
+from opengpt4.model.precision import apply_precision, load_dtype, precision_of
 from opengpt4.model.transformer import KVCache, Transformer
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
-
-
-def inference_dtype(name: str = "auto") -> torch.dtype:
-    """`auto` is bfloat16 where the CPU computes it natively (AVX512-BF16/AMX: half the bytes
-    per token, ~2x faster decoding), else float32."""
-    if name != "auto":
-        return getattr(torch, name)
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 @dataclass
@@ -92,12 +85,18 @@ class Engine:
         self._token_texts: list[str] | None = None
 
     @classmethod
-    def load(cls, model: str, dtype: str = "auto") -> Engine:
-        """An engine for a checkpoint dir or imported model name, at `inference_dtype(dtype)`."""
+    def load(cls, model: str, precision: str = "auto") -> Engine:
+        """An engine for a checkpoint dir or imported model name at an inference precision
+        (`auto`, float32, bf16-weights or bfloat16: see model/precision.py)."""
         from opengpt4.model.checkpoint import load_checkpoint
 
-        m, tok = load_checkpoint(model, dtype=inference_dtype(dtype))
-        return cls(m, tok)
+        m, tok = load_checkpoint(model, dtype=load_dtype(precision))
+        return cls(apply_precision(m, precision), tok)
+
+    @property
+    def precision(self) -> str:
+        """The precision mode the weights are in (what an eval cache key must include)."""
+        return precision_of(self.model)
 
     def text_prompt(self, text: str) -> Prompt:
         """Raw text, no chat template: BOS first when the tokenizer's model was trained so."""

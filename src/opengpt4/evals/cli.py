@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import Any
 
+from opengpt4.config import PRECISION_HELP, PRECISIONS
 from opengpt4.errors import OpenGPT4Error
 
 
@@ -105,8 +106,7 @@ def add_eval_parser(sub: Any) -> None:
     r.add_argument("--grader", default=None, help="model that grades model-graded evals (default: --model)")
     r.add_argument("--data-dir", default=None, help="data directory for evals that read one (benchmarks)")
     r.add_argument("--no-cache", action="store_true", help="neither read nor write the completion cache")
-    r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="precision of a local model (default auto)")
+    r.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
     r.set_defaults(func=cmd_run)
 
     c = verb.add_parser("compare", help="paired comparison of two runs of the same eval")

@@ -93,8 +93,12 @@ class LocalCompletionFn(EngineCompletionFn):
     def __init__(self, path_or_name: str | Path, dtype: str = "auto", batch_size: int = 16) -> None:
         from opengpt4.model.checkpoint import resolve_model
 
-        self.path, self.dtype = resolve_model(path_or_name), dtype
-        super().__init__(None, checkpoint_identity(self.path), batch_size)
+        from opengpt4.model.precision import resolve_precision
+
+        # The precision is part of the identity (and so of every cache key and report): a
+        # bfloat16 answer must never be served for a float32 request.
+        self.path, self.precision = resolve_model(path_or_name), resolve_precision(dtype)
+        super().__init__(None, f"{checkpoint_identity(self.path)}@{self.precision}", batch_size)
         self._load_lock = threading.Lock()
 
     @property
@@ -103,7 +107,7 @@ class LocalCompletionFn(EngineCompletionFn):
             if self._engine is None:
                 from opengpt4.engine.generate import Engine
 
-                self._engine = Engine.load(str(self.path), self.dtype)
+                self._engine = Engine.load(str(self.path), self.precision)
             return self._engine
 
 
@@ -237,7 +241,7 @@ def make_completion_fn(spec: str, *, dtype: str = "auto", batch_size: int = 16) 
 
 # --- cache -----------------------------------------------------------------------------------
 def default_cache_path() -> Path:
-    from opengpt4.model.checkpoint import opengpt4_home
+    from opengpt4.files import opengpt4_home
 
     return opengpt4_home() / "evals" / "cache.sqlite"
 

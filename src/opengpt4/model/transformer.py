@@ -148,6 +148,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            # Mixed inference precision: low-precision weights, float32 activations around them.
+            return self.forward(x.to(w.dtype)).to(x.dtype)
         if (self.packed is not None and not torch.is_grad_enabled() and x.dtype == w.dtype
                 and (w.data_ptr(), w._version) == self._packed_from):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [None], "")

@@ -1,4 +1,5 @@
-"""API keys and the usage ledger, in one SQLite file (WAL, so the server writes while `opengpt4 usage` reads).
+"""API keys, in the SQLite file they share with the usage ledger (ledger.py; WAL, so the server
+writes while `opengpt4 usage` reads).
 
 Keys are shown once, at creation; only their SHA-256 is stored. A plain hash (not a slow KDF)
 is the right tool here: keys are 256 random bits, so there is nothing to brute-force, and the
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created REAL NOT NULL,
     revoked REAL
 );
+-- the usage ledger (ledger.py): here too, so one database file always has both tables
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY,
     time REAL NOT NULL,
@@ -115,37 +117,3 @@ class KeyStore:
         rows = self.db.execute("SELECT id, name, hint, rpm, tpm, created, revoked FROM api_keys "
                                "WHERE hash = ? AND revoked IS NULL", (hash_key(key),))
         return ApiKey(*rows[0]) if rows else None
-
-
-@dataclass(frozen=True)
-class UsageTotal:
-    key: str  # "name (id N)" or "-" for unauthenticated requests
-    model: str
-    requests: int
-    errors: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float
-
-
-class UsageLedger:
-    def __init__(self, path: str | Path | Database) -> None:
-        self.db = path if isinstance(path, Database) else Database(path)
-
-    def record(self, *, key_id: int | None, endpoint: str, model: str | None, prompt_tokens: int,
-               completion_tokens: int, cost: float, latency_ms: float, status: int) -> None:
-        self.db.execute(
-            "INSERT INTO usage (time, key_id, endpoint, model, prompt_tokens, completion_tokens, cost, latency_ms, "
-            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), key_id, endpoint, model, prompt_tokens, completion_tokens, cost, latency_ms, status))
-
-    def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM usage")[0][0]
-
-    def totals(self, since: float | None = None) -> list[UsageTotal]:
-        rows = self.db.execute(
-            "SELECT COALESCE(k.name || ' (id ' || u.key_id || ')', '-'), COALESCE(u.model, '-'), COUNT(*), "
-            "SUM(u.status >= 400), SUM(u.prompt_tokens), SUM(u.completion_tokens), SUM(u.cost) "
-            "FROM usage u LEFT JOIN api_keys k ON k.id = u.key_id WHERE u.time >= ? "
-            "GROUP BY u.key_id, u.model ORDER BY u.key_id, u.model", (since or 0.0,))
-        return [UsageTotal(*r) for r in rows]

@@ -17,13 +17,8 @@ import limits
 from limits.storage import storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from opengpt4.errors import RateLimited
 from opengpt4.serve.keys import ApiKey
-
-
-class RateLimited(Exception):
-    def __init__(self, message: str, retry_after: int | None, headers: dict[str, str]) -> None:
-        super().__init__(message)
-        self.retry_after, self.headers = retry_after, headers
 
 
 def _reset(seconds: float) -> str:
@@ -64,7 +59,7 @@ class RateLimiter:
         if tokens > key.tpm:  # can never fit, retrying does not help
             raise RateLimited(f"Request too large for key {key.hint}: limit {key.tpm} tokens per minute, "
                               f"requested {tokens} (prompt + max_tokens). Lower max_tokens or shorten the "
-                              f"messages.", None, self.headers(key))
+                              f"messages.", kind="tokens", retry_after=None, headers=self.headers(key))
         for b, cost in ((requests_b, 1), (tokens_b, tokens)):
             if not self.limiter.test(b.item, str(key.id), b.kind, cost=cost):
                 headers = self.headers(key)
@@ -73,7 +68,8 @@ class RateLimiter:
                 used = b.item.amount - int(headers[f"x-ratelimit-remaining-{b.kind}"])
                 raise RateLimited(f"Rate limit reached for key {key.hint} on {b.kind} per min (RPM/TPM): "
                                   f"Limit {b.item.amount}, Used {used}, Requested {cost}. "
-                                  f"Please try again in {retry}s.", retry, headers | {"retry-after": str(retry)})
+                                  f"Please try again in {retry}s.", kind=b.kind, retry_after=retry,
+                                  headers=headers | {"retry-after": str(retry)})
         self.limiter.hit(requests_b.item, str(key.id), "requests")
         self.limiter.hit(tokens_b.item, str(key.id), "tokens", cost=tokens)
         return self.headers(key)

@@ -13,7 +13,8 @@ from fastapi.responses import StreamingResponse
 
 from opengpt4.engine.generate import Delta, Engine, Prompt, TokenLogprob
 from opengpt4.engine.scheduler import RequestHandle
-from opengpt4.serve.accounting import Metrics
+from opengpt4.serve.gateway import Output
+from opengpt4.serve.metrics import Metrics
 from opengpt4.serve.schemas import (
     ChatCompletionChunk,
     Choice,
@@ -31,9 +32,9 @@ from opengpt4.serve.schemas import (
 )
 
 
-def usage_of(handle: RequestHandle) -> Usage:
-    return Usage(prompt_tokens=handle.prompt_tokens, completion_tokens=handle.completion_tokens,
-                 total_tokens=handle.prompt_tokens + handle.completion_tokens)
+def usage_of(*handles: RequestHandle) -> Usage:
+    prompt, completion = sum(h.prompt_tokens for h in handles), sum(h.completion_tokens for h in handles)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
@@ -47,22 +48,10 @@ def logprobs_out(lps: list[TokenLogprob]) -> ChoiceLogprobs:
         for lp in lps])
 
 
-def collect_text(handle: RequestHandle, n: int) -> list[tuple[str, str, list[TokenLogprob]]]:
-    """Blocking (runs in a worker thread): every choice's (text, finish_reason, logprobs)."""
-    texts, finish, lps = [""] * n, ["length"] * n, [[] for _ in range(n)]
-    for d in handle.deltas():
-        texts[d.sample_index] += d.text
-        if d.logprob is not None:
-            lps[d.sample_index].append(d.logprob)
-        if d.finish_reason is not None:
-            finish[d.sample_index] = d.finish_reason
-    return list(zip(texts, finish, lps, strict=True))
-
-
-def collect_chat(handle: RequestHandle, n: int, logprobs: bool) -> list[Choice]:
-    return [Choice(index=i, message=ResponseMessage(content=text), finish_reason=finish,
-                   logprobs=logprobs_out(lps) if logprobs else None)
-            for i, (text, finish, lps) in enumerate(collect_text(handle, n))]
+def chat_choices(outputs: list[Output], logprobs: bool) -> list[Choice]:
+    return [Choice(index=i, message=ResponseMessage(content=o.text), finish_reason=o.finish_reason,
+                   logprobs=logprobs_out(o.logprobs) if logprobs else None)
+            for i, o in enumerate(outputs)]
 
 
 def echo_logprobs(engine: Engine, lock: threading.Lock, text: str, prompt: Prompt, top: int) -> TextLogprobs:
@@ -87,6 +76,15 @@ def echo_logprobs(engine: Engine, lock: threading.Lock, text: str, prompt: Promp
         out.token_logprobs.append(lp.logprob)
         out.top_logprobs.append({t: v for _, t, v in lp.top[:top]})
     return out
+
+
+def text_choices(outputs: list[Output], first_index: int, echoed: str, echo: TextLogprobs | None,
+                 top: int | None) -> list[TextChoice]:
+    """Legacy completion choices: `echoed` (the prompt when echo is on, else "") before each text;
+    with `top`, each choice's logprobs follow the echoed prompt's."""
+    return [TextChoice(index=first_index + j, text=echoed + o.text, finish_reason=o.finish_reason,
+                       logprobs=None if top is None else join_logprobs(echo, o.logprobs, len(echoed), top))
+            for j, o in enumerate(outputs)]
 
 
 def join_logprobs(echo: TextLogprobs | None, generated: list[TokenLogprob], offset: int, top: int) -> TextLogprobs:
