@@ -19,6 +19,7 @@ from opengpt4.engine.score import (
     score_tokens_naive,
     tokenize_request,
 )
+from opengpt4.errors import ContextLengthExceeded
 from opengpt4.evals.completion import loglik_from_echo
 from opengpt4.serve.responses import echo_logprobs
 from opengpt4.tokenizer import Tokenizer
@@ -96,6 +97,20 @@ def test_continuation_starts_at_the_first_token_ending_past_the_context(tiny_tok
     # A continuation that begins inside a token takes the whole token: " cat" ends after "the ca".
     ids, start = tokenize_request(tok, LoglikRequest("the ca", "t sat"), 128)
     assert tok.decode(ids[start:]) == " cat sat"
+    # A character split over several byte tokens is all continuation (each token spans all of it).
+    ids, start = tokenize_request(tok, LoglikRequest("the", "🦀"), 128)
+    assert len(ids) - start > 1 and tok.decode(ids[start:]) == "🦀"
+
+
+def test_a_request_longer_than_the_context_loses_context_from_the_left(tiny_tokenizer):
+    tok = tiny_tokenizer
+    context = " ".join(["the cat"] * 50)
+    ids, start = tokenize_request(tok, LoglikRequest(context, " sat on a mat"), 16)
+    assert len(ids) == 17 and tok.decode(ids[start:]) == " sat on a mat"  # the model reads 16
+    assert ids == tok.encode(context + " sat on a mat")[-17:]
+    with pytest.raises(ContextLengthExceeded) as e:  # the continuation alone does not fit
+        tokenize_request(tok, LoglikRequest("the", " cat" * 20), 16)
+    assert (e.value.limit, e.value.prompt_tokens) == (16, 20)
 
 
 def test_is_greedy_only_when_every_continuation_token_is_the_argmax(engine, tiny_tokenizer):
@@ -182,8 +197,10 @@ def test_prompt_logprobs_are_each_tokens_score_given_the_tokens_before_it(engine
     assert [t.logprob for t in scored] == pytest.approx(logprobs[range(len(ids) - 1), ids[1:]].tolist(), abs=1e-5)
     assert [t.top[0][0] for t in scored] == logprobs.argmax(-1).tolist()
     assert "".join(t.token for t in scored) == "the cat sat on a mat"
-    with pytest.raises(ValueError, match="maximum context length"):
-        engine.prompt_logprobs([tiny_tokenizer.bos_id] * (engine.config.max_seq_len + 2))
+    too_long = [tiny_tokenizer.bos_id] * (engine.config.max_seq_len + 2)
+    with pytest.raises(ContextLengthExceeded) as e:
+        engine.prompt_logprobs(too_long)
+    assert (e.value.limit, e.value.prompt_tokens) == (engine.config.max_seq_len, len(too_long))
 
 
 def test_server_echo_and_engine_loglikelihood_agree(engine):

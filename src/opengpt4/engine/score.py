@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from opengpt4.errors import ContextLengthExceeded
 from opengpt4.model.transformer import KVCache, Transformer
 from opengpt4.tokenizer import Tokenizer
 
@@ -104,9 +105,8 @@ def tokenize_request(tokenizer: Tokenizer, request: LoglikRequest, max_seq_len: 
         ids, start = [tokenizer.bos_id, *ids], start + 1
     excess = len(ids) - 1 - max_seq_len  # the model reads all ids but the last
     if excess > 0:
-        if excess >= start:
-            raise ValueError(f"continuation of {len(ids) - start} tokens does not fit the model's context "
-                             f"of {max_seq_len}: {request.continuation[:60]!r}")
+        if excess >= start:  # the continuation alone is longer than the context
+            raise ContextLengthExceeded(max_seq_len, len(ids) - start)
         ids, start = ids[excess:], start - excess
     return ids, start
 
@@ -191,8 +191,7 @@ def check_fits(ids: Sequence[int], start: int, max_seq_len: int) -> None:
     if start < 1 and ids:  # a bug in the caller: even BOS cannot be scored
         raise ValueError("the first token has nothing before it to be predicted from: score from index 1 on")
     if len(ids) - 1 > max_seq_len:  # the model reads all ids but the last
-        raise ValueError(f"This model's maximum context length is {max_seq_len} tokens. "
-                         f"However, you requested {len(ids)} tokens to score.")
+        raise ContextLengthExceeded(max_seq_len, len(ids))
 
 
 def read_scores(logits: Tensor, targets: list[list[int]], top: int) -> list[TokenScores]:
