@@ -92,7 +92,6 @@ class LocalCompletionFn(EngineCompletionFn):
 
     def __init__(self, path_or_name: str | Path, dtype: str = "auto", batch_size: int = 16) -> None:
         from opengpt4.model.checkpoint import resolve_model
-
         from opengpt4.model.precision import resolve_precision
 
         # The precision is part of the identity (and so of every cache key and report): a
