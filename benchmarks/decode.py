@@ -138,12 +138,9 @@ def main() -> None:
         return
 
     from opengpt4.model import convert
-    from opengpt4.model.checkpoint import opengpt4_home
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(opengpt4_home() / "models" / "smollm2-135m-instruct")
-        if not (Path(model) / "config.json").is_file():
-            model = str(convert.import_gguf(None, Path(tmp) / "smollm2"))
+        model = args.model or str(convert.ensure_smollm2())
         hf_dir = convert.export_hf(model, Path(tmp) / "hf")
         common = ["--model", model, "--hf-dir", str(hf_dir), "--prompt-tokens", str(args.prompt_tokens),
                   "--new-tokens", str(args.new_tokens), "--batch", str(args.batch)]

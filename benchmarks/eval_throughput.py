@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
-from pathlib import Path
 
 MMLU_SUBJECTS = ("high_school_geography", "college_biology", "marketing", "high_school_mathematics")
 
@@ -87,13 +85,9 @@ def main() -> None:
 
     from opengpt4.engine.generate import Engine
     from opengpt4.model import convert
-    from opengpt4.model.checkpoint import load_checkpoint, opengpt4_home
+    from opengpt4.model.checkpoint import load_checkpoint
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(opengpt4_home() / "models" / "smollm2-135m-instruct")
-        if not (Path(model) / "config.json").is_file():
-            model = str(convert.import_gguf(None, Path(tmp) / "smollm2"))
-        net, tokenizer = load_checkpoint(model, dtype=getattr(torch, args.dtype))
+    net, tokenizer = load_checkpoint(args.model or convert.ensure_smollm2(), dtype=getattr(torch, args.dtype))
     engine = Engine(net, tokenizer)
 
     tasks = {"mmlu_5shot": measure(engine, mmlu_questions(args.questions), args.batch_size),

@@ -49,13 +49,13 @@ def tiny_checkpoint(dest: Path) -> Path:
 
     rng = random.Random(0)
     words = " ".join(PROMPTS).split()
-    tokenizer = Tokenizer.train([" ".join(rng.choice(words) for _ in range(30)) for _ in range(300)], vocab_size=400)
+    tokenizer = Tokenizer.train([" ".join(rng.choice(words) for _ in range(30)) for _ in range(300)], vocab_size=400,
+                                tokens_per_image=get_preset("test").vision.tokens_per_image)
     torch.manual_seed(0)
     cfg = dataclasses.replace(get_preset("test"), vocab_size=tokenizer.vocab_size, image_token_id=tokenizer.image_id,
                               max_seq_len=512)
     model = Transformer(cfg)
     model.init_weights()
-    tokenizer.tokens_per_image = cfg.vision.tokens_per_image
     save_checkpoint(dest, model, tokenizer)
     return dest
 
@@ -145,11 +145,8 @@ def main() -> None:
         model_path = tiny_checkpoint(tmp / "tiny")
     elif args.model == "smollm2":
         from opengpt4.model import convert
-        from opengpt4.model.checkpoint import opengpt4_home
 
-        model_path = opengpt4_home() / "models" / "smollm2-135m-instruct"
-        if not (model_path / "config.json").is_file():
-            convert.import_gguf(None, model_path)
+        model_path = convert.ensure_smollm2()
     else:
         model_path = Path(args.model)
     db = tmp / "serve.db"

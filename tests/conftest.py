@@ -28,7 +28,8 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> Tokenizer:
-    return Tokenizer.train(corpus(), vocab_size=400)
+    # Made for the tiny model, which takes images: <|image|> expands to the test preset's tokens per image.
+    return Tokenizer.train(corpus(), vocab_size=400, tokens_per_image=get_preset("test").vision.tokens_per_image)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,6 @@ def tiny_model(tiny_tokenizer) -> Transformer:
     model.init_weights()
     with torch.no_grad():  # a less flat next-token distribution than at init, still varied
         model.lm_head.weight.mul_(5)
-    tiny_tokenizer.tokens_per_image = cfg.vision.tokens_per_image
     return model.eval()
 
 
@@ -52,13 +52,15 @@ def smollm2_home(tmp_path_factory):
     from opengpt4.model import convert
 
     home = tmp_path_factory.mktemp("home")
-    convert.import_gguf(None, home / "models" / "smollm2-135m-instruct")
+    convert.ensure_smollm2(home)
     return home
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_home):
-    return smollm2_home / "models" / "smollm2-135m-instruct"
+    from opengpt4.model import convert
+
+    return convert.ensure_smollm2(smollm2_home)
 
 
 @contextlib.contextmanager

@@ -243,7 +243,7 @@ def test_read_llava_errors_name_the_culprit(tmp_path):
         list(read_llava(manifest))
     lines = manifest.read_text().splitlines()
     manifest.write_text(lines[0] + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"d\.jsonl:2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: not valid JSON"):
         list(read_llava(manifest))
     manifest.write_text(json.dumps({"image": "d/000000.png", "conversations": [{"from": "gpt", "value": "x"}]}))
     with pytest.raises(ValueError, match=r"d\.jsonl:1: 'conversations'"):

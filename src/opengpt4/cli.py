@@ -13,8 +13,6 @@ from pathlib import Path
 
 from opengpt4.errors import OpenGPT4Error
 
-DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
-
 
 def _load(model: str, dtype: str = "auto"):
     from opengpt4.engine.generate import Engine
@@ -142,16 +140,12 @@ def cmd_chat(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     """`make run`: import SmolLM2 once, then serve it with the chat UI on loopback."""
     from opengpt4.model import convert
-    from opengpt4.model.checkpoint import opengpt4_home
     from opengpt4.serve.app import main as serve
 
-    target = opengpt4_home() / "models" / DEFAULT_CHAT_MODEL
-    if not (target / "config.json").is_file():
-        print(f"importing SmolLM2-135M-Instruct into {target} (once)", file=sys.stderr)
-        convert.import_gguf(None, target)
+    target = convert.ensure_smollm2()
     # Loopback only, so no key is needed: a one-command local demo. `opengpt4 serve` keeps auth on.
     print(f"chat UI: http://127.0.0.1:{args.port}/  API: http://127.0.0.1:{args.port}/v1 "
-          f"(model {DEFAULT_CHAT_MODEL})", file=sys.stderr)
+          f"(model {target.name})", file=sys.stderr)
     serve([str(target)], host="127.0.0.1", port=args.port, no_auth=True)
 
 
@@ -172,7 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _database(args: argparse.Namespace):
-    from opengpt4.model.checkpoint import opengpt4_home
+    from opengpt4.files import opengpt4_home
     from opengpt4.serve.keys import Database
 
     return Database(args.db or opengpt4_home() / "serve.db")

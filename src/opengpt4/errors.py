@@ -26,6 +26,10 @@ class TokenizerError(OpenGPT4Error, ValueError):
     """Bad tokenizer input: an unknown role, a malformed chat message."""
 
 
+class DataFileError(OpenGPT4Error, ValueError):
+    """A data file (JSONL, versioned JSON) that is missing or malformed; the message names the file and line."""
+
+
 # --- requests refused: raised where the fact is known, mapped to HTTP statuses in serve/app.py ---
 class InvalidRequest(OpenGPT4Error, ValueError):
     """A request that cannot be served as asked: an empty prompt, an option out of range or not

@@ -102,9 +102,11 @@ class Tokenizer:
     # --- construction ------------------------------------------------------------------
     @classmethod
     def train(
-        cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False
+        cls, texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2, show_progress: bool = False,
+        tokens_per_image: int = 0,
     ) -> Tokenizer:
-        """Byte-level BPE; every byte is in the initial alphabet, so any text round-trips."""
+        """Byte-level BPE; every byte is in the initial alphabet, so any text round-trips.
+        `tokens_per_image`: the vision config's, for a tokenizer made for a model that takes images."""
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
             raise TokenizerError(
@@ -122,17 +124,21 @@ class Tokenizer:
             show_progress=show_progress,
         )
         backend.train_from_iterator(texts, trainer)
-        return cls(backend)
+        return cls(backend, tokens_per_image=tokens_per_image)
 
     @classmethod
-    def from_dir(cls, path: str | Path, metadata: dict | None = None) -> Tokenizer:
-        """Load `path/tokenizer.json`; `metadata` is what `.metadata()` returned when it was saved."""
+    def from_dir(cls, path: str | Path, metadata: dict | None = None, *,
+                 tokens_per_image: int | None = None) -> Tokenizer:
+        """Load `path/tokenizer.json`; `metadata` is what `.metadata()` returned when it was saved.
+        `tokens_per_image`, when given, is the model's (its vision config decides, not the data)."""
         file = Path(path) / "tokenizer.json"
         backend = read_backend(file)
         metadata = dict(metadata or {})
         unknown = sorted(set(metadata) - set(_METADATA_KEYS))
         if unknown:
             raise TokenizerError(f"unknown tokenizer metadata keys for {file}: {', '.join(unknown)}")
+        if tokens_per_image is not None:
+            metadata["tokens_per_image"] = tokens_per_image
         return cls(backend, **metadata)
 
     def save(self, path: str | Path) -> None:

@@ -35,8 +35,9 @@ from opengpt4.config import FORMAT_VERSION  # one version for checkpoints and da
 from opengpt4.data.code import HELDOUT_MODULES, stdlib_sources
 from opengpt4.data.images import generate_images, read_llava
 from opengpt4.data.world import Question, World
-from opengpt4.errors import OpenGPT4Error
-from opengpt4.model.checkpoint import atomic_write_dir, read_config
+from opengpt4.errors import DataFileError, OpenGPT4Error
+from opengpt4.files import atomic_write_dir, iter_jsonl, read_text, write_jsonl
+from opengpt4.model.checkpoint import read_config
 from opengpt4.model.vision import load_image
 from opengpt4.tokenizer import Tokenizer
 
@@ -80,26 +81,11 @@ class ImageDoc:
 # --- real input ----------------------------------------------------------------------------
 
 
-def _decode(file: Path) -> str:
-    try:
-        return file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise OpenGPT4Error(f"{file}: not UTF-8 text (invalid byte at offset {e.start}); convert it to UTF-8") from None
-    except OSError as e:
-        raise OpenGPT4Error(f"{file}: cannot read ({e.strerror or e})") from None
-
-
 def _read_jsonl(file: Path) -> list[str]:
     texts = []
-    for lineno, line in enumerate(_decode(file).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OpenGPT4Error(f"{file}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise OpenGPT4Error(f"{file}:{lineno}: expected an object with a string \"text\" field")
+    for lineno, row in iter_jsonl(file):
+        if not isinstance(row.get("text"), str):
+            raise DataFileError(f"{file}:{lineno}: expected an object with a string \"text\" field")
         texts.append(row["text"])
     return texts
 
@@ -140,7 +126,7 @@ def read_text_inputs(paths: Iterable[Path]) -> list[str]:
     docs = []
     for file in _text_files(paths):
         if file.suffix == ".txt":
-            texts = [_decode(file)]
+            texts = [read_text(file)]
         elif file.suffix == ".jsonl":
             texts = _read_jsonl(file)
         else:
@@ -222,12 +208,6 @@ def _image_qa(val_images: list[ImageDoc]) -> list[dict]:
             lines.append({"input": [{"role": "user", "content": prompt}], "ideal": a, "prompt": prompt,
                           "image": i, "kind": doc.kind})
     return lines
-
-
-def _write_jsonl(file: Path, rows: Iterable[dict]) -> None:
-    with open(file, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _check_out(out: Path) -> None:
@@ -330,7 +310,7 @@ def build(
             stage("writing eval sets")
             for name in sorted(eval_sets):
                 index["evals"][name] = f"eval/{name}.jsonl"
-                _write_jsonl(tmp / index["evals"][name], eval_sets[name])
+                write_jsonl(tmp / index["evals"][name], eval_sets[name])
             (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
 
         atomic_write_dir(out, write)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -25,7 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from opengpt4.errors import ImageError
+from opengpt4.errors import DataFileError, ImageError
+from opengpt4.files import iter_jsonl, read_text, write_jsonl
 from opengpt4.model.vision import load_image
 
 KINDS = ("scene", "chart", "text")
@@ -236,49 +236,47 @@ def generate_images(seed: int, n: int, size: int = 64) -> list[ImageSample]:
 def write_llava(samples: Sequence[ImageSample], out_dir: Path, name: str) -> Path:
     """Write out_dir/<name>/NNNNNN.png and out_dir/<name>.jsonl; return the manifest path.
 
-    Images go to a temp dir and the manifest to a temp file, both renamed into place, the
-    manifest last: a crash leaves either the old pair or the new one, never half of one.
+    Images go to a temp dir renamed into place, then the manifest is written atomically: a
+    crash leaves either the old pair or the new images beside the old manifest, never half a file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest, img_dir = out_dir / f"{name}.jsonl", out_dir / name
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_dir))
-    tmp_manifest, old = Path(f"{tmp_dir}.jsonl"), Path(f"{tmp_dir}.old")
+    old = Path(f"{tmp_dir}.old")
+    entries = []
     try:
-        with open(tmp_manifest, "w", encoding="utf-8") as f:
-            for i, s in enumerate(samples):
-                s.image.save(tmp_dir / f"{i:06d}.png", format="PNG")
-                conv = []
-                for k, (question, answer) in enumerate(s.qa):
-                    conv.append({"from": "human", "value": f"<image>\n{question}" if k == 0 else question})
-                    conv.append({"from": "gpt", "value": answer})
-                entry = {"id": f"{name}-{i:06d}", "image": f"{name}/{i:06d}.png", "kind": s.kind,
-                         "caption": s.caption, "conversations": conv}
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        for i, s in enumerate(samples):
+            s.image.save(tmp_dir / f"{i:06d}.png", format="PNG")
+            conv = []
+            for k, (question, answer) in enumerate(s.qa):
+                conv.append({"from": "human", "value": f"<image>\n{question}" if k == 0 else question})
+                conv.append({"from": "gpt", "value": answer})
+            entries.append({"id": f"{name}-{i:06d}", "image": f"{name}/{i:06d}.png", "kind": s.kind,
+                            "caption": s.caption, "conversations": conv})
         if img_dir.exists():
             img_dir.rename(old)
         tmp_dir.rename(img_dir)
-        os.replace(tmp_manifest, manifest)
+        write_jsonl(manifest, entries)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        tmp_manifest.unlink(missing_ok=True)
         raise
     return manifest
 
 
 def _parse(entry: object, where: str) -> tuple[str, list[tuple[str, str]]]:
     if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-        raise ValueError(f"{where}: expected an object with an 'image' path")
+        raise DataFileError(f"{where}: expected an object with an 'image' path")
     conv = entry.get("conversations")
     if not isinstance(conv, list) or not conv or len(conv) % 2:
-        raise ValueError(f"{where}: 'conversations' must be a non-empty list of human/gpt turn pairs")
+        raise DataFileError(f"{where}: 'conversations' must be a non-empty list of human/gpt turn pairs")
     qa = []
     for k in range(0, len(conv), 2):
         h, g = conv[k], conv[k + 1]
         if not (isinstance(h, dict) and isinstance(g, dict) and h.get("from") == "human" and g.get("from") == "gpt"
                 and isinstance(h.get("value"), str) and isinstance(g.get("value"), str)):
-            raise ValueError(f"{where}: turns {k} and {k + 1} are not a human question and a gpt answer")
+            raise DataFileError(f"{where}: turns {k} and {k + 1} are not a human question and a gpt answer")
         # Real data puts the marker before or after the question; the image position is ours to choose.
         qa.append((h["value"].replace("<image>", "").strip(), g["value"].strip()))
     return entry["image"], qa
@@ -288,30 +286,20 @@ def read_llava(manifest: Path) -> Iterator[tuple[Image.Image, list[tuple[str, st
     """Yield (RGB image, [(question, answer), ...]) from a LLaVA-style manifest.
 
     JSONL, one entry a line, or a .json array as the LLaVA releases ship. Image paths are
-    relative to the manifest's directory. A malformed entry raises ValueError and an
-    unreadable image ImageError, both naming the manifest and the line (or entry).
+    relative to the manifest's directory. A malformed entry raises DataFileError (a ValueError)
+    and an unreadable image ImageError, both naming the manifest and the line (or entry).
     """
     manifest = Path(manifest)
-    try:
-        text = manifest.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{manifest}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     if manifest.suffix == ".json":
         try:
-            entries = json.loads(text)
+            entries = json.loads(read_text(manifest))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{manifest}:{e.lineno}: invalid JSON ({e.msg})") from e
+            raise DataFileError(f"{manifest}:{e.lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(entries, list):
-            raise ValueError(f"{manifest}: expected a JSON array of conversations")
+            raise DataFileError(f"{manifest}: expected a JSON array of conversations")
         located = [(f"{manifest}: entry {i}", entry) for i, entry in enumerate(entries)]
     else:
-        located = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    located.append((f"{manifest}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{manifest}:{lineno}: invalid JSON ({e.msg})") from e
+        located = [(f"{manifest}:{lineno}", entry) for lineno, entry in iter_jsonl(manifest)]
     # Check every entry before the first image: a bad manifest fails before any work is done.
     parsed = [(where, *_parse(entry, where)) for where, entry in located]
     for where, path, qa in parsed:

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opengpt4.config import VisionConfig
+from opengpt4.config import FORMAT_VERSION, VisionConfig
 from opengpt4.errors import ConfigError, OpenGPT4Error
-from opengpt4.model.checkpoint import read_versioned_json
+from opengpt4.files import read_versioned_json
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
@@ -70,7 +70,7 @@ class _Shard:
 def read_index(data_dir: str | Path) -> dict:
     """index.json of a data dir, checked for presence, JSON syntax and format version."""
     file = Path(data_dir) / "index.json"
-    return read_versioned_json(file, f"is {data_dir} a data dir from `opengpt4 data build`?", OpenGPT4Error)
+    return read_versioned_json(file, FORMAT_VERSION, f"is {data_dir} a data dir from `opengpt4 data build`?")
 
 
 class DataLoader:

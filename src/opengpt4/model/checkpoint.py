@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,14 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from opengpt4.config import FORMAT_VERSION, ModelConfig
 from opengpt4.errors import CheckpointError, OpenGPT4Error
+from opengpt4.files import atomic_write_dir, opengpt4_home, read_versioned_json
 from opengpt4.model.transformer import Transformer
 from opengpt4.tokenizer import Tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
-
-
-def opengpt4_home() -> Path:
-    return Path(os.environ.get("OPENGPT4_HOME", Path.home() / ".cache" / "opengpt4"))
 
 
 def resolve_model(model: str | Path) -> Path:
@@ -52,31 +47,6 @@ def weights_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
-
-
-def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp_dir), then rename tmp_dir to `path` (replacing an older one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        write(tmp)
-        # mkdtemp makes a private (0700) dir and some writers make 0600 files; a checkpoint is
-        # meant to be shared (a server, a container, another user), so give it normal modes.
-        tmp.chmod(0o755)
-        for file in tmp.rglob("*"):
-            file.chmod(0o755 if file.is_dir() else 0o644)
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def save_checkpoint(
@@ -102,24 +72,10 @@ def save_checkpoint(
     return atomic_write_dir(path, write)
 
 
-def read_versioned_json(file: Path, hint: str, error: type[OpenGPT4Error] = CheckpointError) -> dict[str, Any]:
-    """A JSON object with this opengpt4's format_version; every error names the file (`hint` says what it should be)."""
-    if not file.is_file():
-        raise error(f"{file}: missing ({hint})")
-    try:
-        obj = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{file}: not valid JSON ({e})") from None
-    version = obj.get("format_version") if isinstance(obj, dict) else None
-    if version != FORMAT_VERSION:
-        raise error(f"{file}: format_version {version!r}, this opengpt4 reads {FORMAT_VERSION}")
-    return obj
-
-
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a checkpoint, checked for presence, JSON syntax and format version."""
     file = Path(path) / CONFIG_FILE
-    config = read_versioned_json(file, f"is {path} a checkpoint directory?")
+    config = read_versioned_json(file, FORMAT_VERSION, f"is {path} a checkpoint directory?", CheckpointError)
     if "model" not in config:
         raise CheckpointError(f"{file}: no 'model' section")
     return config
@@ -172,11 +128,10 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
     model = build_model(config, state, str(weights), dtype)
-    tokenizer = Tokenizer.from_dir(path, read_config(path).get("tokenizer"))
+    tokenizer = Tokenizer.from_dir(path, read_config(path).get("tokenizer"),
+                                   tokens_per_image=config.vision.tokens_per_image if config.vision else None)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             f"{path / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens but the model has {config.vocab_size} embeddings"
         )
-    if config.vision is not None:
-        tokenizer.tokens_per_image = config.vision.tokens_per_image
     return model, tokenizer

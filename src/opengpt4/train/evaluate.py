@@ -19,15 +19,11 @@ from torch import nn
 
 from opengpt4.engine.generate import Engine, Prompt
 from opengpt4.engine.sampling import SamplingParams
+from opengpt4.files import read_jsonl
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
 
 ANSWER_PARAMS = SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @torch.no_grad()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from opengpt4.files import read_jsonl, write_jsonl
+
 
 class MetricsLog:
     """Lines kept in memory (they go into every checkpoint) and appended live to `live_path`
@@ -21,12 +23,8 @@ class MetricsLog:
     @classmethod
     def resume(cls, live_path: Path, step: int) -> MetricsLog:
         """The log of a checkpoint, without the lines a killed run wrote after it."""
-        lines = []
-        if live_path.is_file():
-            for raw in live_path.read_text().splitlines():
-                if raw.strip() and json.loads(raw).get("step", 0) <= step:
-                    lines.append(json.loads(raw))
-        return cls(live_path, lines)
+        lines = read_jsonl(live_path) if live_path.is_file() else []
+        return cls(live_path, [line for line in lines if line.get("step", 0) <= step])
 
     def append(self, line: dict) -> None:
         self.lines.append(line)
@@ -35,7 +33,7 @@ class MetricsLog:
                 f.write(json.dumps(line) + "\n")
 
     def write(self, path: Path) -> None:
-        path.write_text("".join(json.dumps(line) + "\n" for line in self.lines))
+        write_jsonl(path, self.lines)
 
 
 def plot_metrics(lines: list[dict], png: Path) -> None:

@@ -75,19 +75,20 @@ class Trainer:
         self.dist = d = distributed.init()
         self.data, self.out, self.fsdp = data, out, fsdp
         self.index = read_index(data)
-        self.tokenizer = Tokenizer.from_dir(data, self.index["tokenizer"])
+        vocabulary = Tokenizer.from_dir(data, self.index["tokenizer"])  # its size and image id shape the model
         state = self._resume_state() if resume else None
         if state is not None:
             cfg = TrainConfig(**state["train_config"])
             model_config = ModelConfig.from_dict(read_config(out)["model"])
         else:
             model_config = dataclasses.replace(
-                get_preset(preset), vocab_size=64 * math.ceil(self.tokenizer.vocab_size / 64),
-                image_token_id=self.tokenizer.image_id, max_seq_len=max(cfg.seq_len, get_preset(preset).max_seq_len))
+                get_preset(preset), vocab_size=64 * math.ceil(vocabulary.vocab_size / 64),
+                image_token_id=vocabulary.image_id, max_seq_len=max(cfg.seq_len, get_preset(preset).max_seq_len))
             apply_overrides(model_config, model_overrides)
         self.cfg, self.model_config = cfg, model_config
-        if model_config.vision is not None:
-            self.tokenizer.tokens_per_image = model_config.vision.tokens_per_image
+        vision = model_config.vision
+        self.tokenizer = Tokenizer.from_dir(data, self.index["tokenizer"],
+                                            tokens_per_image=vision.tokens_per_image if vision else None)
         torch.manual_seed(cfg.seed)
 
         if state is not None:
