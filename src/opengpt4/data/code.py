@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
 
 # Held out of training (a module is a top-level file `name.py` or a package dir `name/`).
@@ -95,9 +94,3 @@ def stdlib_sources(split: str, max_bytes: int | None = None) -> tuple[list[tuple
         if text.strip():  # empty __init__.py files are not documents
             sources.append((module_name(f), text))
     return sources, skipped
-
-
-def stdlib_documents(split: str, max_bytes: int | None = None) -> Iterator[str]:
-    """The source texts of `stdlib_sources(split, max_bytes)`, one document per file."""
-    sources, _ = stdlib_sources(split, max_bytes)
-    return (text for _, text in sources)

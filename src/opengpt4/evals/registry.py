@@ -62,7 +62,6 @@ class ModelGradedSpec:
     input_outputs: dict[str, str]  # sample key of a prompt -> slot its completion fills
     choice_scores: dict[str, float] | None = None
     eval_type: str | None = None
-    output_template: str | None = None
 
     def slots(self) -> list[str]:
         texts = [self.prompt] if isinstance(self.prompt, str) else [m.get("content", "") for m in self.prompt]
@@ -254,7 +253,7 @@ def parse_modelgraded(name: str, raw: Any, file: Path | None = None) -> ModelGra
         raise OpenGPT4Error(f"{where}: prompt must be a string or a list of chat messages")
     input_outputs = raw.get("input_outputs") or {"input": "completion"}
     return ModelGradedSpec(name=name, prompt=prompt, choice_strings=choices, input_outputs=dict(input_outputs),
-                           choice_scores=scores, eval_type=eval_type, output_template=raw.get("output_template"))
+                           choice_scores=scores, eval_type=eval_type)
 
 
 def list_evals(registries: tuple[str | Path, ...] | list[str | Path] = ()) -> list[dict[str, str]]:

@@ -57,7 +57,6 @@ from typing import IO
 # 2^31 in practice, with user-namespace ranges at 100000+), so every run has a uid of its own.
 UID_BASE = 3_000_000_000
 UID_SPAN = 1_000_000_000
-SETUP_FAILED = 125  # the bootstrap's exit status when it could not confine the program
 TAIL_CHARS = 4000
 
 _BOOTSTRAP = r"""
