@@ -24,7 +24,7 @@ MMLU_SUBJECTS = ("high_school_geography", "college_biology", "marketing", "high_
 def mmlu_questions(n: int) -> list[tuple[list, int]]:
     """(requests, gold) of n questions, n/4 from each subject."""
     from opengpt4.engine.score import LoglikRequest
-    from opengpt4.evals.mmlu import LETTERS, MMLU
+    from opengpt4.evals.benchmarks.mmlu import LETTERS, MMLU
 
     samples = MMLU(None, subjects=list(MMLU_SUBJECTS)).load_samples()
     per_subject = -(-n // len(MMLU_SUBJECTS))
@@ -36,7 +36,8 @@ def mmlu_questions(n: int) -> list[tuple[list, int]]:
 
 
 def arc_questions(n: int) -> list[tuple[list, int]]:
-    from opengpt4.evals.gauntlet import GauntletTask, join
+    from opengpt4.evals.benchmarks.common import join
+    from opengpt4.evals.benchmarks.gauntlet import GauntletTask
 
     samples = GauntletTask(None, task="arc_easy").load_samples()[:n]
     return [([join(s["query"], c) for c in s["choices"]], int(s["gold"])) for s in samples]

@@ -1,28 +1,28 @@
 """Benchmark evals: prompt formats on real rows, scoring logic on known numbers, runs on the tiny model."""
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.score import loglikelihood_naive
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import BenchmarkDataMissing, OpenGPT4Error
 from opengpt4.evals.api import CompletionResult, Loglik, LoglikRequest, SampleResult
+from opengpt4.evals.benchmarks.common import centered, default_data_dir, join, score_choices
+from opengpt4.evals.benchmarks.gauntlet import GauntletTask, core_average
+from opengpt4.evals.benchmarks.gsm8k import GSM8K, last_number
+from opengpt4.evals.benchmarks.hellaswag import HellaSwag, load_hellaswag
+from opengpt4.evals.benchmarks.mmlu import MMLU
+from opengpt4.evals.benchmarks.truthfulqa import TruthfulQA
+from opengpt4.evals.benchmarks.winogrande import WinoGrande, load_winogrande
+from opengpt4.evals.benchmarks.xstest import XSTest, refusal_label
 from opengpt4.evals.calibration import expected_calibration_error, reliability_diagram
 from opengpt4.evals.completion import EngineCompletionFn
-from opengpt4.evals.formats import HellaSwag, TruthfulQA, WinoGrande, load_hellaswag, load_winogrande
-from opengpt4.evals.gauntlet import (
-    GauntletTask,
-    centered,
-    core_average,
-    default_data_dir,
-    join,
-    score_choices,
-)
-from opengpt4.evals.gsm8k import GSM8K, last_number
-from opengpt4.evals.mmlu import MMLU
-from opengpt4.evals.xstest import XSTest, refusal_label
+from opengpt4.model.checkpoint import save_checkpoint
 
 DATA = default_data_dir()
 FIXTURES = Path(__file__).parent / "fixtures" / "evals"
@@ -209,11 +209,40 @@ def test_xstest_rows():
                           "label": "safe"}
 
 
-def test_missing_data_names_the_file(tmp_path):
-    with pytest.raises(OpenGPT4Error, match="gauntlet/arc_easy.jsonl"):
-        GauntletTask(Canned(), data_dir=str(tmp_path), task="arc_easy").load_samples()
+def test_missing_data_names_the_file_and_its_source(tmp_path):
+    evals = {"mmlu/test/abstract_algebra_test.csv": MMLU(Canned(), data_dir=str(tmp_path)),
+             "gauntlet/arc_easy.jsonl": GauntletTask(Canned(), data_dir=str(tmp_path), task="arc_easy"),
+             "gauntlet/gsm8k.jsonl": GSM8K(Canned(), data_dir=str(tmp_path)),
+             "safety/xstest_prompts.csv": XSTest(Canned(), data_dir=str(tmp_path)),
+             "truthfulqa/mc_task.json": TruthfulQA(Canned(), data_dir=str(tmp_path)),
+             "winogrande/dev.jsonl": WinoGrande(Canned(), data_dir=str(tmp_path)),
+             "hellaswag/hellaswag_val.jsonl": HellaSwag(Canned(), data_dir=str(tmp_path))}
+    sources = {}
+    for relative, eval_ in evals.items():
+        with pytest.raises(BenchmarkDataMissing) as e:
+            eval_.load_samples()
+        assert (e.value.file, e.value.relative) == (str(tmp_path / relative), relative)
+        assert e.value.source.startswith("https://") and e.value.source in str(e.value)
+        sources[relative] = e.value.source
+    assert sources["gauntlet/arc_easy.jsonl"].endswith("llm-foundry/blob/main/scripts/eval/local_data/"
+                                                       "world_knowledge/arc_easy.jsonl")
     with pytest.raises(OpenGPT4Error, match="unknown gauntlet task"):
         GauntletTask(Canned(), task="arc_medium")
+
+
+def test_cli_names_a_missing_benchmark_file_in_one_line(tmp_path, tiny_model, tiny_tokenizer):
+    save_checkpoint(tmp_path / "tiny", tiny_model, tiny_tokenizer)
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, "-m", "opengpt4.cli", "eval", "run", "mmlu", "--data-dir",
+                        str(tmp_path / "empty"), "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OPENGPT4_HOME": str(tmp_path / "home")})
+    assert r.returncode == 1, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: benchmark data file not found: ") and "Traceback" not in r.stderr
+    assert str(tmp_path / "empty" / "mmlu" / "test" / "abstract_algebra_test.csv") in line
+    assert "https://people.eecs.berkeley.edu/~hendrycks/data.tar" in line and "--data-dir" in line
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
 
 
 # --- original formats, from fixtures ---------------------------------------------------------

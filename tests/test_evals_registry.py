@@ -144,7 +144,7 @@ def test_cli_errors_are_one_line(tmp_path):
     nodata = write_registry(tmp_path / "nodata", MINE)
     cases = [(("run", "arithmetc", "--model", "x"), "unknown eval 'arithmetc'; did you mean arithmetic"),
              (("run", "b", "--model", "x", "--registry", str(broken)), "invalid YAML"),
-             (("run", "greet", "--model", "http://127.0.0.1:9/v1#m", "--registry", str(nodata)), "samples file not found"),
+             (("run", "greet", "--model", "http://127.0.0.1:9/v1#m", "--registry", str(nodata)), "greet/samples.jsonl: file not found"),
              (("run", "arithmetic", "--model", str(tmp_path / "no-model")), "no such checkpoint directory"),
              (("run", "arithmetic", "--model", "http://127.0.0.1:9/v1"), "needs the model after '#'")]
     for args, message in cases:

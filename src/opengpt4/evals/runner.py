@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from opengpt4.errors import OpenGPT4Error
+from opengpt4.files import write_jsonl, write_text
 
 from .api import CompletionFn, SampleResult
 from .completion import CachedCompletionFn, make_completion_fn
@@ -43,12 +43,6 @@ def jsonable(obj: Any) -> Any:
 
 def dumps(obj: Any, **kw: Any) -> str:
     return json.dumps(obj, default=jsonable, ensure_ascii=False, **kw)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def model_slug(model: str | CompletionFn) -> str:
@@ -175,11 +169,9 @@ def run_eval(name: str, completion_fn: str | CompletionFn, *, registries: Sequen
     header = {"eval": spec.name, "base_eval": spec.base, "class": spec.cls, "args": spec.args,
               "registry": str(spec.registry), "model": model.identity, "grader": report["grader"],
               "seed": seed, "limit": limit, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))}
-    lines = [dumps({"spec": header})]
-    lines += [dumps({"sample_id": r.sample_id, "prompt": r.prompt, "output": r.output, "parsed": r.parsed,
-                     "ideal": r.ideal, "score": r.score, "logprobs": r.logprobs, "usage": r.usage,
-                     "extra": r.extra}) for r in results]
-    lines.append(dumps({"final_report": report}))
-    write_atomic(out / "log.jsonl", "\n".join(lines) + "\n")
-    write_atomic(out / "results.json", dumps(report, indent=2) + "\n")
+    events = [{"sample_id": r.sample_id, "prompt": r.prompt, "output": r.output, "parsed": r.parsed,
+               "ideal": r.ideal, "score": r.score, "logprobs": r.logprobs, "usage": r.usage, "extra": r.extra}
+              for r in results]
+    write_jsonl(out / "log.jsonl", [{"spec": header}, *events, {"final_report": report}], default=jsonable)
+    write_text(out / "results.json", dumps(report, indent=2) + "\n")
     return report

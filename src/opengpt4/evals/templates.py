@@ -18,10 +18,10 @@ import json
 import re
 import string
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from opengpt4.errors import OpenGPT4Error
+from opengpt4.files import read_jsonl
 
 from .api import CompletionFn, CompletionResult, Decoding, Eval, Prompt, SampleResult
 from .registry import ModelGradedSpec, parse_modelgraded
@@ -42,24 +42,6 @@ ANSWER_PROMPTS = {  # appended to the grader prompt when the eval asks for an ev
 
 
 # --- helpers --------------------------------------------------------------------------------
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise OpenGPT4Error(f"{path}: samples file not found")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OpenGPT4Error(f"{path}:{number}: not valid JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise OpenGPT4Error(f"{path}:{number}: a sample must be a JSON object")
-        rows.append(row)
-    return rows
-
-
 def ideals(ideal: Any) -> list[Any]:
     return list(ideal) if isinstance(ideal, (list, tuple)) else [ideal]
 

