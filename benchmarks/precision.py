@@ -111,12 +111,12 @@ def run_mmlu(args, mode: str, out_dir: Path) -> dict | None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return {"skipped": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
-    run_dir = max(out_dir.glob("*/"), key=lambda p: p.stat().st_mtime)
+    [run_dir] = {p.parent for p in out_dir.rglob("results.json")}
     results = json.loads((run_dir / "results.json").read_text())
     scores = {}
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         event = json.loads(line)
-        if event.get("type") == "sample":
+        if "sample_id" in event:
             scores[event["sample_id"]] = event["score"]
     return {"accuracy": results["score"]["mean"], "n": len(scores), "seconds": time.perf_counter() - started,
             "scores": scores}
