@@ -17,7 +17,7 @@ def ckpt(tmp_path, tiny_model, tiny_tokenizer):
     return save_checkpoint(tmp_path / "ckpt", tiny_model, tiny_tokenizer)
 
 
-def test_round_trip_is_exact(ckpt, tiny_model, tiny_tokenizer):
+def test_saved_checkpoint_loads_back_with_identical_logits_and_tokens(ckpt, tiny_model, tiny_tokenizer):
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     model, tok = load_checkpoint(ckpt)
     ids = torch.tensor([tiny_tokenizer.encode("the cat sat on a mat")])
@@ -101,7 +101,7 @@ def test_mismatched_config_and_weights_name_the_tensor(ckpt):
         load_checkpoint(ckpt)
 
 
-def test_missing_or_corrupt_tokenizer(ckpt):
+def test_missing_or_corrupt_tokenizer_json_is_named_in_the_error(ckpt):
     (ckpt / "tokenizer.json").write_text("[]")
     with pytest.raises(Exception, match=r"tokenizer\.json"):
         load_checkpoint(ckpt)

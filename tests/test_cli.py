@@ -31,7 +31,7 @@ def test_generate_prints_only_the_completion(ckpt, tiny_model, tiny_tokenizer):
     assert r.stdout == expected.text + "\n"
 
 
-def test_generate_raw_and_seeded_sampling(ckpt, tiny_tokenizer):
+def test_generate_raw_with_a_seed_prints_the_same_sample_every_run(ckpt, tiny_tokenizer):
     a = run_cli("generate", "--model", str(ckpt), "--prompt", "the cat", "--raw", "--max-tokens", "6",
                 "--temperature", "1", "--seed", "7")
     b = run_cli("generate", "--model", str(ckpt), "--prompt", "the cat", "--raw", "--max-tokens", "6",
@@ -40,7 +40,7 @@ def test_generate_raw_and_seeded_sampling(ckpt, tiny_tokenizer):
     assert a.stdout == b.stdout and a.stdout.strip()
 
 
-def test_generate_with_image_and_bad_image(ckpt, tmp_path):
+def test_generate_takes_an_image_and_names_a_bad_one_in_one_line(ckpt, tmp_path):
     from PIL import Image
 
     good = tmp_path / "red.png"
@@ -53,7 +53,7 @@ def test_generate_with_image_and_bad_image(ckpt, tmp_path):
     assert r.returncode == 1 and "bad.png" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_chat_through_a_pipe(ckpt):
+def test_chat_reads_turns_from_a_pipe_and_reset_clears_the_conversation(ckpt):
     r = run_cli("chat", "--model", str(ckpt), "--system", "be brief", "--max-tokens", "5",
                 input="hello there\n/reset\nthe cat sat\n")
     assert r.returncode == 0, r.stderr
@@ -72,7 +72,7 @@ def test_help_describes_each_verb(verb):
     assert r.returncode == 0 and r.stdout.startswith("usage: opengpt4")
 
 
-def test_info(ckpt):
+def test_info_prints_the_model_config_and_tokens_per_image(ckpt):
     r = run_cli("info", str(ckpt))
     assert r.returncode == 0, r.stderr
     assert "n_layer" in r.stdout and "tokens per image" in r.stdout

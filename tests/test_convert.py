@@ -118,7 +118,7 @@ def write_gguf(path, hf, tok: Tokenizer, arch: str = "llama") -> None:
 
 
 @pytest.mark.parametrize("vision", [True, False])
-def test_export_hf_round_trip(tmp_path, tok, capsys, vision):
+def test_export_hf_matches_transformers_logits_tokenizer_chat_and_imports_back(tmp_path, tok, capsys, vision):
     config = get_preset("test")
     if not vision:
         config = dataclasses.replace(config, vision=None, tie_embeddings=False)
@@ -176,7 +176,7 @@ def test_smollm2_matches_transformers_gguf_loader(smollm2, tmp_path):
 
 
 @needs_smollm2
-def test_smollm2_perplexity_on_english(smollm2):
+def test_smollm2_perplexity_on_an_english_paragraph_is_below_30(smollm2):
     model, tok = load_checkpoint(smollm2)
     ids = torch.tensor([tok.encode(PARAGRAPH)])
     with torch.no_grad():

@@ -67,7 +67,7 @@ def test_same_seed_is_byte_identical_other_seed_differs(data, tmp_path):
     assert {"index.json", "shards/world.train.bin", "images/train.u8"} <= differing
 
 
-def test_index_shards_and_documents(data, index, tok):
+def test_index_lists_shards_whose_documents_start_at_bos_and_decode_back(data, index, tok):
     assert set(index["domains"]) == DOMAINS
     assert index["dtype"] == "uint16" and index["vocab_size"] == tok.vocab_size == 512
     assert index["tokenizer_sha256"] == hashlib.sha256((data / "tokenizer.json").read_bytes()).hexdigest()
@@ -91,7 +91,7 @@ def test_index_shards_and_documents(data, index, tok):
     assert len(world_doc) > 20 and sum(c.isalpha() for c in world_doc) > len(world_doc) / 2
 
 
-def test_images_and_eval_sets(data, index, tok):
+def test_image_shards_match_the_generator_and_eval_sets_are_chat_rows(data, index, tok):
     size = index["image_size"]
     assert size == 32
     samples = generate_images(0, 130, 32)
@@ -116,7 +116,7 @@ def test_images_and_eval_sets(data, index, tok):
     assert image_qa[0]["ideal"] == samples[100].qa[0][1]
 
 
-def test_real_text_and_llava_input_with_a_reused_tokenizer(data, tmp_path):
+def test_text_and_llava_inputs_become_shards_with_a_reused_tokenizer(data, tmp_path):
     inputs = tmp_path / "corpus"
     inputs.mkdir()
     (inputs / "book.txt").write_text("Once upon a time, a tokenizer met a shard.\n", encoding="utf-8")
@@ -143,7 +143,7 @@ def _corrupt_png(tmp: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("case", ["empty", "latin1", "jsonl_without_text", "corrupt_png"])
-def test_bad_input_fails_cleanly(tmp_path, case):
+def test_bad_input_fails_in_one_line_naming_the_file_and_writes_nothing(tmp_path, case):
     if case == "corrupt_png":
         manifest, name = _corrupt_png(tmp_path)
         args = ["--llava", manifest]
@@ -161,7 +161,7 @@ def test_bad_input_fails_cleanly(tmp_path, case):
 
 
 @pytest.mark.slow
-def test_mini_build_within_three_minutes(tmp_path):
+def test_mini_build_finishes_within_three_minutes(tmp_path):
     t0 = time.perf_counter()
     r = run_cli("--preset", "mini", "--out", tmp_path / "mini")
     elapsed = time.perf_counter() - t0

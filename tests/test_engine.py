@@ -61,7 +61,7 @@ def test_top_k_1_and_tiny_top_p_are_greedy(engine, tiny_tokenizer):
         assert engine.generate([p], params)[0][0].token_ids == greedy
 
 
-def test_truncate_and_penalties_math():
+def test_truncate_masks_outside_top_k_top_p_and_penalties_subtract_exactly():
     logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
     assert torch.isinf(truncate(logits, 2, 1.0)[2:]).all() and torch.isfinite(truncate(logits, 2, 1.0)[:2]).all()
     probs = logits.softmax(-1)  # [0.64, 0.24, 0.09, 0.03]
@@ -121,7 +121,7 @@ def test_logprobs_match_full_forward(engine, tiny_model, tiny_tokenizer):
         assert lp.top[0][2] >= lp.logprob - 1e-6
 
 
-def test_stops_on_end_of_turn_and_respects_context(engine, tiny_model, tiny_tokenizer):
+def test_stops_at_a_stop_token_or_the_context_end_and_rejects_long_prompts(engine, tiny_model, tiny_tokenizer):
     p = prompts(tiny_tokenizer)[0]
     [c] = engine.generate([p], SamplingParams(max_tokens=50, temperature=0, ignore_eos=True))[0]
     forced_eos = c.token_ids[3]  # pretend the 4th token ends the turn
@@ -135,7 +135,7 @@ def test_stops_on_end_of_turn_and_respects_context(engine, tiny_model, tiny_toke
         engine.check_prompt(Prompt(p * 100), 10)
 
 
-def test_chat_prompt_with_image(engine, tiny_tokenizer):
+def test_chat_prompt_expands_an_image_to_placeholders_that_reach_the_logits(engine, tiny_tokenizer):
     messages = [{"role": "system", "content": "be brief"},
                 {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (20, 20), "red")},
                                              {"type": "text", "text": "the cat"}]}]
@@ -179,7 +179,7 @@ def test_json_mode_output_is_always_a_json_object_prefix(tiny_model, tiny_tokeni
     assert not free.lstrip().startswith("{")  # the constraint, not the model, made it JSON
 
 
-def test_json_prefix_automaton():
+def test_json_prefix_accepts_every_prefix_of_valid_objects_and_rejects_invalid():
     import json
     import random
 

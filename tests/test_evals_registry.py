@@ -9,7 +9,7 @@ from opengpt4.errors import OpenGPT4Error
 from opengpt4.evals import templates
 from opengpt4.evals.api import Eval
 from opengpt4.evals.registry import OPENAI_EVALS_CLASSES, PACKAGE_REGISTRY, EvalSpec, Registry, list_evals, load_class
-from tests.conftest import write_registry
+from tests.helpers import write_registry
 
 
 class Dummy:
@@ -42,7 +42,7 @@ def test_unknown_eval_lists_near_matches():
         Registry().get_eval("arithmetik")
 
 
-def test_user_registry_runs_and_overrides(tmp_path):
+def test_user_registry_adds_evals_and_overrides_the_package_ones(tmp_path):
     user = write_registry(tmp_path / "user", MINE + """
 arithmetic:
   id: arithmetic.dev.v9
@@ -69,7 +69,7 @@ arithmetic.dev.v9:
 
 
 @pytest.mark.parametrize("path", sorted(OPENAI_EVALS_CLASSES))
-def test_openai_evals_class_paths_load(path):
+def test_openai_evals_class_paths_load_our_templates(path):
     cls = load_class(EvalSpec(name="x", cls=path, args={}))
     assert issubclass(cls, Eval) and cls.__module__ == "opengpt4.evals.templates"
     assert cls.__name__ == path.split(":")[1]
@@ -111,7 +111,7 @@ yesno:
         Registry().get_modelgraded("facts")
 
 
-def test_registry_errors(tmp_path):
+def test_registry_errors_name_bad_yaml_duplicates_dangling_ids_and_bad_args(tmp_path):
     bad = tmp_path / "bad"
     (bad / "evals").mkdir(parents=True)
     (bad / "evals" / "x.yaml").write_text("a: [unclosed\n")
@@ -137,7 +137,7 @@ def cli(*args, env=None):
                           env=env, timeout=120)
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_eval_cli_errors_are_one_line_without_traceback(tmp_path):
     broken = tmp_path / "broken"
     (broken / "evals").mkdir(parents=True)
     (broken / "evals" / "b.yaml").write_text("b: {id: b.v0\n")
@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_cli_list(tmp_path):
+def test_eval_list_shows_package_and_user_evals_with_descriptions(tmp_path):
     user = write_registry(tmp_path / "user", MINE)
     r = cli("list", "--registry", str(user))
     assert r.returncode == 0, r.stderr

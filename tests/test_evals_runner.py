@@ -16,7 +16,7 @@ from opengpt4.evals.completion import EngineCompletionFn, HTTPCompletionFn, Loca
 from opengpt4.evals.runner import run_eval
 from opengpt4.evals.stats import paired_bootstrap, summarize
 from opengpt4.model.checkpoint import save_checkpoint
-from tests.conftest import live_server, write_registry
+from tests.helpers import live_server, write_registry
 
 WORDS = ["cat", "mat", "birds", "apples", "pears", "Paris", "seven", "blue"]
 CHAT = [{"input": [{"role": "user", "content": f"the {w} sat on"}], "ideal": [w, "the"]} for w in WORDS]
@@ -167,15 +167,18 @@ def test_model_graded_end_to_end_with_the_local_model_as_grader(tmp_path, local,
     assert samples[0]["extra"]["grader_prompt"][0]["content"].startswith("User: the cat sat on\n / ")
 
 
-def test_separate_grader_and_calibration(tmp_path, local, registry, ckpt):
+def test_a_separate_grader_checkpoint_is_named_in_the_report(tmp_path, local, registry, ckpt):
     report = run_eval("judged", local, registries=[registry], grader=str(ckpt), dtype="float32",
                       out_dir=tmp_path / "g", progress=False, limit=2)
     assert report["grader"] == local.identity and report["n"] == 2
+
+
+def test_samples_with_a_confidence_get_an_ece_and_a_reliability_diagram(tmp_path, local, registry):
     report = run_eval("confident", local, registries=[registry], out_dir=tmp_path / "c", progress=False)
     assert report["n"] == 12 and 0 <= report["ece"] <= 1 and (tmp_path / "c" / "reliability.png").stat().st_size > 0
 
 
-def test_stats():
+def test_summarize_matches_scipy_sem_and_paired_bootstrap_finds_a_positive_diff():
     scores = [1, 0, 1, 1, 0, 1, 1, 1]
     s = summarize(scores, seed=0)
     assert s.mean == pytest.approx(0.75) and s.n == 8
@@ -285,7 +288,7 @@ def test_http_text_prompts_and_loglikelihood_match_local(engine, base_url):
         assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
 
 
-def test_http_retries_then_gives_clear_errors():
+def test_http_retries_503_and_429_then_reports_unsupported_echo_and_no_server():
     calls = []
 
     def handler(request):

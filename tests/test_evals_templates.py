@@ -69,7 +69,7 @@ def test_match_starts_with_an_ideal_after_stripping(tmp_path):
     assert decoding == Decoding(max_tokens=500, temperature=0.0)  # OpenAI Evals' basic defaults
 
 
-def test_includes_and_ignore_case(tmp_path):
+def test_includes_finds_an_ideal_in_the_output_optionally_ignoring_case(tmp_path):
     rows = [{"input": chat("q"), "ideal": ["Paris", "paris, France"]}, {"input": chat("r"), "ideal": "Rome"}]
     fn = Scripted({"q": "The capital is PARIS.", "r": "It is Rome, of course"})
     path = write_samples(tmp_path, rows)
@@ -89,7 +89,7 @@ def test_fuzzy_match_normalizes_and_reports_f1(tmp_path):
     assert ev.aggregate(results) == {"f1_score": pytest.approx((1 + 2 / 3) / 3)}
 
 
-def test_json_match(tmp_path):
+def test_json_match_compares_parsed_json_and_rejects_an_ideal_that_is_not_json(tmp_path):
     rows = [{"input": chat("a"), "ideal": '{"a": 1, "b": [1, 2]}'},
             {"input": chat("b"), "ideal": ['{"a": 2}', '{"a": 3}']},
             {"input": chat("c"), "ideal": '{"a": 1}'},
@@ -142,7 +142,7 @@ FACT = {"prompt": "Q: {input}\nExpert: {ideal}\nSubmission: {completion}\nWhich 
         "input_outputs": {"input": "completion"}, "eval_type": "classify"}
 
 
-def test_modelgraded_spec_parsing():
+def test_modelgraded_spec_parses_choices_and_scores_and_rejects_bad_specs():
     mg = parse_modelgraded("fact", FACT)
     assert mg.choice_strings == ["A", "B", "C", "D", "E"] and mg.choice_scores["C"] == 1.0
     assert mg.slots() == ["completion", "ideal", "input"]
@@ -158,7 +158,7 @@ def test_modelgraded_spec_parsing():
         parse_modelgraded("bad", {"prompt": "x"})
 
 
-def test_get_choice_as_openai_evals():
+def test_get_choice_reads_the_grade_where_openai_evals_does_per_eval_type():
     choices = ["A", "B", "C", "D", "E"]
     assert get_choice("C", "classify", choices) == "C"
     assert get_choice("(B) superset.\nwhatever", "classify", choices) == "B"
@@ -210,7 +210,7 @@ def test_model_based_classify_appends_answer_prompt_and_parses_by_eval_type(tmp_
     assert '"A" or "B" or "C" or "D" or "E"' in content and ev.eval_type == "cot_classify"
 
 
-def test_missing_slot_is_a_clear_error(tmp_path):
+def test_missing_prompt_slot_is_a_clear_error_and_spec_args_fill_it(tmp_path):
     spec = parse_modelgraded("s", {"prompt": "{input} {criteria}", "choice_strings": ["Y", "N"]})
     ev = ModelBasedClassify(Scripted({}), samples_jsonl=write_samples(tmp_path, [{"input": "a"}]),
                             modelgraded_spec=spec)
@@ -222,7 +222,7 @@ def test_missing_slot_is_a_clear_error(tmp_path):
     assert r.score is None and r.parsed == INVALID  # no choice_scores: every grade is unscored
 
 
-def test_chat_to_text():
+def test_chat_to_text_writes_the_system_bare_and_other_turns_by_role():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "hi"}]},
                 {"role": "assistant", "content": "yo"}]
     assert chat_to_text(messages) == "Be brief.\nUser: hi\nAssistant: yo\n"

@@ -114,7 +114,7 @@ def test_jsonl_errors_name_file_and_line(tmp_path):
     assert issubclass(DataFileError, ValueError)
 
 
-def test_versioned_json(tmp_path):
+def test_versioned_json_names_missing_invalid_and_newer_format_files(tmp_path):
     file = tmp_path / "index.json"
     with pytest.raises(DataFileError, match=r"index\.json: missing \(run the build\)"):
         read_versioned_json(file, 1, "run the build")

@@ -117,7 +117,7 @@ def answer_chart(img: Image.Image, q: str) -> str:
 # --- tests -------------------------------------------------------------------------------
 
 
-def test_deterministic_per_seed_and_prefix_stable():
+def test_images_are_deterministic_per_seed_and_a_shorter_run_is_a_prefix():
     a, b, c = generate_images(7, 30), generate_images(7, 30), generate_images(8, 30)
     assert [(s.image.tobytes(), s.qa, s.caption, s.kind) for s in a] == [
         (s.image.tobytes(), s.qa, s.caption, s.kind) for s in b]
@@ -125,7 +125,7 @@ def test_deterministic_per_seed_and_prefix_stable():
     assert [s.image.tobytes() for s in generate_images(7, 10)] == [s.image.tobytes() for s in a[:10]]
 
 
-def test_kinds_sizes_and_short_answers(samples):
+def test_kinds_split_evenly_into_64px_images_with_short_one_word_answers(samples):
     assert collections.Counter(s.kind for s in samples) == {"scene": N // 3, "chart": N // 3, "text": N // 3}
     for s in samples:
         assert s.image.mode == "RGB" and s.image.size == (64, 64)
@@ -189,7 +189,7 @@ def test_text_is_drawn_in_its_colour_and_fits(samples, size):
         assert main_a in s.caption and main_q.startswith("What")
 
 
-def test_llava_round_trip(tmp_path, samples):
+def test_llava_write_then_read_gives_back_images_and_qa_and_rewrites_whole(tmp_path, samples):
     subset = samples[:12]
     manifest = write_llava(subset, tmp_path, "val")
     assert manifest == tmp_path / "val.jsonl"

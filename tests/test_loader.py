@@ -62,7 +62,7 @@ def test_text_rows_are_shifted_short_documents_whole_long_ones_everywhere(make, 
     assert starts_at_bos > 0 and mid_document > 0
 
 
-def test_image_rows(make, tok):
+def test_image_rows_start_with_bos_and_placeholders_and_never_score_them(make, tok):
     [batch] = make({"images": 1}, seq_len=64).next()
     placeholders = batch.input_ids == tok.image_id
     assert batch.images.shape == (int(placeholders.sum()) // K, 3, 32, 32) and batch.images.shape[0] >= 8
@@ -122,7 +122,7 @@ def test_domain_weights_are_respected(make):
     assert 0.65 < domains.count("world") / 200 < 0.85
 
 
-def test_eval_batches_are_fixed(make):
+def test_eval_batches_are_the_same_whatever_the_seed_or_training_position(make):
     a, b = make(), make(seed=5)
     a.next()
     for domain in ("stdlib", "images"):
@@ -133,7 +133,7 @@ def test_eval_batches_are_fixed(make):
     assert a.eval_batches("images", 1, 4)[0].images is not None
 
 
-def test_errors(make):
+def test_unknown_domains_missing_vision_and_indivisible_batches_are_rejected(make):
     with pytest.raises(ConfigError, match="wikipedia"):
         make({"world": 1, "wikipedia": 1})
     with pytest.raises(ConfigError, match="vision"):

@@ -78,7 +78,7 @@ def test_cache_overflow_is_an_error():
         model(torch.zeros(1, 9, dtype=torch.long), cache=cache)
 
 
-def test_loss_ignores_masked_targets_and_trains():
+def test_loss_is_near_uniform_at_init_and_falls_with_training():
     torch.manual_seed(3)
     model = Transformer(tiny_config(True))
     model.init_weights()
@@ -113,7 +113,7 @@ def multimodal_batch(cfg: ModelConfig, images_per_row=(0, 1, 2), length=24):
     return torch.stack(rows), preprocess(images, cfg.vision)
 
 
-def test_multimodal_forward_backward_with_0_1_2_images():
+def test_rows_with_0_1_2_images_get_gradients_and_images_change_logits():
     torch.manual_seed(4)
     cfg = dataclasses.replace(get_preset("test"), image_token_id=4)
     model = Transformer(cfg)
@@ -152,7 +152,7 @@ def test_text_model_rejects_images():
         model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3, 32, 32))
 
 
-def test_config_validation_and_round_trip(tmp_path):
+def test_model_config_rejects_bad_shapes_and_presets_round_trip_through_json(tmp_path):
     with pytest.raises(ConfigError, match="n_head .* must divide n_embd"):
         ModelConfig(n_embd=100, n_head=3)
     with pytest.raises(ConfigError, match="n_kv_head"):
@@ -171,7 +171,7 @@ def test_config_validation_and_round_trip(tmp_path):
         get_preset("d99")
 
 
-def test_test_preset_trains_a_step_quickly():
+def test_test_preset_is_under_200k_params_and_takes_a_multimodal_step():
     cfg = dataclasses.replace(get_preset("test"), image_token_id=4)
     model = Transformer(cfg)
     model.init_weights()

@@ -26,7 +26,7 @@ def test_smollm2_knows_the_capital_of_france(smollm2_home):
     assert "Paris" in r.stdout, r.stdout
 
 
-def test_chat_through_a_pipe(smollm2_home):
+def test_chat_holds_a_multi_turn_conversation_through_a_pipe(smollm2_home):
     """`opengpt4 chat` holds a multi-turn conversation in the terminal."""
     r = run_cli("chat", "--model", "smollm2-135m-instruct", "--max-tokens", "30", home=smollm2_home,
                 input="What is the capital of France?\nAnd of Italy?\n")
@@ -94,8 +94,7 @@ def test_smollm2_follows_a_system_message(smollm2_home):
 def test_transformers_llama_imported_generates_the_same_greedy_continuation(tmp_path):
     transformers = pytest.importorskip("transformers")
     from opengpt4.tokenizer import Tokenizer
-
-    from .conftest import corpus
+    from tests.helpers import corpus
 
     tok = Tokenizer.train(corpus(), vocab_size=400)
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from opengpt4.errors import ContextLengthExceeded
 from opengpt4.evals.completion import loglik_from_echo
 from opengpt4.serve.responses import echo_logprobs
 from opengpt4.tokenizer import Tokenizer
-from tests.conftest import WORDS
+from tests.helpers import WORDS
 
 
 @pytest.fixture(scope="module")

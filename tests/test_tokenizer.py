@@ -189,7 +189,7 @@ def test_special_strings_in_text_stay_text(tok):
 # --- chat ------------------------------------------------------------------------------------
 
 
-def test_render_chat_text_and_loss_mask(tok):
+def test_render_chat_writes_chatml_and_masks_loss_to_assistant_turns(tok):
     enc = tok.render_chat(CHAT)
     assert len(enc.ids) == len(enc.loss_mask) and enc.images == []
     assert tok.decode(enc.ids) == chatml(CHAT)
@@ -332,7 +332,7 @@ def hf_smol(gguf_path):
         return transformers.AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
 
 
-def test_gguf_tokenizer_layout(smol):
+def test_gguf_tokenizer_has_smollm2_special_ids_template_and_no_images(smol):
     assert smol.vocab_size == 49152
     assert (smol.bos_token, smol.bos_id, smol.eos_token, smol.eos_id) == ("<|im_start|>", 1, "<|im_end|>", 2)
     assert smol.im_start_id == 1 and smol.im_end_id == 2 and smol.image_id is None

@@ -90,7 +90,7 @@ def test_resume_refuses_data_built_with_another_tokenizer(data, tmp_path):
     assert r.returncode == 1 and "another tokenizer" in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
-def test_not_a_data_dir(tmp_path):
+def test_train_refuses_a_directory_that_is_not_a_data_dir(tmp_path):
     r = run_train("--data", str(tmp_path), "--out", str(tmp_path / "ck"), "--max-steps", "2")
     assert r.returncode == 1 and "is " in r.stderr and "a data dir" in r.stderr
 
@@ -114,7 +114,7 @@ def test_torchrun_two_ranks_match_one_process(data, tmp_path, fsdp):
         assert abs(one[step] - two[step]) <= 1e-3, (step, one[step], two[step])
 
 
-def test_schedules():
+def test_lr_schedules_warm_up_then_decay_by_cosine_or_wsd_to_the_minimum():
     cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(cfg, 0, 0.0) == pytest.approx(0.1) and lr_at(cfg, 9, 0.0) == pytest.approx(1.0)
     assert lr_at(cfg, 50, 0.5) == pytest.approx(0.55) and lr_at(cfg, 99, 1.0) == pytest.approx(0.1)
@@ -123,7 +123,7 @@ def test_schedules():
     assert lr_at(wsd, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_overrides():
+def test_overrides_set_nested_typed_fields_and_reject_unknown_or_ill_typed():
     cfg = apply_overrides(TrainConfig(), ["lr=0.01", "mixture.world=0.9", "schedule=wsd", "batch_size=4"])
     assert (cfg.lr, cfg.mixture["world"], cfg.schedule, cfg.batch_size) == (0.01, 0.9, "wsd", 4)
     with pytest.raises(ConfigError, match="unknown setting 'nope'"):

@@ -20,7 +20,7 @@ import pytest
 
 from opengpt4.engine.generate import Engine
 from opengpt4.serve.app import create_app
-from tests.conftest import live_server
+from tests.helpers import live_server
 
 CHROMIUM = Path(os.environ.get("OPENGPT4_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -40,7 +40,7 @@ expect.set_options(timeout=TIMEOUT_MS)
 # --- fixtures ----------------------------------------------------------------------------------
 @contextmanager
 def serve(app) -> Iterator[str]:
-    """The app on loopback (conftest's live_server); yields the base URL the page is served from."""
+    """The app on loopback (tests/helpers.py's live_server); yields the base URL the page is served from."""
     with live_server(app) as url:
         yield url.removesuffix("/v1")
 
@@ -132,7 +132,7 @@ def png(tmp_path: Path, name: str = "shape.png") -> Path:
 
 
 # --- tests -------------------------------------------------------------------------------------
-def test_streamed_reply_matches_api(page, server, client):
+def test_enter_streams_a_reply_equal_to_the_apis_that_survives_a_reload(page, server, client):
     """Enter sends; the reply streams in over SSE and equals the API's answer; usage is shown."""
     bodies = chat_requests(page)
     open_chat(page, server)
@@ -165,7 +165,7 @@ def test_streamed_reply_matches_api(page, server, client):
     expect(page.locator(".msg.assistant .msg-content")).to_have_text(direct.choices[0].message.content)
 
 
-def test_system_message_is_sent(page, server, engine):
+def test_system_message_is_sent_first_and_belongs_to_its_conversation(page, server, engine):
     """The per-conversation system message goes first in the posted messages, and the server used it."""
     bodies = chat_requests(page)
     open_chat(page, server)
@@ -186,7 +186,7 @@ def test_system_message_is_sent(page, server, engine):
     expect(page.locator("#system")).to_have_value("You are terse.")
 
 
-def test_image_attach(page, server, engine, tmp_path):
+def test_attached_image_shows_inline_and_is_posted_as_an_image_url_part(page, server, engine, tmp_path):
     """An attached image shows inline and is posted as an image_url data: part beside the text."""
     bodies = chat_requests(page)
     open_chat(page, server)
@@ -262,7 +262,7 @@ def test_stop_button_aborts_generation(page, server, app, tiny_model):
     expect(page.locator(".msg.assistant").first.locator(".msg-content")).to_have_text(partial)
 
 
-def test_conversations_new_switch_delete(page, server):
+def test_conversations_are_created_switched_deleted_and_kept_on_reload(page, server):
     open_chat(page, server, max_tokens=4)
     send(page, "the cat sat on")
     last_reply(page)
@@ -285,7 +285,7 @@ def test_conversations_new_switch_delete(page, server):
     assert [c["title"] for c in stored if c["messages"]] == ["the cat sat on"]
 
 
-def test_model_pricing_and_text_only(page, server):
+def test_model_pricing_shows_a_cost_and_text_only_models_disable_attach(page, server):
     """Extra model fields the server may send: cost from pricing, attach disabled without image support."""
     def models_with_extras(route):
         response = route.fetch()  # the real server's list, plus the extra fields
@@ -329,7 +329,7 @@ def test_errors_show_the_server_message(page, server, client):
     expect(reply.locator(".msg-error")).to_contain_text("the model crashed")
 
 
-def test_rate_limit_and_key(browser, engine, tmp_path):
+def test_api_key_is_set_in_settings_and_a_429_shows_the_retry_wait(browser, engine, tmp_path):
     """With API keys on: the key is set in Settings; the request over the limit shows the wait."""
     keys = pytest.importorskip("opengpt4.serve.keys", reason="API keys and rate limits are not in the server yet")
     store = keys.KeyStore(tmp_path / "serve.db")

@@ -31,7 +31,7 @@ def noise_image(seed: int, size: int = 40) -> Image.Image:
 # --- encoder and projector ---------------------------------------------------------------
 
 
-def test_encoder_output_shape_and_empty_batch():
+def test_encoder_gives_one_feature_per_patch_even_for_an_empty_batch():
     torch.manual_seed(0)
     enc = VisionEncoder(VCFG)
     grid = VCFG.grid_size
@@ -63,7 +63,7 @@ def test_encoder_attention_is_bidirectional_and_position_aware():
     assert not torch.allclose(f[0, 0], f[0, 1]) and not torch.allclose(f[0, 0], f[0, VCFG.grid_size])
 
 
-def test_encoder_init():
+def test_encoder_init_has_unit_norms_zero_biases_and_small_mlp_weights():
     enc = VisionEncoder(VCFG)
     assert torch.equal(enc.norm.weight, torch.ones(VCFG.width))
     assert torch.equal(enc.blocks[0].attn.qkv.bias, torch.zeros(3 * VCFG.width))
@@ -71,14 +71,14 @@ def test_encoder_init():
     assert enc.blocks[0].mlp.fc1.out_features == int(VCFG.width * VCFG.mlp_ratio)
 
 
-def test_projector_output_shape():
+def test_projector_gives_tokens_per_image_vectors_of_the_model_width():
     proj = Projector(VCFG, CFG.n_embd)
     out = proj(torch.randn(3, VCFG.grid_size**2, VCFG.width))
     assert out.shape == (3, VCFG.tokens_per_image, CFG.n_embd)
     assert VCFG.tokens_per_image == 4  # a 4x4 patch grid shuffled by 2
 
 
-def test_pixel_shuffle_ordering():
+def test_pixel_shuffle_packs_each_2x2_patch_block_into_one_token_row_major():
     # 4x4 grid, patch p carries channels (10p, 10p+1): token t holds its 2x2 block row-major.
     feats = torch.stack([torch.arange(16) * 10, torch.arange(16) * 10 + 1], dim=-1)[None].float()
     out = pixel_shuffle(feats, grid=4, s=2)
@@ -100,7 +100,7 @@ def test_projector_is_shuffle_then_mlp():
 # --- scatter -----------------------------------------------------------------------------
 
 
-def test_scatter_end_to_end_with_gradients():
+def test_scatter_places_image_features_in_order_and_gradients_reach_encoder():
     torch.manual_seed(0)
     k, d, t = VCFG.tokens_per_image, CFG.n_embd, 16
     enc, proj = VisionEncoder(VCFG), Projector(VCFG, d)
@@ -129,7 +129,7 @@ def test_scatter_end_to_end_with_gradients():
     assert torch.equal(embeds.grad[~text], torch.zeros_like(embeds.grad[~text]))
 
 
-def test_scatter_without_images_and_dtype_cast():
+def test_scatter_without_images_is_identity_and_casts_features_to_embeds():
     embeds = torch.randn(2, 5, 8)
     ids = torch.zeros(2, 5, dtype=torch.long)
     assert torch.equal(scatter_image_features(embeds, ids, torch.empty(0, 4, 8), IMAGE_ID), embeds)
@@ -139,7 +139,7 @@ def test_scatter_without_images_and_dtype_cast():
     assert out.dtype == torch.float32 and torch.equal(out[0, 1:3], torch.ones(2, 8))
 
 
-def test_scatter_count_mismatch():
+def test_scatter_placeholder_count_mismatch_is_a_clear_error():
     embeds = torch.randn(2, 10, 8)
     ids = torch.zeros(2, 10, dtype=torch.long)
     ids[0, :4] = IMAGE_ID
@@ -150,7 +150,7 @@ def test_scatter_count_mismatch():
         scatter_image_features(embeds, torch.zeros_like(ids), torch.randn(1, 4, 8), IMAGE_ID)
 
 
-def test_scatter_width_mismatch():
+def test_scatter_feature_width_mismatch_is_a_clear_error():
     ids = torch.full((1, 4), IMAGE_ID)
     with pytest.raises(ImageError, match="16 wide but the token embeddings are 8 wide"):
         scatter_image_features(torch.randn(1, 4, 8), ids, torch.randn(1, 4, 16), IMAGE_ID)
@@ -159,7 +159,7 @@ def test_scatter_width_mismatch():
 # --- loading -----------------------------------------------------------------------------
 
 
-def test_load_image_sources(tmp_path):
+def test_load_image_accepts_pil_arrays_bytes_paths_and_data_urls(tmp_path):
     img = noise_image(0, size=6)
     rgb = np.asarray(img)
     data = png_bytes(img)
@@ -172,7 +172,7 @@ def test_load_image_sources(tmp_path):
         assert np.array_equal(np.asarray(out), rgb), type(src)
 
 
-def test_load_image_grayscale_and_alpha():
+def test_load_image_makes_grayscale_rgb_and_composites_alpha_on_white():
     gray = np.array([[0, 128], [255, 7]], dtype=np.uint8)
     for src in [gray, Image.fromarray(gray), gray.astype(np.float32) / 255]:
         out = np.asarray(load_image(src))
@@ -204,7 +204,7 @@ def test_load_image_grayscale_and_alpha():
         (lambda p, d: 42, "from int: expected a PIL image"),
     ],
 )
-def test_load_image_errors(tmp_path, make_src, pattern):
+def test_load_image_errors_are_one_line_and_name_the_problem(tmp_path, make_src, pattern):
     with pytest.raises(ImageError, match=pattern) as info:
         load_image(make_src(tmp_path, png_bytes(noise_image(0))))
     assert "\n" not in str(info.value)

@@ -1,0 +1,63 @@
+"""Plain helpers the test modules share (fixtures live in conftest.py): a word list and corpus,
+a live uvicorn server, an OpenAI Evals-style registry on disk, and polling for late effects."""
+
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+WORDS = ("the cat sat on a mat while seven blue birds sang about 42 apples and 1337 pears in Paris "
+         "def add(a, b): return a + b # héllo wörld naïve café").split()
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) for _ in range(n)]
+
+
+@contextlib.contextmanager
+def live_server(app) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free loopback port; yields its /v1 base URL."""
+    import uvicorn
+
+    with socket.socket() as s:  # a free port; the tiny race with another process is acceptable in tests
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:  # uvicorn offers no event to wait on
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def write_registry(root, evals_yaml, samples=None, modelgraded=None):
+    """A user eval registry in OpenAI Evals' layout: evals/mine.yaml, data/<rel>.jsonl, modelgraded/mg.yaml."""
+    (root / "evals").mkdir(parents=True, exist_ok=True)
+    (root / "evals" / "mine.yaml").write_text(evals_yaml)
+    for rel, rows in (samples or {}).items():
+        path = root / "data" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if modelgraded:
+        (root / "modelgraded").mkdir(exist_ok=True)
+        (root / "modelgraded" / "mg.yaml").write_text(modelgraded)
+    return root
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    """Poll `condition()` until it is true or `timeout` seconds pass; returns its last value.
+    For effects a server records just after a response's last byte (ledger rows, metrics)."""
+    deadline = time.monotonic() + timeout
+    while not (ok := condition()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ok
