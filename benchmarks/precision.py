@@ -118,7 +118,7 @@ def run_mmlu(args, mode: str, out_dir: Path) -> dict | None:
         event = json.loads(line)
         if "sample_id" in event:
             scores[event["sample_id"]] = event["score"]
-    return {"accuracy": results["score"]["mean"], "n": len(scores), "seconds": time.perf_counter() - started,
+    return {"accuracy": results["score"], "n": len(scores), "seconds": time.perf_counter() - started,
             "scores": scores}
 
 
