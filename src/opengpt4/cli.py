@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from opengpt4.config import PRECISION_HELP, PRECISIONS
 from opengpt4.errors import OpenGPT4Error
 
 
@@ -222,9 +223,7 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int = 256, temperature
     p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     p.add_argument("--stop", action="append", help="stop string (repeatable); never part of the output")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="weights and activations precision; auto: bfloat16 where the CPU has native "
-                        "bf16 (AVX512-BF16/AMX), else float32 (default auto)")
+    p.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,8 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
     p.add_argument("--db", default=None, help="keys and usage database (default $OPENGPT4_HOME/serve.db)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="weights precision (default auto: bfloat16 where the CPU has it natively)")
+    p.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
     p.add_argument("--rate-limit-storage", default="memory://",
                    help="where rate-limit counters live: memory:// (default) or redis://HOST:PORT to share them")
     p.set_defaults(func=cmd_serve)
