@@ -101,6 +101,12 @@ async def typed_error(request: Request, e: OpenGPT4Error) -> JSONResponse:
     return JSONResponse(error_body(message, type_, param, code), status_code=status)
 
 
+async def server_error(request: Request, e: Exception) -> JSONResponse:
+    # A bug, not the client's doing: the envelope all the same, without the internals (they are logged).
+    return JSONResponse(error_body("The server had an error while processing your request.", "server_error"),
+                        status_code=500)
+
+
 async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
     # OpenAI answers a malformed request with 400 naming the field, not FastAPI's 422.
     err = e.errors()[0] if e.errors() else {}
@@ -356,6 +362,7 @@ def create_app(models: dict[str, Engine], *, registry: Registry | None = None, k
     app.add_exception_handler(OpenGPT4Error, typed_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
     app.include_router(root)
     app.include_router(v1)
     # Mounted last: the UI at / must not shadow the API routes.
