@@ -247,16 +247,21 @@ class Scheduler:
     def _start_decoding(self, request: _Request, logits: Tensor) -> None:
         """The prompt is in its slot: move it to the end of the decoding block, copy it for each of
         the n samples, and sample every sample's first token from the prompt's last logits."""
-        self.prefilling.remove(request)
         sp = request.params
+        try:  # before any slot moves: a row that cannot be made (a seed the generator refuses) fails
+            rows = [self._make_row(request, j) for j in range(sp.n)]  # this request alone, never the batch
+        except Exception as e:
+            self._release_prefilling(request)
+            request.handle._close(e)
+            return
+        self.prefilling.remove(request)
         targets = range(self.num_decoding, self.num_decoding + sp.n)
         self._swap(request.slot, targets[0])
         for t in targets[1:]:
             if self.slots[t] is not None:  # another prompt's slot: move it out of the way
                 self._swap(t, next(i for i in range(targets[-1] + 1, self.max_batch) if self.slots[i] is None))
             self._copy(targets[0], t)
-        for j, t in enumerate(targets):
-            row = self._make_row(request, j)
+        for t, row in zip(targets, rows, strict=True):
             request.rows.append(row)
             self.slots[t] = _Decoding(request, row, -1)
         self.num_decoding += sp.n
