@@ -10,7 +10,7 @@ import pytest
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.serve.app import create_app
-from tests.conftest import live_server
+from tests.helpers import live_server
 
 
 def http(url: str, body: bytes | None = None) -> tuple[int, dict]:

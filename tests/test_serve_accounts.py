@@ -22,7 +22,7 @@ from opengpt4.serve.app import create_app
 from opengpt4.serve.keys import KeyStore
 from opengpt4.serve.ledger import UsageLedger
 from opengpt4.serve.registry import load_registry
-from tests.conftest import live_server, wait_for
+from tests.helpers import live_server, wait_for
 
 HELLO = [{"role": "user", "content": "the cat sat on"}]
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from opengpt4.engine.generate import Engine
 from opengpt4.serve.app import create_app
-from tests.conftest import live_server
+from tests.helpers import live_server
 
 EXAMPLES = 60
 
