@@ -11,12 +11,14 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import openai
 import pytest
+import torch
 
 from opengpt4.engine.generate import Engine
 from opengpt4.serve.app import create_app
@@ -75,17 +77,57 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture
-def page(browser) -> Iterator[Page]:
-    """A fresh browser context per test: its own, empty localStorage."""
-    context = browser.new_context(viewport={"width": 1180, "height": 760})
+@contextmanager
+def new_page(browser: Browser, **context_options) -> Iterator[Page]:
+    """A page in a fresh browser context (its own, empty localStorage) that may use the
+    clipboard; fails the test on any uncaught JavaScript exception."""
+    options = {"viewport": {"width": 1180, "height": 760}, **context_options}
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"], **options)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))  # uncaught exceptions in app.js
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Page]:
+    with new_page(browser) as page:
+        yield page
+
+
+@contextmanager
+def scripted_replies(model, tokenizer, *replies: str, seconds_per_token: float = 0) -> Iterator[None]:
+    """Make the model write exactly `replies`, one per chat request, in order: a forward hook
+    puts all the probability on the script's next token. Everything else is real (engine,
+    scheduler, detokenizer, SSE stream, the page): the tiny random model cannot be prompted
+    into a Markdown code fence, and a canned HTTP response would skip the streaming path.
+    Assumes one request at a time, each prompt prefilled in one forward (the scheduler's
+    256-token prefill chunk is more than the tiny model's whole context). seconds_per_token
+    slows the model down, so a stream surely spans many of the page's animation frames."""
+    scripts = [tokenizer.encode(text) + [tokenizer.im_end_id] for text in replies]
+    at = {"reply": -1, "token": 0}
+
+    def force(module, args, kwargs, logits):
+        if kwargs.get("last_only"):  # a prompt's prefill: the next request has started
+            at["reply"], at["token"] = at["reply"] + 1, 0
+        script = scripts[min(at["reply"], len(scripts) - 1)]
+        token = script[min(at["token"], len(script) - 1)]
+        at["token"] += 1
+        time.sleep(seconds_per_token)
+        forced = torch.full_like(logits, -1e4)
+        forced[..., token] = 1e4
+        return forced
+
+    hook = model.register_forward_hook(force, with_kwargs=True)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -112,6 +154,17 @@ def chat_requests(page: Page) -> list[dict]:
     bodies: list[dict] = []
     page.on("request", lambda r: bodies.append(r.post_data_json) if CHAT_URL.search(r.url) else None)
     return bodies
+
+
+def stored_messages(page: Page) -> list[dict]:
+    """The open conversation's messages as the page keeps them in localStorage (raw text)."""
+    conversations = json.loads(page.evaluate("localStorage.getItem('opengpt4.conversations')"))
+    current = json.loads(page.evaluate("localStorage.getItem('opengpt4.current')"))
+    return next(c for c in conversations if c["id"] == current)["messages"]
+
+
+def clipboard(page: Page) -> str:
+    return page.evaluate("navigator.clipboard.readText()")
 
 
 def screenshot(page: Page, name: str) -> None:
@@ -146,7 +199,13 @@ def test_enter_streams_a_reply_equal_to_the_apis_that_survives_a_reload(page, se
     assert bodies == [{"model": "tiny", "messages": messages, "stream": True, "stream_options": {"include_usage": True},
                        "temperature": 0, "max_tokens": MAX_TOKENS}]
     direct = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=MAX_TOKENS)
-    assert reply.locator(".msg-content").text_content() == direct.choices[0].message.content
+    answer = direct.choices[0].message.content
+    # The page shows the reply as Markdown; the text it recorded, and copies, is the API's exactly.
+    assert stored_messages(page)[-1]["content"] == answer
+    reply.get_by_role("button", name="Copy reply").click()
+    expect(reply.get_by_role("button", name="Copy reply")).to_have_text("Copied")
+    assert clipboard(page) == answer
+    shown = reply.locator(".msg-content").inner_text()
     u = direct.usage
     expect(reply.locator(".msg-usage")).to_have_text(
         f"{u.prompt_tokens} prompt + {u.completion_tokens} completion = {u.total_tokens} tokens")  # no pricing: no cost
@@ -162,7 +221,8 @@ def test_enter_streams_a_reply_equal_to_the_apis_that_survives_a_reload(page, se
 
     # The conversation survives a reload (localStorage).
     page.reload()
-    expect(page.locator(".msg.assistant .msg-content")).to_have_text(direct.choices[0].message.content)
+    expect(page.locator(".msg.assistant .msg-content")).to_have_text(shown, use_inner_text=True)
+    assert stored_messages(page)[-1]["content"] == answer
 
 
 def test_system_message_is_sent_first_and_belongs_to_its_conversation(page, server, engine):
@@ -370,21 +430,245 @@ def test_api_key_is_set_in_settings_and_a_429_shows_the_retry_wait(browser, engi
         context.close()
 
 
-def test_bad_key_points_at_settings(browser, engine, tmp_path):
-    """A wrong key: the error says so and offers the settings."""
+def test_a_wrong_key_shows_the_servers_message_and_sending_does_not_replace_it(browser, engine, tmp_path):
+    """A wrong key: the server's own 401 message (which key, how to get one) is shown, points at the
+    settings, and trying to send anyway shows it again instead of a generic notice."""
     keys = pytest.importorskip("opengpt4.serve.keys", reason="API keys and rate limits are not in the server yet")
     store = keys.KeyStore(tmp_path / "serve.db")
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        with serve(create_app({"tiny": engine}, keys=store)) as url:
-            page.goto(url + "/")
-            page.evaluate("localStorage.setItem('opengpt4.apiKey', 'sk-wrong')")
+    with new_page(browser) as page, serve(create_app({"tiny": engine}, keys=store)) as url:
+        page.goto(url + "/")
+        page.evaluate("localStorage.setItem('opengpt4.apiKey', 'sk-wrong-key-0123456789')")
+        with page.expect_response(re.compile(r"/v1/models$")) as response:
             page.reload()
-            notice = page.locator("#notice")
-            expect(notice).to_contain_text("Check the API key in Settings")
-            notice.get_by_role("button", name="Open settings").click()
-            expect(page.locator("#api-key")).to_have_value("sk-wrong")
-    finally:
-        context.close()
+        assert response.value.status == 401
+        server_message = response.value.json()["error"]["message"]
+        assert server_message.startswith("Incorrect API key provided: sk-wron")
+        notice = page.locator("#notice")
+        expect(notice).to_contain_text(server_message)
+        expect(notice).to_contain_text("Check the API key in Settings")
+
+        send(page, "hello?")
+        expect(notice).to_contain_text(server_message)  # still the server's words, not a generic line
+        expect(notice).not_to_contain_text("No model is available")
+        expect(page.locator("#prompt")).to_have_value("hello?")  # nothing was sent, nothing lost
+
+        notice.get_by_role("button", name="Open settings").click()
+        expect(page.locator("#api-key")).to_have_value("sk-wrong-key-0123456789")
+
+
+def test_a_key_revoked_mid_chat_shows_the_servers_401_message_on_the_reply(browser, engine, tmp_path):
+    keys = pytest.importorskip("opengpt4.serve.keys", reason="API keys and rate limits are not in the server yet")
+    store = keys.KeyStore(tmp_path / "serve.db")
+    key = store.create("ui-test")
+    with new_page(browser) as page, serve(create_app({"tiny": engine}, keys=store)) as url:
+        page.goto(url + "/")
+        page.evaluate(f"localStorage.setItem('opengpt4.apiKey', {json.dumps(key)})")
+        page.reload()
+        expect(page.locator("#model")).to_have_value("tiny")
+        page.fill("#max-tokens", str(MAX_TOKENS))
+        store.revoke(store.list()[0].id)
+        with page.expect_response(CHAT_URL) as response:
+            send(page, "the cat sat on")
+        assert response.value.status == 401
+        reply = last_reply(page, "error")
+        expect(reply.locator(".msg-error")).to_contain_text(response.value.json()["error"]["message"])
+        expect(reply.locator(".msg-error")).to_contain_text("Check the API key in Settings.")
+        expect(reply.get_by_role("button", name="Open settings")).to_be_visible()
+
+
+# --- defaults ----------------------------------------------------------------------------------
+def test_new_visitors_get_temperature_07_and_512_max_tokens_in_the_request(page, server):
+    bodies = chat_requests(page)
+    page.goto(server + "/")
+    expect(page.locator("#model")).to_have_value("tiny")
+    expect(page.locator("#temperature")).to_have_value("0.7")
+    expect(page.locator("#max-tokens")).to_have_value("512")
+    send(page, "hi")
+    reply = last_reply(page, re.compile("done|error"))
+    assert bodies[0]["temperature"] == 0.7 and bodies[0]["max_tokens"] == 512, bodies
+    # 512 is more than the tiny model's whole 128-token context: the server's own 400 is shown.
+    expect(reply.locator(".msg-error")).to_contain_text("maximum context length is 128 tokens")
+
+    # Still editable, and kept across reloads.
+    page.fill("#temperature", "0.3")
+    page.fill("#max-tokens", "64")
+    page.reload()
+    expect(page.locator("#temperature")).to_have_value("0.3")
+    expect(page.locator("#max-tokens")).to_have_value("64")
+    page.fill("#max-tokens", "")  # empty: no limit, and that choice is kept too
+    page.reload()
+    expect(page.locator("#max-tokens")).to_have_value("")
+
+
+def test_settings_saved_by_the_old_page_get_the_new_defaults(page, server):
+    """The old page saved its defaults (temperature 1, no limit) as if chosen; they read as unchosen."""
+    page.goto(server + "/")
+    page.evaluate("""localStorage.setItem('opengpt4.settings',
+                     JSON.stringify({model: 'tiny', temperature: 1, maxTokens: null}))""")
+    page.reload()
+    expect(page.locator("#temperature")).to_have_value("0.7")
+    expect(page.locator("#max-tokens")).to_have_value("512")
+    # A value someone did choose stays.
+    page.evaluate("""localStorage.setItem('opengpt4.settings',
+                     JSON.stringify({model: 'tiny', temperature: 0.2, maxTokens: 100}))""")
+    page.reload()
+    expect(page.locator("#temperature")).to_have_value("0.2")
+    expect(page.locator("#max-tokens")).to_have_value("100")
+
+
+# --- Markdown, copy, regenerate ----------------------------------------------------------------
+MARKDOWN_REPLY = '# Plan\n**Step 1**: run it <img src=x onerror="pwned=1">\n\n```python\nprint(1 < 2)\n```'
+
+
+def test_a_streamed_markdown_reply_renders_code_blocks_with_a_copy_button(page, server, tiny_model, tiny_tokenizer):
+    """The reply is rendered as sanitized Markdown while it streams and after; the code block's
+    Copy button puts the code on the clipboard; the model's HTML stays text; the user's
+    message stays plain text; the same rendering comes back after a reload."""
+    open_chat(page, server, max_tokens=96)
+    # Every render while streaming is sanitized: no element from the model's HTML is ever added,
+    # not even for a frame (the page re-renders the reply's Markdown as tokens arrive).
+    page.evaluate("""() => {
+        window.unsafe = [];
+        window.renders = 0;
+        new MutationObserver((records) => {
+            window.renders++;
+            for (const r of records) for (const n of r.addedNodes) {
+                if (n.nodeType !== 1) continue;
+                for (const el of [n, ...n.querySelectorAll('*')]) {
+                    if (['IMG', 'SCRIPT'].includes(el.tagName) || el.hasAttribute('onerror')) window.unsafe.push(el.outerHTML);
+                }
+            }
+        }).observe(document.getElementById('message-list'), {childList: true, subtree: true});
+    }""")
+    with scripted_replies(tiny_model, tiny_tokenizer, MARKDOWN_REPLY, seconds_per_token=0.02):
+        send(page, "**show** me code")
+        reply = last_reply(page)
+    assert stored_messages(page)[-1]["content"] == MARKDOWN_REPLY
+    assert page.evaluate("window.unsafe") == []
+    assert page.evaluate("window.renders") >= 10  # rendered as it streamed, not only at the end
+
+    for _ in range(2):  # as streamed, then as rendered again from localStorage
+        content = reply.locator(".msg-content")
+        expect(content.locator("h1")).to_have_text("Plan")
+        expect(content.locator("strong")).to_have_text("Step 1")
+        code = content.locator(".code-block pre > code")
+        expect(code).to_have_count(1)
+        expect(code).to_have_text("print(1 < 2)\n")
+        expect(content.locator(".code-lang")).to_have_text("python")
+        # The model's HTML is shown as the text it is, never made into an element.
+        expect(content).to_contain_text('<img src=x onerror="pwned=1">')
+        expect(content.locator("img, script")).to_have_count(0)
+        assert page.evaluate("typeof window.pwned") == "undefined"
+        # The person's message is not Markdown.
+        expect(page.locator(".msg.user .msg-content")).to_have_text("**show** me code")
+        expect(page.locator(".msg.user strong")).to_have_count(0)
+
+        content.get_by_role("button", name="Copy code").click()
+        expect(content.locator(".code-copy")).to_have_text("Copied")
+        assert clipboard(page) == "print(1 < 2)"
+        page.reload()
+        reply = last_reply(page)
+    screenshot(page, "ui-markdown.png")
+
+
+def test_links_in_replies_are_sanitized_and_open_in_a_new_tab(page, server):
+    """Rendering goes through DOMPurify: a javascript: link loses its href; images become links."""
+    page.goto(server + "/")
+    conversation = {"id": "c1", "title": "links", "system": "", "updated": 1, "messages": [
+        {"id": "u1", "role": "user", "content": "links please"},
+        {"id": "a1", "role": "assistant", "status": "done", "model": "tiny",
+         "content": "[docs](https://example.com/docs) [bad](javascript:window.pwned=1) ![chart](https://example.com/c.png)"},
+    ]}
+    page.evaluate(f"""localStorage.setItem('opengpt4.conversations', {json.dumps(json.dumps([conversation]))});
+                      localStorage.setItem('opengpt4.current', '"c1"')""")
+    page.reload()
+    links = page.locator(".msg.assistant .msg-content a")
+    expect(links).to_have_count(3)
+    expect(links.nth(0)).to_have_attribute("href", "https://example.com/docs")
+    expect(links.nth(0)).to_have_attribute("target", "_blank")
+    expect(links.nth(0)).to_have_attribute("rel", "noopener noreferrer")
+    assert links.nth(1).get_attribute("href") is None  # DOMPurify removed the javascript: URL
+    expect(links.nth(2)).to_have_attribute("href", "https://example.com/c.png")  # a link, not a fetch
+    expect(page.locator(".msg.assistant img")).to_have_count(0)
+
+
+def test_regenerate_streams_a_new_reply_in_place_of_the_last(page, server, tiny_model, tiny_tokenizer):
+    bodies = chat_requests(page)
+    open_chat(page, server, max_tokens=48)
+    with scripted_replies(tiny_model, tiny_tokenizer, "First answer.", "Second answer."):
+        send(page, "the cat sat on")
+        reply = last_reply(page)
+        expect(reply.locator(".msg-content")).to_have_text("First answer.")
+        reply.get_by_role("button", name="Regenerate reply").click()
+        expect(page.locator(".msg.assistant")).to_have_count(1)
+        reply = last_reply(page)
+        expect(reply.locator(".msg-content")).to_have_text("Second answer.")
+
+    assert len(bodies) == 2, bodies  # asked again, with the same conversation (without the old reply)
+    assert bodies[1] == bodies[0]
+    assert [m["role"] for m in stored_messages(page)] == ["user", "assistant"]
+    assert stored_messages(page)[-1]["content"] == "Second answer."
+    # Only the last reply can be regenerated: the turns after an earlier one would answer a question that is gone.
+    send(page, "seven blue birds")
+    last_reply(page)
+    regenerate = page.get_by_role("button", name="Regenerate reply")
+    expect(regenerate).to_have_count(1)
+    expect(page.locator(".msg.assistant").last.get_by_role("button", name="Regenerate reply")).to_have_count(1)
+
+
+# --- layout: phone width, dark mode ------------------------------------------------------------
+LONG_MODEL = "smollm2-135m-instruct"  # the name `make run` serves: the one a 390 px screen cut off
+SCREENS = [(390, 844, "light", "ui-390px.png"), (1180, 760, "dark", "ui-dark.png")]
+
+
+def text_fits(page: Page, selector: str) -> dict:
+    """Whether the selected option's text fits inside a <select> (its own scrollWidth says nothing)."""
+    return page.evaluate("""(selector) => {
+        const select = document.querySelector(selector);
+        const style = getComputedStyle(select);
+        const probe = document.createElement('span');
+        for (const p of ['fontFamily', 'fontSize', 'fontWeight', 'letterSpacing']) probe.style[p] = style[p];
+        Object.assign(probe.style, {position: 'absolute', whiteSpace: 'pre', visibility: 'hidden'});
+        probe.textContent = select.selectedOptions[0].textContent;
+        document.body.append(probe);
+        const need = probe.getBoundingClientRect().width;
+        probe.remove();
+        const room = select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return {text: probe.textContent, need, room};
+    }""", selector)
+
+
+def luminance(css_color: str) -> float:
+    r, g, b = (int(v) for v in re.findall(r"\d+", css_color)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+@pytest.mark.parametrize(("width", "height", "scheme", "name"), SCREENS, ids=["390px", "dark"])
+def test_screens(browser, engine, tiny_model, tiny_tokenizer, width, height, scheme, name):
+    """At 390 px the model's whole name shows and nothing overflows the page sideways; with a dark
+    system setting the page is dark. The screenshots are in test-artifacts/."""
+    reply_text = "Sure:\n```python\nprint('this line is long enough to scroll sideways')\n```"
+    with new_page(browser, viewport={"width": width, "height": height}, color_scheme=scheme) as page, \
+            serve(create_app({LONG_MODEL: engine})) as url:
+        page.goto(url + "/")
+        expect(page.locator("#model")).to_have_value(LONG_MODEL)
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "90")
+        with scripted_replies(tiny_model, tiny_tokenizer, reply_text):
+            send(page, "code?")
+            last_reply(page)
+        expect(page.locator(".code-block")).to_have_count(1)
+
+        fit = text_fits(page, "#model")
+        assert fit["text"] == LONG_MODEL and fit["need"] <= fit["room"], fit
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        for control in ("#model", "#temperature", "#max-tokens", "#prompt", "#send"):
+            box = page.locator(control).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (control, box)
+        body = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        text = page.evaluate("getComputedStyle(document.body).color")
+        if scheme == "dark":
+            assert luminance(body) < 0.2 and luminance(text) > 0.7, (body, text)
+        else:
+            assert luminance(body) > 0.9, body
+        screenshot(page, name)

@@ -24,8 +24,10 @@ export class APIError extends Error {
     this.action = action; // "settings" when changing the API key is the fix
   }
 
+  /** Headline and detail as one line; the server's sentences often end in a full stop already. */
   get text() {
-    return this.detail ? `${this.message}. ${this.detail}` : this.message;
+    if (!this.detail) return this.message;
+    return /[.!?]$/.test(this.message) ? `${this.message} ${this.detail}` : `${this.message}. ${this.detail}`;
   }
 }
 

@@ -1,12 +1,15 @@
-// The opengpt4 web chat: plain ES modules (this one, api.js, dom.js, state.js), no build step, no dependencies, no network
-// access beyond the server it was loaded from. It speaks the same OpenAI-compatible /v1 API
-// as any other client, so everything it does can be reproduced with the `openai` package.
+// The opengpt4 web chat: plain ES modules (this one, api.js, dom.js, state.js, markdown.js), no
+// build step, no network access beyond the server it was loaded from; the two libraries it uses
+// (marked, DOMPurify) are vendored in vendor/. It speaks the same OpenAI-compatible /v1 API as
+// any other client, so everything it does can be reproduced with the `openai` package.
 //
-// Safety rule for the whole file: model output and user text only ever reach the page as
-// text nodes (textContent / append(string)); nothing here assigns innerHTML.
+// Safety rule for the whole file: user text and everything else reach the page as text nodes
+// (textContent / append(string)); nothing here assigns innerHTML. The one exception is an
+// assistant reply, which markdown.js renders and sanitizes with DOMPurify on every render.
 
 import { API, APIError, apiMessages, fetchModels, headers, responseError, sseData } from "./api.js";
-import { $, h, icon } from "./dom.js";
+import { $, copyText, h, icon } from "./dom.js";
+import { flash, renderMarkdown } from "./markdown.js";
 import { current, newId, persistConversations, saveSettings, selectedModel, state, STORAGE, store } from "./state.js";
 
 const MAX_IMAGE_BYTES = 20 * 1024 * 1024; // OpenAI's own per-image limit
@@ -49,6 +52,7 @@ function statusText(m) {
 function renderMessage(m) {
   const isUser = m.role === "user";
   const label = isUser ? "You" : (m.model ?? "assistant");
+  const streaming = m.status === "streaming";
   const body = h("div", { class: "msg-body" });
   if (isUser && m.images?.length) {
     const gallery = h("div", { class: "msg-images" });
@@ -57,37 +61,65 @@ function renderMessage(m) {
     }
     body.append(gallery);
   }
-  body.append(h("div", { class: "msg-content" }, m.content));
+  // The person's own words stay exactly as typed; the model's are Markdown.
+  const content = h("div", { class: isUser ? "msg-content" : "msg-content markdown" });
+  if (isUser) content.append(m.content);
+  else renderMarkdown(content, m.content);
+  body.append(content);
   if (m.error) {
     body.append(h("div", { class: "msg-error", role: "alert" },
       h("div", { class: "msg-error-text" },
         h("strong", {}, m.error),
         m.errorDetail ? h("span", { class: "msg-error-detail" }, m.errorDetail) : null),
       m.errorAction === "settings" ? h("button", { type: "button", class: "btn btn-small", onclick: openSettings }, "Open settings") : null,
-      h("button", { type: "button", class: "btn btn-small", onclick: () => retry(m) }, "Retry")));
+      h("button", { type: "button", class: "btn btn-small", onclick: () => askAgain(m) }, "Retry")));
   }
+  // Regenerate only the last reply: replacing one further up would leave the turns after it
+  // answering a question that is no longer there. A failed reply has its own Retry instead.
+  const last = current()?.messages.at(-1) === m;
+  const actions = h("div", { class: "msg-actions" },
+    m.content && !streaming ? actionButton("copy", "Copy", "Copy reply", "Copy the reply as Markdown", async (e) => {
+      const button = e.currentTarget;
+      flash(button, (await copyText(m.content)) ? "Copied" : "Copy failed");
+    }) : null,
+    last && !streaming && m.status !== "error" ? actionButton("regenerate", "Regenerate", "Regenerate reply", "Ask again for a new reply", () => askAgain(m)) : null);
   const meta = h("div", { class: "msg-meta" },
+    actions,
     h("span", { class: "msg-status" }, statusText(m)),
     h("span", { class: "msg-usage" }, usageText(m)));
   return h("article", { class: `msg ${m.role}`, "data-id": m.id, "data-status": m.status ?? "done" },
     h("div", { class: "msg-role" }, label), body, isUser ? null : meta);
 }
 
-/** Re-render one message in place (streaming updates use appendDelta instead). */
+// The accessible name starts with the visible word, so "click Regenerate" works by voice too.
+function actionButton(iconName, label, name, title, onclick) {
+  return h("button", { type: "button", class: "msg-action", title, "aria-label": name, onclick },
+    icon(iconName), h("span", {}, label));
+}
+
+/** Re-render one message in place (streaming updates use scheduleContent instead). */
 function updateMessage(m) {
   const old = $("message-list").querySelector(`[data-id="${m.id}"]`);
   if (old) old.replaceWith(renderMessage(m));
 }
 
-// Streaming appends text nodes instead of re-rendering, so a long reply stays cheap and the
-// user can select text while it grows.
-function appendDelta(m, text) {
-  const el = $("message-list").querySelector(`[data-id="${m.id}"] .msg-content`);
-  if (!el) return; // another conversation is on screen; the text is still recorded in m
-  const messages = $("messages");
-  const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
-  el.append(text);
-  if (atBottom) messages.scrollTop = messages.scrollHeight;
+// While a reply streams, its Markdown is rendered again from the whole text so far (a code fence
+// that opens mid-reply has to turn the lines after it into a code block), but at most once per
+// animation frame: more often than the screen repaints would only parse text nobody sees.
+const unrendered = new Set();
+
+function scheduleContent(m) {
+  if (unrendered.has(m)) return;
+  unrendered.add(m);
+  requestAnimationFrame(() => {
+    unrendered.delete(m);
+    const el = $("message-list").querySelector(`[data-id="${m.id}"] .msg-content`);
+    if (!el) return; // another conversation is on screen; the text is still recorded in m
+    const messages = $("messages");
+    const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
+    renderMarkdown(el, m.content);
+    if (atBottom) messages.scrollTop = messages.scrollHeight;
+  });
 }
 
 function renderMessages() {
@@ -229,8 +261,7 @@ async function send() {
   if (!text.trim() && !state.pending.length) return;
   const model = selectedModel();
   if (!model) {
-    showNotice("No model is available. Check that the server is running and the API key in Settings.",
-      { label: "Open settings", run: openSettings });
+    showModelsNotice();
     return;
   }
   if (state.pending.length && model.accepts_images === false) {
@@ -284,7 +315,7 @@ async function reply(conv) {
       const choice = chunk.choices?.[0];
       if (choice?.delta?.content) {
         m.content += choice.delta.content;
-        appendDelta(m, choice.delta.content);
+        scheduleContent(m);
       }
       if (choice?.finish_reason) m.finish_reason = choice.finish_reason;
       if (chunk.usage) m.usage = chunk.usage; // the last chunk, with empty choices
@@ -320,10 +351,14 @@ function stop() {
   state.streams.get(state.currentId)?.abort();
 }
 
-/** Drop a failed reply and ask again. */
-function retry(m) {
+/** Drop a reply (a failed one, or the last one: Regenerate) and stream a new one in its place. */
+function askAgain(m) {
   const conv = current();
-  if (!conv || state.streams.has(conv.id) || !selectedModel()) return;
+  if (!conv || state.streams.has(conv.id)) return;
+  if (!selectedModel()) {
+    showModelsNotice();
+    return;
+  }
   conv.messages = conv.messages.filter((x) => x !== m);
   reply(conv);
 }
@@ -371,14 +406,28 @@ function openSettings() {
 async function loadModels() {
   try {
     state.models = await fetchModels(state.apiKey);
+    state.modelsError = null;
     hideNotice();
   } catch (e) {
     state.models = [];
-    const message = e instanceof APIError ? e.text : `Could not reach the server (${e.message}).`;
-    showNotice(`Could not load the model list: ${message}`,
-      e.status === 401 ? { label: "Open settings", run: openSettings } : { label: "Retry", run: loadModels });
+    state.modelsError = e instanceof APIError ? e : new APIError(`Could not reach the server (${e.message})`);
+    showModelsNotice();
   }
   renderModels();
+}
+
+// Why nothing can be sent. The server's own words when it gave any (a wrong key: which key, and
+// how to get one), also when the person tries to send later: a generic line in their place
+// would hide the one thing that says what to fix.
+function showModelsNotice() {
+  const e = state.modelsError;
+  if (!e) {
+    showNotice("No model is available. Check that the server is running and the API key in Settings.",
+      { label: "Open settings", run: openSettings });
+    return;
+  }
+  showNotice(`Could not load the model list: ${e.text}`,
+    e.status === 401 ? { label: "Open settings", run: openSettings } : { label: "Retry", run: loadModels });
 }
 
 // --- layout ------------------------------------------------------------------------------

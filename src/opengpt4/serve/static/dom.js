@@ -30,6 +30,8 @@ const ICONS = {
   clip: ["M21 11.5l-8.5 8.5a5 5 0 0 1-7-7l8.5-8.5a3.5 3.5 0 0 1 5 5L10.5 18a2 2 0 0 1-3-3L15 7.5"],
   send: ["M12 19V5", "M5 12l7-7 7 7"],
   stop: ["M7 7h10v10H7z"],
+  copy: ["M9 9h11v11H9z", "M5 15H4V4h11v1"],
+  regenerate: ["M21 4v6h-6", "M19 14.5a8 8 0 1 1-1.9-8.3L21 10"],
 };
 
 export function icon(name) {
@@ -43,4 +45,31 @@ export function icon(name) {
     svg.append(path);
   }
   return svg;
+}
+
+/**
+ * Put text on the clipboard; true when it worked. The async Clipboard API exists only in a
+ * secure context (https, or http on localhost), and the UI is also served over plain http to
+ * other machines, so fall back to the older copy command on a hidden textarea there.
+ */
+export async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch {
+      // denied (no permission, page not focused): try the fallback below
+    }
+  }
+  const area = h("textarea", { readonly: true, "aria-hidden": "true", class: "offscreen" });
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  try {
+    return document.execCommand("copy");
+  } catch {
+    return false;
+  } finally {
+    area.remove();
+  }
 }

@@ -46,6 +46,23 @@ export function persistConversations() {
   }
 }
 
+// What a new visitor gets. At temperature 1 with no cap on the reply a small model rambles, and
+// on a CPU one answer could stream for minutes; both stay editable in the toolbar.
+export const DEFAULT_SETTINGS = { model: null, temperature: 0.7, maxTokens: 512 };
+const SETTINGS_VERSION = 2;
+
+function loadSettings() {
+  const saved = { ...load(STORAGE.settings, {}) };
+  // Before version 2 the page saved the whole settings object as soon as it picked a model, so
+  // the old defaults (temperature 1, no max tokens) sit in nearly every browser without anyone
+  // having chosen them: read those as "not chosen" so the new defaults reach existing users too.
+  if (!(saved.version >= SETTINGS_VERSION)) {
+    if (saved.temperature === 1) delete saved.temperature;
+    if (saved.maxTokens === null) delete saved.maxTokens;
+  }
+  return { ...DEFAULT_SETTINGS, ...saved, version: SETTINGS_VERSION };
+}
+
 export function saveSettings() {
   store(STORAGE.settings, state.settings);
 }
@@ -57,9 +74,10 @@ export function saveSettings() {
 export const state = {
   conversations: load(STORAGE.conversations, []), // [{id, title, system, messages, updated}]
   currentId: load(STORAGE.current, null),
-  settings: { model: null, temperature: 1, maxTokens: null, ...load(STORAGE.settings, {}) },
+  settings: loadSettings(), // {model, temperature, maxTokens (null: no limit), version}
   apiKey: localStorage.getItem(STORAGE.apiKey) || "",
   models: [], // model objects from GET /v1/models (may carry pricing, context_length, accepts_images)
+  modelsError: null, // the APIError that kept the model list from loading (a wrong key, say), else null
   pending: [], // images attached in the composer, as data: URLs, not sent yet
   streams: new Map(), // conversation id -> AbortController of its in-flight reply
 };
