@@ -1,7 +1,9 @@
 """The web chat UI (src/opengpt4/serve/static/), driven in a real headless Chromium.
 
 Each test talks to a real uvicorn server on loopback serving the tiny model; nothing on the
-API side is mocked. Screenshots land in test-artifacts/ at the repository root.
+API side is mocked. Where a test needs a particular reply (a Markdown code block, say), a
+forward hook makes the model write it token by token (scripted_replies), so it still streams
+through the real engine and server. Screenshots land in test-artifacts/ at the repository root.
 CI needs Debian's chromium (`apt-get install -y chromium`); Playwright's own browser
 download is not used.
 """
