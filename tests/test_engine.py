@@ -53,6 +53,16 @@ def test_seeded_sampling_is_reproducible_and_n_samples_differ(engine, tiny_token
     assert [c.token_ids for c in other] == [c.token_ids for c in a]
 
 
+def test_any_integer_is_a_seed_and_reproduces(engine, tiny_tokenizer):
+    """The API puts no bound on `seed`: seeds far beyond 64 bits (or negative) sample, and
+    reproduce, instead of overflowing torch's generator."""
+    p = prompts(tiny_tokenizer)[0]
+    for seed in (2**70, -(2**80), 2**64 - 1):
+        params = SamplingParams(max_tokens=6, temperature=1.0, seed=seed, ignore_eos=True)
+        first, again = (engine.generate([p], params)[0][0].token_ids for _ in range(2))
+        assert len(first) == 6 and first == again
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy(engine, tiny_tokenizer):
     p = prompts(tiny_tokenizer)[1]
     greedy = engine.generate([p], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0][0].token_ids

@@ -174,13 +174,21 @@ def test_background_thread_with_concurrent_submitters(engine, tiny_tokenizer):
     assert [results[i] for i in range(8)] == [c[0].token_ids for c in engine.generate(ps, GREEDY)]
 
 
-def test_a_request_that_cannot_start_fails_alone(engine, tiny_tokenizer):
-    """Whatever happens to a request as it starts decoding (here a seed far beyond 64 bits), it
-    ends: its handle closes, and the batch around it runs on."""
+def test_a_request_that_cannot_start_fails_alone(engine, tiny_tokenizer, monkeypatch):
+    """Whatever happens to a request as it starts decoding (here a fault injected into building
+    its decoding state), it ends: its handle closes, and the batch around it runs on."""
+    build_row = engine.new_row
+
+    def faulty(prompt_index, sample_index, params, max_new):
+        if params.seed == 666:
+            raise RuntimeError("injected fault")
+        return build_row(prompt_index, sample_index, params, max_new)
+
+    monkeypatch.setattr(engine, "new_row", faulty)
     p = prompts(tiny_tokenizer, 1)[0]
     scheduler = Scheduler(engine, max_batch=4)
     ok = scheduler.submit(p, GREEDY)
-    odd = scheduler.submit(p, SamplingParams(max_tokens=4, seed=2**70))
+    odd = scheduler.submit(p, SamplingParams(max_tokens=4, seed=666))
     run_until_done(scheduler, [ok, odd])
     assert collect(ok)[1][0] == solo(engine, p, GREEDY)[0].token_ids
     assert scheduler.num_decoding == 0 and scheduler.reserved == 0 and not any(scheduler.slots)

@@ -223,7 +223,9 @@ class Engine:
         request's seed and its index, so it samples the same tokens whatever else is in the batch."""
         generator = None
         if not params.greedy:
-            seed = params.seed * 1_000_003 + sample_index if params.seed is not None else int(torch.randint(2**62, ()))
+            # Any integer is a valid seed (the API puts no bound on it); torch's generator takes 64 bits.
+            seed = (params.seed * 1_000_003 + sample_index) % 2**64 if params.seed is not None \
+                else int(torch.randint(2**62, ()))
             generator = torch.Generator().manual_seed(seed)
         counts = None
         if params.presence_penalty or params.frequency_penalty:
