@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import OpenGPT4Error, UnknownEvalArgument, UnsupportedEvalClass
 from opengpt4.evals import templates
 from opengpt4.evals.api import Eval
 from opengpt4.evals.registry import OPENAI_EVALS_CLASSES, PACKAGE_REGISTRY, EvalSpec, Registry, list_evals, load_class
@@ -42,7 +42,7 @@ def test_unknown_eval_lists_near_matches():
         Registry().get_eval("arithmetik")
 
 
-def test_user_registry_adds_evals_and_overrides_the_package_ones(tmp_path):
+def test_user_registry_adds_evals_and_overrides_the_package_ones_saying_so(tmp_path, capsys):
     user = write_registry(tmp_path / "user", MINE + """
 arithmetic:
   id: arithmetic.dev.v9
@@ -54,6 +54,8 @@ arithmetic.dev.v9:
     reg = Registry([user])
     spec = reg.get_eval("greet")
     assert spec.registry == user and spec.description == "Says hello."
+    # One stderr line per name of ours that the user registry replaces.
+    assert capsys.readouterr().err == f"warning: {user / 'evals' / 'mine.yaml'} replaces opengpt4's eval 'arithmetic'\n"
     ev = reg.make_eval(spec, Dummy(), seed=3)
     assert isinstance(ev, templates.Includes) and ev.ignore_case and ev.seed == 3
     assert ev.samples_jsonl == str(user / "data" / "greet" / "samples.jsonl")
@@ -71,8 +73,16 @@ arithmetic.dev.v9:
 @pytest.mark.parametrize("path", sorted(OPENAI_EVALS_CLASSES))
 def test_openai_evals_class_paths_load_our_templates(path):
     cls = load_class(EvalSpec(name="x", cls=path, args={}))
-    assert issubclass(cls, Eval) and cls.__module__ == "opengpt4.evals.templates"
+    assert issubclass(cls, Eval) and cls.__module__ in ("opengpt4.evals.templates", "opengpt4.evals.modelgraded")
     assert cls.__name__ == path.split(":")[1]
+
+
+def test_openai_evals_classes_without_a_counterpart_are_refused_by_name():
+    with pytest.raises(UnsupportedEvalClass) as e:
+        load_class(EvalSpec(name="mmmu-x.val.v0", cls="evals.elsuite.mmmu.eval:MMMU", args={}))
+    assert e.value.cls == "evals.elsuite.mmmu.eval:MMMU" and e.value.spec == "mmmu-x.val.v0"
+    assert "Match" in e.value.supported and "ModelBasedClassify" in e.value.supported
+    assert str(e.value).startswith("eval 'mmmu-x.val.v0': OpenAI Evals class evals.elsuite.mmmu.eval:MMMU cannot run")
 
 
 def test_other_class_paths_import_as_is_and_must_be_evals():
@@ -103,7 +113,7 @@ yesno:
     grader = Dummy()
     ev = reg.make_eval(reg.get_eval("judge"), Dummy(), grader=grader)
     assert ev.mg.name == "yesno" and ev.mg.choice_strings == ["Yes", "No"] and ev.grader is grader
-    assert ev.eval_type == "cot_classify"
+    assert ev.read_as == "cot_classify"  # yesno names no eval_type: the eval's reads the answers
     fact = Registry().get_modelgraded("fact")
     assert fact.choice_strings == list("ABCDE") and fact.choice_scores["C"] == 1.0
     assert fact.slots() == ["completion", "ideal", "input"]
@@ -126,10 +136,15 @@ def test_registry_errors_name_bad_yaml_duplicates_dangling_ids_and_bad_args(tmp_
     dangling = write_registry(tmp_path / "dangling", "x: {id: x.dev.v0}\n")
     with pytest.raises(OpenGPT4Error, match="points at unknown eval 'x.dev.v0'"):
         Registry([dangling]).get_eval("x")
-    wrong = write_registry(tmp_path / "wrong", "w: {class: opengpt4.evals.templates:Match, args: {nope: 1}}\n")
+    wrong = write_registry(tmp_path / "wrong", "w: {class: opengpt4.evals.templates:Match, args: {samples_jsonl: s.jsonl, nope: 1}}\n"
+                                               "v: {class: opengpt4.evals.templates:Match}\n")
     reg = Registry([wrong])
-    with pytest.raises(OpenGPT4Error, match="bad args for w"):
+    with pytest.raises(UnknownEvalArgument) as e:
         reg.make_eval(reg.get_eval("w"), Dummy())
+    assert e.value.spec == "w" and e.value.arguments == ["nope"] and e.value.file == str(wrong / "evals" / "mine.yaml")
+    assert str(e.value) == f"{e.value.file}: eval 'w': Match takes no argument(s) 'nope'"
+    with pytest.raises(OpenGPT4Error, match="bad args for v .*samples_jsonl"):
+        reg.make_eval(reg.get_eval("v"), Dummy())
 
 
 def cli(*args, env=None):
@@ -142,11 +157,15 @@ def test_eval_cli_errors_are_one_line_without_traceback(tmp_path):
     (broken / "evals").mkdir(parents=True)
     (broken / "evals" / "b.yaml").write_text("b: {id: b.v0\n")
     nodata = write_registry(tmp_path / "nodata", MINE)
+    odd = write_registry(tmp_path / "odd", "extra: {class: evals.elsuite.basic.match:Match, args: {samples_jsonl: s.jsonl, "
+                                           "temperature: 0.5}}\nmmmu: {class: evals.elsuite.mmmu.eval:MMMU}\n")
     cases = [(("run", "arithmetc", "--model", "x"), "unknown eval 'arithmetc'; did you mean arithmetic"),
              (("run", "b", "--model", "x", "--registry", str(broken)), "invalid YAML"),
              (("run", "greet", "--model", "http://127.0.0.1:9/v1#m", "--registry", str(nodata)), "greet/samples.jsonl: file not found"),
              (("run", "arithmetic", "--model", str(tmp_path / "no-model")), "no such checkpoint directory"),
-             (("run", "arithmetic", "--model", "http://127.0.0.1:9/v1"), "needs the model after '#'")]
+             (("run", "arithmetic", "--model", "http://127.0.0.1:9/v1"), "needs the model after '#'"),
+             (("run", "extra", "--model", "http://127.0.0.1:9/v1#m", "--registry", str(odd)), "Match takes no argument(s) 'temperature'"),
+             (("run", "mmmu", "--model", "http://127.0.0.1:9/v1#m", "--registry", str(odd)), "class evals.elsuite.mmmu.eval:MMMU cannot run")]
     for args, message in cases:
         r = cli(*args)
         assert r.returncode == 1, (args, r.stderr)

@@ -49,6 +49,7 @@ short:
   choice_strings: [Y, N]
   choice_scores: {Y: 1, N: 0}
   input_outputs: {input: completion}
+  eval_type: classify
 """
 
 
@@ -119,9 +120,10 @@ def test_same_eval_twice_is_identical_and_cached(tmp_path, local, registry):
     samples_a, samples_b = read_log(tmp_path / "a")[1:-1], read_log(tmp_path / "b")[1:-1]
     assert samples_a == samples_b
     assert [s["sample_id"] for s in samples_a] == [f"chat-match.dev.v0.{i}" for i in range(len(CHAT))]
-    # The scores are those of the model's greedy outputs under Match's rule.
+    # The scores are those of the model's greedy outputs under Match's rule (unstripped, as OpenAI Evals).
     for s in samples_a:
-        assert s["score"] == float(any(s["output"].strip().startswith(i) for i in s["ideal"]))
+        assert s["score"] == float(any(s["output"].startswith(i) for i in s["ideal"]))
+    assert a["metrics"]["accuracy"] == a["score"] and set(a["metrics"]) >= {"boostrap_std", "usage_total_tokens"}
     # A renamed copy of the checkpoint is the same model: still served from the cache.
     assert LocalCompletionFn(local.path, dtype="float32").identity == local.identity
 
@@ -157,14 +159,16 @@ def test_model_graded_end_to_end_with_the_local_model_as_grader(tmp_path, local,
     report = run_eval("judged", local, registries=[registry], out_dir=tmp_path / "j", progress=False)
     m = report["metrics"]
     assert report["n"] == len(CHAT) and report["grader"] is None  # graded by the model itself
-    assert sum(m["counts"].values()) + m["invalid"] == len(CHAT)
-    assert report["n_unscorable"] == m["invalid"] and m["invalid_rate"] == m["invalid"] / len(CHAT)
+    assert report["metric"] == "score" and m["score"] == pytest.approx(report["score"])
+    counts = {k: v for k, v in m.items() if k.startswith("counts/")}
+    assert sum(counts.values()) == len(CHAT) and set(counts) <= {"counts/Y", "counts/N", "counts/__invalid__"}
     samples = read_log(tmp_path / "j")[1:-1]
-    assert all(s["parsed"] in ("Y", "N", "__invalid__") for s in samples)
-    assert all((s["score"] is None) == (s["parsed"] == "__invalid__") for s in samples)
-    valid = [s["score"] for s in samples if s["score"] is not None]
-    assert report["score"] == (sum(valid) / len(valid) if valid else None)
-    assert samples[0]["extra"]["grader_prompt"][0]["content"].startswith("User: the cat sat on\n / ")
+    # An unreadable grade is scored as the lowest choice (N: 0), as OpenAI Evals scores it.
+    assert report["n_unscorable"] == 0
+    assert [s["score"] for s in samples] == [1.0 if s["parsed"] == "Y" else 0.0 for s in samples]
+    assert report["score"] == pytest.approx(m.get("counts/Y", 0) / len(CHAT))
+    prompt = samples[0]["extra"]["grader_prompt"][0]["content"]
+    assert prompt == f"the cat sat on / {samples[0]['output']} / ['cat', 'the']: Y or N?"
 
 
 def test_a_separate_grader_checkpoint_is_named_in_the_report(tmp_path, local, registry, ckpt):
@@ -192,7 +196,7 @@ def test_package_fact_eval_graded_by_smollm2(tmp_path, smollm2):
     """The package's model-graded example, with a real instruct model writing and grading answers."""
     report = run_eval("capitals-fact", str(smollm2), limit=2, out_dir=tmp_path / "fact", progress=False)
     m = report["metrics"]
-    assert report["n"] == 2 and sum(m["counts"].values()) + m["invalid"] == 2
+    assert report["n"] == 2 and sum(v for k, v in m.items() if k.startswith("counts/")) == 2
     samples = read_log(tmp_path / "fact")[1:-1]
     assert all(s["output"].strip() for s in samples)  # the model answered the questions
     assert all("[Submission]: " + s["output"] in s["extra"]["grader_prompt"][0]["content"] for s in samples)

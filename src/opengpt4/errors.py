@@ -89,3 +89,44 @@ class ModelNotFound(OpenGPT4Error):
 
 class InvalidAPIKey(OpenGPT4Error):
     """A missing, unknown or revoked API key."""
+
+
+# --- evals: a registry spec refused before anything is generated ---
+class EvalSpecError(OpenGPT4Error, ValueError):
+    """An eval spec that cannot run as written. `spec` (the eval's full name) and `file` (its
+    YAML) are None while the class is built outside a registry; the registry fills them in."""
+
+    def __init__(self, problem: str, spec: str | None = None, file: str | None = None) -> None:
+        self.problem = problem
+        super().__init__(problem)
+        self.locate(spec, file)
+
+    def locate(self, spec: str | None, file: str | None) -> None:
+        self.spec, self.file = spec, file
+        where = (f"{file}: " if file else "") + (f"eval {spec!r}: " if spec else "")
+        self.args = (where + self.problem,)
+
+
+class UnknownEvalArgument(EvalSpecError):
+    """`args:` the eval class does not take (OpenAI Evals fails on them too, with a TypeError)."""
+
+    def __init__(self, cls: str, arguments: list[str], spec: str | None = None, file: str | None = None) -> None:
+        self.cls, self.arguments = cls, list(arguments)
+        super().__init__(f"{cls} takes no argument(s) {', '.join(map(repr, self.arguments))}", spec, file)
+
+
+class InvalidEvalArgument(EvalSpecError):
+    """An argument the eval class takes, with a value it cannot run (named by `argument`)."""
+
+    def __init__(self, argument: str, problem: str, spec: str | None = None, file: str | None = None) -> None:
+        self.argument = argument
+        super().__init__(f"{argument}: {problem}", spec, file)
+
+
+class UnsupportedEvalClass(EvalSpecError):
+    """An OpenAI Evals class with no counterpart here (it needs Hugging Face datasets, solvers, tools…)."""
+
+    def __init__(self, cls: str, supported: list[str], spec: str | None = None, file: str | None = None) -> None:
+        self.cls, self.supported = cls, list(supported)
+        super().__init__(f"OpenAI Evals class {cls} cannot run in opengpt4 (it needs OpenAI Evals' own code); "
+                         f"the classes that can: {', '.join(self.supported)}", spec, file)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 # Scoring requests and results are the engine's (engine/score.py owns the token boundary
 # rule); eval classes and completion functions name them from here.
 from opengpt4.engine.score import Loglik, LoglikRequest
+from opengpt4.errors import UnknownEvalArgument
 
 # A prompt is raw text (sent as is, no chat template) or OpenAI chat messages.
 Prompt = str | list[dict[str, Any]]
@@ -43,6 +44,10 @@ class CompletionResult:
 
 
 class CompletionFn(Protocol):
+    """The model side. One that can only complete text (no chat template, no /chat/completions)
+    also sets `chat = False`: OpenAI Evals' templates then send it chat inputs flattened to text
+    (see prompts.py); without the attribute a model is taken to be a chat model."""
+
     identity: str  # stable id of the model (weights hash / endpoint + model); keys the cache
 
     def complete(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[CompletionResult]: ...
@@ -69,19 +74,22 @@ class SampleResult:
 class Eval:
     """Base of every eval class named by a spec's `class:` (see registry.py).
 
-    `args` are the spec's `args:`; `samples_jsonl` paths are resolved against the registry's
-    data directory by the registry. Subclasses implement `load_samples` and `run_batch`, and
-    may add metrics in `aggregate` (e.g. a subject-weighted mean).
+    The spec's `args:` are keyword arguments of the subclass; `samples_jsonl` paths are resolved
+    against the registry's data directory by the registry. An argument that no class in the
+    chain takes reaches this base and is refused, before anything runs. Subclasses implement
+    `load_samples` and `run_batch`, and may add metrics in `aggregate` (e.g. a subject-weighted mean).
     """
 
     batch_size: int = 16  # samples per run_batch call (a local model batches within a call)
+    metric: str | None = None  # what SampleResult.score measures; None: the spec's first metric
 
     def __init__(self, completion_fn: CompletionFn, *, seed: int = 0, data_dir: str | None = None,
-                 **args: Any) -> None:
+                 **unknown: Any) -> None:
+        if unknown:
+            raise UnknownEvalArgument(type(self).__name__, sorted(unknown))
         self.completion_fn = completion_fn
         self.seed = seed
         self.data_dir = data_dir
-        self.args = args
 
     def load_samples(self) -> list[dict[str, Any]]:
         raise NotImplementedError

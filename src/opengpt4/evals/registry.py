@@ -8,7 +8,10 @@ A registry directory holds `evals/*.yaml` (eval specs), `data/` (the samples the
     arithmetic.dev.v0: {class: evals.elsuite.basic.match:Match, args: {samples_jsonl: arithmetic/samples.jsonl}}
 
 Registries are searched in order, the package's first; a later one overrides an earlier one
-name by name. OpenAI Evals' own class paths map to our templates, so its specs load unchanged.
+name by name, and says so on stderr when it replaces one of the package's own. OpenAI Evals'
+class paths map to our templates, so its specs load unchanged; its other classes (agents,
+solvers, Hugging Face datasets) are refused by name before anything runs, as are spec
+arguments that the class does not take.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import difflib
 import importlib
 import inspect
 import re
-import string
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,9 +28,10 @@ from typing import Any
 
 import yaml
 
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import EvalSpecError, OpenGPT4Error, UnsupportedEvalClass
 
 from .api import CompletionFn, Eval
+from .modelgraded import ModelGradedSpec, parse_modelgraded
 
 # The package's own registry directory (not named "registry": that would shadow this module).
 PACKAGE_REGISTRY = Path(__file__).parent / "registry_data"
@@ -37,10 +41,13 @@ OPENAI_EVALS_CLASSES = {
     "evals.elsuite.basic.includes:Includes": "opengpt4.evals.templates:Includes",
     "evals.elsuite.basic.fuzzy_match:FuzzyMatch": "opengpt4.evals.templates:FuzzyMatch",
     "evals.elsuite.basic.json_match:JsonMatch": "opengpt4.evals.templates:JsonMatch",
-    "evals.elsuite.modelgraded.classify:ModelBasedClassify": "opengpt4.evals.templates:ModelBasedClassify",
+    "evals.elsuite.basic.match_with_solvers:MatchWithSolvers": "opengpt4.evals.templates:MatchWithSolvers",
+    "evals.elsuite.translate:Translate": "opengpt4.evals.templates:Translate",
+    "evals.elsuite.test.match:TestMatch": "opengpt4.evals.templates:TestMatch",
+    "evals.elsuite.modelgraded.classify:ModelBasedClassify": "opengpt4.evals.modelgraded:ModelBasedClassify",
 }
+OPENAI_EVALS_PACKAGE = "evals."  # class paths of OpenAI Evals' own package
 PATH_ARGS = ("samples_jsonl", "few_shot_jsonl")  # resolved against the registry's data/ directory
-EVAL_TYPES = ("classify", "cot_classify", "classify_cot")
 
 
 @dataclass
@@ -53,20 +60,6 @@ class EvalSpec:
     metrics: list[str] = field(default_factory=list)
     registry: Path = PACKAGE_REGISTRY  # the registry directory that defines it
     file: Path | None = None
-
-
-@dataclass
-class ModelGradedSpec:
-    name: str
-    prompt: str | list[dict[str, Any]]  # a template with {input}/{completion}/{ideal}-style slots
-    choice_strings: list[str]
-    input_outputs: dict[str, str]  # sample key of a prompt -> slot its completion fills
-    choice_scores: dict[str, float] | None = None
-    eval_type: str | None = None
-
-    def slots(self) -> list[str]:
-        texts = [self.prompt] if isinstance(self.prompt, str) else [m.get("content", "") for m in self.prompt]
-        return sorted({f for t in texts for _, f, _, _ in string.Formatter().parse(t) if f})
 
 
 class _Loader(yaml.SafeLoader):
@@ -93,7 +86,9 @@ def _read_yaml(file: Path) -> dict[str, Any]:
 
 
 def _load_kind(paths: list[Path], kind: str) -> dict[str, tuple[Any, Path, Path]]:
-    """name -> (raw spec, registry dir, file), later registries overriding earlier ones."""
+    """name -> (raw spec, registry dir, file), later registries overriding earlier ones. Replacing
+    one of the package's own is said on stderr: OpenAI Evals' registry, for one, reuses names
+    (hellaswag, lambada, fact) for specs of its own."""
     merged: dict[str, tuple[Any, Path, Path]] = {}
     for registry in paths:
         own: dict[str, Path] = {}
@@ -105,6 +100,9 @@ def _load_kind(paths: list[Path], kind: str) -> dict[str, tuple[Any, Path, Path]
                 if name in own:  # within one registry a name must be unique, as in OpenAI Evals
                     raise OpenGPT4Error(f"{file}: {name!r} is already defined in {own[name]}")
                 own[name] = file
+                if name in merged and merged[name][1] == PACKAGE_REGISTRY:
+                    what = "eval" if kind == "evals" else "modelgraded spec"
+                    print(f"warning: {file} replaces opengpt4's {what} {name!r}", file=sys.stderr)
                 merged[name] = (spec, registry, file)
     return merged
 
@@ -205,11 +203,17 @@ class Registry:
             args["grader"] = grader
         try:
             return cls(completion_fn, seed=seed, data_dir=data_dir, **args)
-        except TypeError as e:
+        except EvalSpecError as e:  # raised by the class, which does not know its spec's name
+            e.locate(spec.name, str(spec.file) if spec.file else None)
+            raise
+        except TypeError as e:  # e.g. a required argument missing
             raise OpenGPT4Error(f"{spec.file}: bad args for {spec.name} ({spec.cls}): {e}") from None
 
 
 def load_class(spec: EvalSpec) -> type[Eval]:
+    if spec.cls.startswith(OPENAI_EVALS_PACKAGE) and spec.cls not in OPENAI_EVALS_CLASSES:
+        names = sorted(path.rsplit(":", 1)[1] for path in OPENAI_EVALS_CLASSES)
+        raise UnsupportedEvalClass(spec.cls, names, spec.name, str(spec.file) if spec.file else None)
     path = OPENAI_EVALS_CLASSES.get(spec.cls, spec.cls)
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
@@ -221,40 +225,6 @@ def load_class(spec: EvalSpec) -> type[Eval]:
     if not (isinstance(cls, type) and issubclass(cls, Eval)):
         raise OpenGPT4Error(f"{spec.file}: {spec.cls} is not a subclass of opengpt4.evals.api.Eval")
     return cls
-
-
-def parse_modelgraded(name: str, raw: Any, file: Path | None = None) -> ModelGradedSpec:
-    """Check and normalize one OpenAI Evals modelgraded spec ("ABCDE" -> list, "from_strings" -> scores)."""
-    where = f"{file}: modelgraded spec {name!r}" if file else f"modelgraded spec {name!r}"
-    if not isinstance(raw, dict):
-        raise OpenGPT4Error(f"{where} must be a mapping")
-    missing = [k for k in ("prompt", "choice_strings") if k not in raw]
-    if missing:
-        raise OpenGPT4Error(f"{where} lacks {', '.join(missing)}")
-    choices = raw["choice_strings"]
-    choices = list(choices) if isinstance(choices, str) else [str(c) for c in choices]
-    bad = [c for c in choices if not c or any(ch in string.punctuation for ch in c)]
-    if not choices or bad:  # the parser strips punctuation from answers, so choices cannot hold any
-        raise OpenGPT4Error(f"{where}: choice strings must be non-empty and free of punctuation, got {choices}")
-    scores = raw.get("choice_scores")
-    if scores == "from_strings":
-        try:
-            scores = {c: float(c) for c in choices}
-        except ValueError:
-            raise OpenGPT4Error(f"{where}: choice_scores 'from_strings' needs numeric choices, got {choices}") from None
-    elif scores is not None:
-        if not isinstance(scores, dict) or set(map(str, scores)) != set(choices):
-            raise OpenGPT4Error(f"{where}: choice_scores must give a score to each of {choices}")
-        scores = {str(k): float(v) for k, v in scores.items()}
-    eval_type = raw.get("eval_type")
-    if eval_type is not None and eval_type not in EVAL_TYPES:
-        raise OpenGPT4Error(f"{where}: eval_type must be one of {', '.join(EVAL_TYPES)}, got {eval_type!r}")
-    prompt = raw["prompt"]
-    if not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)):
-        raise OpenGPT4Error(f"{where}: prompt must be a string or a list of chat messages")
-    input_outputs = raw.get("input_outputs") or {"input": "completion"}
-    return ModelGradedSpec(name=name, prompt=prompt, choice_strings=choices, input_outputs=dict(input_outputs),
-                           choice_scores=scores, eval_type=eval_type)
 
 
 def list_evals(registries: tuple[str | Path, ...] | list[str | Path] = ()) -> list[dict[str, str]]:

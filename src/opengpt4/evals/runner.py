@@ -120,6 +120,13 @@ def calibration(results: list[SampleResult], out: Path, title: str) -> dict[str,
             "reliability_png": str(out / "reliability.png")}
 
 
+def eval_metrics(aggregate: dict[str, Any], tokens: dict[str, int]) -> dict[str, Any]:
+    """The eval's own metrics plus the token counts as `oaieval` adds them to every final report
+    (usage_prompt_tokens, ...), so the metrics of an OpenAI Evals template read as its report does."""
+    usage = {f"usage_{k}": v for k, v in tokens.items()} if tokens["total_tokens"] else {}
+    return {**aggregate, **{k: v for k, v in usage.items() if k not in aggregate}}
+
+
 def cache_counts(fns: Iterable[CompletionFn | None]) -> dict[str, int]:
     unique = {id(f): f for f in fns if isinstance(f, CachedCompletionFn)}.values()
     return {"hits": sum(f.hits for f in unique), "misses": sum(f.misses for f in unique)}
@@ -159,10 +166,12 @@ def run_eval(name: str, completion_fn: str | CompletionFn, *, registries: Sequen
     report = {
         "eval": spec.name, "base_eval": spec.base, "class": spec.cls, "model": model.identity,
         "grader": grader_fn.identity if grader_fn is not None else None,
-        "metric": spec.metrics[0] if spec.metrics else getattr(eval_obj, "metric", "score"),
+        # The name of what `score` is: the class's own, not whatever the spec lists first.
+        "metric": eval_obj.metric or (spec.metrics[0] if spec.metrics else "score"),
         "score": summary.mean, "stderr": summary.stderr, "ci95": list(summary.ci95) if summary.ci95 else None,
         "n": len(results), "n_unscorable": len(results) - summary.n,
-        "metrics": eval_obj.aggregate(results), **calibration(results, out, f"{spec.name} — {model.identity}"),
+        "metrics": eval_metrics(eval_obj.aggregate(results), tokens),
+        **calibration(results, out, f"{spec.name} — {model.identity}"),
         "seed": seed, "limit": limit, "usage": tokens, "cache": cache_counts([model, grader_fn]),
         "run_time_s": round(time.time() - started, 3), "out_dir": str(out),
     }

@@ -48,6 +48,17 @@ def summarize(scores: Sequence[float], *, seed: int = 0, resamples: int = RESAMP
     return Summary(float(values.mean()), stderr, percentile_ci(bootstrap_means(values, seed, resamples)), n)
 
 
+def half_sample_std(values: Sequence[float], *, seed: int = 0, draws: int = 1000) -> float | None:
+    """OpenAI Evals' bootstrap std of accuracy: the std of the means of `draws` halves drawn
+    without replacement (theirs is unseeded; this one is seeded). None under two values."""
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    data = np.asarray(values, dtype=np.float64)
+    half = len(data) // 2
+    return float(np.std([rng.choice(data, half, replace=False).mean() for _ in range(draws)]))
+
+
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
     """Exact McNemar test of paired binary outcomes: a two-sided binomial test on the discordant pairs."""
     from scipy.stats import binomtest

@@ -1,44 +1,54 @@
-"""The eval templates of OpenAI Evals (elsuite/basic and modelgraded), on our `api.Eval`.
+"""OpenAI Evals' basic templates (elsuite/basic, translate, test), on our `api.Eval`.
 
-Each reads `{"input": ..., "ideal": ...}` samples from `samples_jsonl`, asks the completion
-function once per sample, and scores the answer as OpenAI Evals does:
+Each reads `{"input": ..., "ideal": ...}` samples from `samples_jsonl`, sends the input as
+OpenAI Evals' completion functions do (prompts.render: a string is one system message for a
+chat model), takes the arguments its OpenAI Evals class takes (no others), and scores and
+reports as it does:
 
-- Match: the completion (stripped) starts with an ideal;
-- Includes: an ideal appears in the completion (`ignore_case` optional);
-- FuzzyMatch: normalized completion and ideal contain one another; token F1 reported too;
-- JsonMatch: the completion parses as JSON equal to an ideal's JSON, key by key;
-- ModelBasedClassify: a grader model classifies the completion with a modelgraded spec.
+- Match: the completion, unstripped, starts with an ideal; accuracy, boostrap_std (their spelling);
+- Includes: an ideal appears in the completion (`ignore_case`); accuracy, boostrap_std;
+- FuzzyMatch: normalized completion and ideal contain one another; accuracy, f1_score;
+- JsonMatch: the completion parses as JSON equal to an ideal's, key by key; accuracy;
+- Translate: sentence BLEU > 30 (bleu.py, sacrebleu's rules); accuracy, sacrebleu_score;
+- MatchWithSolvers: the task description as a system message before the chat input, as
+  OpenAI Evals' default solver sends it; starts with the ideal or it capitalized; accuracy,
+  bootstrap_std;
+- TestMatch: Match on OpenAI Evals' three built-in samples.
+
+Request parameters are those each class sends: Match, FuzzyMatch and JsonMatch are greedy
+with max_tokens 500, 100 and 512. Includes, Translate and MatchWithSolvers send no temperature,
+so the API's default of 1 applies (seeded here by the run's seed). Where a class sends no
+max_tokens (Includes, MatchWithSolvers; Match declares 500 but never sends it) the API would
+generate to the end of the context; here such requests stop at 500 tokens, and Match sends
+the max_tokens it declares.
 
 The runner gives every sample a `sample_id` before `run_batch`; templates keep it.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import os
 import re
 import string
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from opengpt4.errors import OpenGPT4Error
+import numpy as np
+
+from opengpt4.errors import InvalidEvalArgument, OpenGPT4Error
 from opengpt4.files import read_jsonl
 
 from .api import CompletionFn, CompletionResult, Decoding, Eval, Prompt, SampleResult
-from .registry import ModelGradedSpec, parse_modelgraded
+from .bleu import corpus_bleu, sentence_bleu
+from .prompts import Chat, chat_to_text, is_chat, render, takes_chat
+from .stats import half_sample_std
 
-INVALID = "__invalid__"  # a grader answer that names no choice (OpenAI Evals' INVALID_STR)
-
-ANSWER_PROMPTS = {  # appended to the grader prompt when the eval asks for an eval_type (OpenAI Evals' wording)
-    "classify": "Answer the question by printing only a single choice from {choices} (without quotes or "
-                "punctuation) corresponding to the correct answer with no other text.",
-    "classify_cot": "First, answer by printing a single choice from {choices} (without quotes or punctuation) "
-                    "corresponding to the correct answer. Then, from the next line, explain your reasonings "
-                    "step by step.",
-    "cot_classify": "First, write out in a step by step manner your reasoning to be sure that your conclusion is "
-                    "correct. Avoid simply stating the correct answer at the outset. Then print only a single "
-                    "choice from {choices} (without quotes or punctuation) on its own line corresponding to the "
-                    "correct answer. At the end, repeat just the answer by itself on a new line.\n\nReasoning:",
-}
+DEFAULT_MAX_TOKENS = 500  # Match's declared default; the cap where a class sends no max_tokens
+API_TEMPERATURE = 1.0  # the API's default, for the classes that send no temperature
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -52,20 +62,8 @@ def usage(*results: CompletionResult) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-
-
-def chat_to_text(messages: list[dict[str, Any]]) -> str:
-    """A chat prompt as text for a grader's template (OpenAI Evals' chat_prompt_to_text_prompt)."""
-    prefixes = {"system": "", "user": "User: ", "assistant": "Assistant: "}
-    text = ""
-    for m in messages:
-        role = m.get("name") or m.get("role", "")
-        text += prefixes.get(role, role.capitalize() + ": ") + message_text(m.get("content", "")) + "\n"
-    return text.lstrip()
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def normalize(s: str) -> str:
@@ -106,15 +104,26 @@ def json_match(sampled: Any, correct: Any) -> bool:
     return sampled == correct
 
 
+def read_few_shot(num_few_shot: int, few_shot_jsonl: str | None) -> list[Chat]:
+    """The first `num_few_shot` rows' `sample` chats (Match's and Translate's few-shot turns)."""
+    if num_few_shot <= 0:
+        return []
+    if not few_shot_jsonl:
+        raise InvalidEvalArgument("num_few_shot", "num_few_shot > 0 needs few_shot_jsonl")
+    rows = read_jsonl(few_shot_jsonl)[:num_few_shot]
+    if not all(is_chat(r.get("sample")) for r in rows):
+        raise OpenGPT4Error(f"{few_shot_jsonl}: few-shot rows must carry 'sample': a list of chat messages")
+    return [r["sample"] for r in rows]
+
+
 # --- sample-file evals ----------------------------------------------------------------------
 class JsonlEval(Eval):
     """Samples from a JSONL file; `required` keys are checked when loading, naming the line."""
 
     required: tuple[str, ...] = ("input", "ideal")
 
-    def __init__(self, completion_fn: CompletionFn, *, samples_jsonl: str, seed: int = 0,
-                 data_dir: str | None = None, **args: Any) -> None:
-        super().__init__(completion_fn, seed=seed, data_dir=data_dir, **args)
+    def __init__(self, completion_fn: CompletionFn, *, samples_jsonl: str, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
         self.samples_jsonl = samples_jsonl
 
     def load_samples(self) -> list[dict[str, Any]]:
@@ -127,35 +136,29 @@ class JsonlEval(Eval):
 
 
 class BasicEval(JsonlEval):
-    """One completion per sample, scored by `check`; few-shot chat turns as in OpenAI Evals."""
+    """One completion per sample, rendered for the model's kind and scored by `check`.
+    Subclasses set `decoding` (with `request`) and may add few-shot turns (`few_shot`)."""
 
     metric = "accuracy"
+    few_shot: list[Chat] = []
+    decoding: Decoding
 
-    def __init__(self, completion_fn: CompletionFn, *, samples_jsonl: str, max_tokens: int = 500,
-                 temperature: float = 0.0, num_few_shot: int = 0, few_shot_jsonl: str | None = None,
-                 seed: int = 0, data_dir: str | None = None, **args: Any) -> None:
-        super().__init__(completion_fn, samples_jsonl=samples_jsonl, seed=seed, data_dir=data_dir, **args)
-        # Sampling (temperature > 0) is seeded by the run's seed, so a rerun samples the same text.
-        self.decoding = Decoding(max_tokens=max_tokens, temperature=temperature,
-                                 seed=seed if temperature > 0 else None)
-        self.num_few_shot = num_few_shot
-        self.few_shot: list[list[dict[str, Any]]] = []
-        if num_few_shot > 0:
-            if not few_shot_jsonl:
-                raise OpenGPT4Error("num_few_shot > 0 needs few_shot_jsonl")
-            rows = read_jsonl(few_shot_jsonl)[:num_few_shot]
-            if not all(isinstance(r.get("sample"), list) for r in rows):
-                raise OpenGPT4Error(f"{few_shot_jsonl}: few-shot rows must carry 'sample': a list of chat messages")
-            self.few_shot = [r["sample"] for r in rows]
+    def __init__(self, completion_fn: CompletionFn, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
+        self.chat = takes_chat(completion_fn)
+
+    def request(self, max_tokens: int, temperature: float) -> Decoding:
+        # Sampling is seeded by the run's seed, so a rerun samples the same text.
+        return Decoding(max_tokens=max_tokens, temperature=temperature, seed=self.seed if temperature > 0 else None)
 
     def prompt(self, sample: dict[str, Any]) -> Prompt:
         """The sample's input with the few-shot turns placed before its last message."""
         prompt = sample["input"]
         if not self.few_shot:
-            return prompt
-        if not isinstance(prompt, list):
+            return render(prompt, self.chat)
+        if not is_chat(prompt):
             raise OpenGPT4Error(f"sample {sample.get('sample_id')}: few-shot needs a chat input (a list of messages)")
-        return prompt[:-1] + [m for shot in self.few_shot for m in shot] + prompt[-1:]
+        return render(prompt[:-1] + [m for shot in self.few_shot for m in shot] + prompt[-1:], self.chat)
 
     def check(self, output: str, ideal: Any) -> tuple[Any, float, dict[str, Any]]:
         """(parsed answer, score, extra) of one completion."""
@@ -174,18 +177,45 @@ class BasicEval(JsonlEval):
                                     usage=usage(result), extra=extra))
         return out
 
+    def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
+        """Match's and Includes' report (the key is spelled as OpenAI Evals spells it)."""
+        scores = [r.score for r in results]
+        return {"accuracy": mean(scores), "boostrap_std": half_sample_std(scores, seed=self.seed)}
+
 
 class Match(BasicEval):
+    def __init__(self, completion_fn: CompletionFn, *, max_tokens: int = DEFAULT_MAX_TOKENS, num_few_shot: int = 0,
+                 few_shot_jsonl: str | None = None, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
+        self.decoding = self.request(max_tokens, 0.0)
+        self.few_shot = read_few_shot(num_few_shot, few_shot_jsonl)
+
     def check(self, output: str, ideal: Any) -> tuple[Any, float, dict[str, Any]]:
-        sampled = output.strip()
-        picked = next((i for i in map(str, ideals(ideal)) if sampled.startswith(i)), None)
+        picked = next((i for i in map(str, ideals(ideal)) if output.startswith(i)), None)
         return picked, float(picked is not None), {}
 
 
+class TestMatch(Match):
+    """OpenAI Evals' smoke test: Match on three built-in samples (its spec names no samples_jsonl)."""
+
+    __test__ = False  # not a pytest class, whatever its name
+    SAMPLES = [{"input": [{"role": "system", "content": "Complete the phrase as concisely as possible."},
+                          {"role": "user", "content": question}], "ideal": ideal}
+               for question, ideal in (("Once upon a ", "time"), ("The first US president was ", "George Washington"),
+                                       ("OpenAI was founded in 20", "15"))]
+
+    def __init__(self, completion_fn: CompletionFn, **kw: Any) -> None:
+        super().__init__(completion_fn, samples_jsonl="", **kw)
+
+    def load_samples(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.SAMPLES)
+
+
 class Includes(BasicEval):
-    def __init__(self, completion_fn: CompletionFn, *, ignore_case: bool = False, **args: Any) -> None:
-        super().__init__(completion_fn, **args)
+    def __init__(self, completion_fn: CompletionFn, *, ignore_case: bool = False, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
         self.ignore_case = ignore_case
+        self.decoding = self.request(DEFAULT_MAX_TOKENS, API_TEMPERATURE)
 
     def check(self, output: str, ideal: Any) -> tuple[Any, float, dict[str, Any]]:
         text = output.lower() if self.ignore_case else output
@@ -194,19 +224,23 @@ class Includes(BasicEval):
 
 
 class FuzzyMatch(BasicEval):
+    def __init__(self, completion_fn: CompletionFn, *, max_tokens: int = 100, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
+        self.decoding = self.request(max_tokens, 0.0)
+
     def check(self, output: str, ideal: Any) -> tuple[Any, float, dict[str, Any]]:
         answers = ideals(ideal)
         picked = next((i for i in answers if fuzzy_match(output, i)), None)
         return picked, float(picked is not None), {"f1": f1_score(output, answers)}
 
     def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
-        f1 = [r.extra["f1"] for r in results]
-        return {"f1_score": sum(f1) / len(f1)} if f1 else {}
+        return {"accuracy": mean([r.score for r in results]), "f1_score": mean([r.extra["f1"] for r in results])}
 
 
 class JsonMatch(BasicEval):
-    def __init__(self, completion_fn: CompletionFn, *, max_tokens: int = 512, **args: Any) -> None:
-        super().__init__(completion_fn, max_tokens=max_tokens, **args)
+    def __init__(self, completion_fn: CompletionFn, *, max_tokens: int = 512, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
+        self.decoding = self.request(max_tokens, 0.0)
 
     def load_samples(self) -> list[dict[str, Any]]:
         samples = super().load_samples()
@@ -228,113 +262,73 @@ class JsonMatch(BasicEval):
             return None, 0.0, {}
         return parsed, float(any(json_match(parsed, c) for c in self.correct(ideal))), {}
 
-
-# --- model-graded ---------------------------------------------------------------------------
-def get_choice(text: str, eval_type: str, choices: list[str]) -> str:
-    """The choice a grader answered, as OpenAI Evals parses it: the first line (the last for
-    cot_classify) that, without punctuation, starts or ends with a choice string."""
-    lines = text.strip().split("\n")
-    if eval_type.startswith("cot_classify"):
-        lines = lines[::-1]
-    for line in lines:
-        line = "".join(ch for ch in line.strip() if ch not in string.punctuation)
-        if not line:
-            continue
-        for choice in choices:
-            if line.startswith(choice) or line.endswith(choice):
-                return choice
-    return INVALID
+    def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
+        return {"accuracy": mean([r.score for r in results])}
 
 
-def fill(template: str, values: dict[str, Any], where: str) -> str:
-    """str.format with only the template's slots, each one required; values are inserted verbatim."""
-    slots = {f for _, f, _, _ in string.Formatter().parse(template) if f}
-    missing = sorted(slots - set(values))
-    if missing:
-        raise OpenGPT4Error(f"{where}: no value for slot(s) {', '.join(missing)} of the grader prompt")
-    return template.format(**{k: values[k] for k in slots})
+class Translate(BasicEval):
+    """A translation is right when its sentence BLEU against the ideals is over 30."""
 
+    def __init__(self, completion_fn: CompletionFn, *, max_tokens: int = DEFAULT_MAX_TOKENS, num_few_shot: int = 0,
+                 few_shot_jsonl: str | None = None, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
+        self.decoding = self.request(max_tokens, API_TEMPERATURE)
+        self.few_shot = read_few_shot(num_few_shot, few_shot_jsonl)
 
-class ModelBasedClassify(JsonlEval):
-    """OpenAI Evals' model-graded classification.
-
-    For each `input_outputs` pair (sample key -> slot), the model completes the sample's prompt
-    unless the sample already carries the slot; the grader then answers the modelgraded spec's
-    prompt with those slots filled. A grader answer that names no choice is `__invalid__` with
-    score None: counted apart (`invalid`), not silently the lowest score as OpenAI Evals does.
-    The eval's own `eval_type` (if any) appends OpenAI Evals' answer instructions and decides
-    how the answer is parsed; else the spec's eval_type parses it (default classify).
-    """
-
-    metric = "score"
-
-    def __init__(self, completion_fn: CompletionFn, *, samples_jsonl: str,
-                 modelgraded_spec: ModelGradedSpec | dict[str, Any], eval_type: str | None = None,
-                 grader: CompletionFn | None = None, modelgraded_spec_args: dict[str, Any] | None = None,
-                 sample_kwargs: dict[str, Any] | None = None, eval_kwargs: dict[str, Any] | None = None,
-                 seed: int = 0, data_dir: str | None = None, **args: Any) -> None:
-        super().__init__(completion_fn, samples_jsonl=samples_jsonl, seed=seed, data_dir=data_dir, **args)
-        if isinstance(modelgraded_spec, str):
-            raise OpenGPT4Error(f"modelgraded spec {modelgraded_spec!r}: load it through the registry")
-        mg = modelgraded_spec if isinstance(modelgraded_spec, ModelGradedSpec) else \
-            parse_modelgraded("inline", modelgraded_spec)
-        if eval_type is not None and eval_type not in ANSWER_PROMPTS:
-            raise OpenGPT4Error(f"eval_type must be one of {', '.join(ANSWER_PROMPTS)}, got {eval_type!r}")
-        self.mg, self.append_answer = mg, eval_type is not None
-        self.eval_type = eval_type or mg.eval_type or "classify"
-        self.grader = grader or completion_fn
-        self.spec_args = dict(modelgraded_spec_args or {})
-        self.required = tuple(mg.input_outputs)
-        self.sample_decoding = self._decoding(sample_kwargs or {})
-        self.grade_decoding = self._decoding(eval_kwargs or {})
-
-    def _decoding(self, kwargs: dict[str, Any]) -> Decoding:
-        """OpenAI Evals' sample_kwargs / eval_kwargs: max_tokens 1024 and greedy unless told otherwise."""
-        temperature = float(kwargs.get("temperature", 0.0))
-        return Decoding(max_tokens=int(kwargs.get("max_tokens", 1024)), temperature=temperature,
-                        seed=self.seed if temperature > 0 else None)
-
-    def grader_prompt(self, values: dict[str, Any], where: str) -> list[dict[str, Any]]:
-        text_values = {k: chat_to_text(v) if isinstance(v, list) and v and isinstance(v[0], dict) else v
-                       for k, v in values.items()}
-        messages = [{"role": "user", "content": self.mg.prompt}] if isinstance(self.mg.prompt, str) else self.mg.prompt
-        messages = [{**m, "content": fill(message_text(m.get("content", "")), text_values, where)} for m in messages]
-        if self.append_answer:
-            choices = " or ".join(f'"{c}"' for c in self.mg.choice_strings)
-            answer = ANSWER_PROMPTS[self.eval_type].format(choices=choices)
-            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + "\n\n" + answer}
-        return messages
-
-    def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
-        completions: list[dict[str, str]] = [{} for _ in samples]
-        spent: list[list[CompletionResult]] = [[] for _ in samples]
-        for key, slot in self.mg.input_outputs.items():
-            todo = [i for i, s in enumerate(samples) if slot not in s]
-            if not todo:
-                continue
-            results = self.completion_fn.complete([samples[i][key] for i in todo], self.sample_decoding)
-            for i, result in zip(todo, results, strict=True):
-                completions[i][slot] = result.texts[0]
-                spent[i].append(result)
-        prompts = [self.grader_prompt({**completions[i], **s, **self.spec_args}, f"sample {s['sample_id']}")
-                   for i, s in enumerate(samples)]
-        grades = self.grader.complete(prompts, self.grade_decoding)
-        out = []
-        for i, (sample, prompt, grade) in enumerate(zip(samples, prompts, grades, strict=True)):
-            choice = get_choice(grade.texts[0], self.eval_type, self.mg.choice_strings)
-            scores = self.mg.choice_scores
-            score = scores[choice] if scores is not None and choice != INVALID else None
-            outputs = {slot: completions[i].get(slot, sample.get(slot)) for slot in self.mg.input_outputs.values()}
-            first_key = next(iter(self.mg.input_outputs))
-            out.append(SampleResult(
-                sample_id=sample["sample_id"], prompt=sample[first_key],
-                output=next(iter(outputs.values())) if len(outputs) == 1 else outputs,
-                parsed=choice, ideal=sample.get("ideal"), score=score, usage=usage(*spent[i], grade),
-                extra={"grader_prompt": prompt, "grader_output": grade.texts[0]}))
-        return out
+    def check(self, output: str, ideal: Any) -> tuple[Any, float, dict[str, Any]]:
+        bleu = sentence_bleu(output, [str(i) for i in ideals(ideal)])
+        return output, float(bleu > 30), {"sacrebleu_sentence_score": bleu}
 
     def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
-        counts = Counter(r.parsed for r in results)
-        invalid = counts.pop(INVALID, 0)
-        return {"counts": {c: counts.get(c, 0) for c in self.mg.choice_strings}, "invalid": invalid,
-                "invalid_rate": invalid / len(results) if results else 0.0}
+        # Each sample against its own ideals (OpenAI Evals' call fails on a sample with several).
+        references = [[str(i) for i in ideals(r.ideal)] for r in results]
+        corpus = corpus_bleu([r.output for r in results], references) if results else None
+        return {"accuracy": mean([r.score for r in results]), "sacrebleu_score": corpus}
+
+
+class MatchWithSolvers(BasicEval):
+    """OpenAI Evals' MatchWithSolvers as its default solver runs it: the task description as a
+    system message, then the sample's chat. A text model gets it flattened with the solver's own
+    prefixes ("System: ", "User: "…), stops at the next prefix and is read up to it."""
+
+    SOLVER_PREFIXES = {"system": "System: ", "user": "User: ", "assistant": "Assistant: ", "spacer": "-----"}
+
+    def __init__(self, completion_fn: CompletionFn, *, task_description: str, n_samples: int | None = None,
+                 shuffle: bool = True, **kw: Any) -> None:
+        super().__init__(completion_fn, **kw)
+        if not task_description:
+            raise InvalidEvalArgument("task_description", "must be a text or the path of a file holding one")
+        # As OpenAI Evals does: a string that names an existing file is read from it.
+        self.task_description = Path(task_description).read_text() if os.path.exists(task_description) \
+            else task_description
+        self.n_samples, self.shuffle = n_samples, shuffle
+        self.separators = [p.strip() for p in self.SOLVER_PREFIXES.values() if p.strip()]
+        self.decoding = self.request(DEFAULT_MAX_TOKENS, API_TEMPERATURE)
+        if not self.chat:
+            self.decoding = dataclasses.replace(self.decoding, stop=tuple(self.separators))
+
+    def load_samples(self) -> list[dict[str, Any]]:
+        samples = super().load_samples()
+        for i, sample in enumerate(samples):
+            if not is_chat(sample["input"]) or any(set(m) != {"role", "content"} for m in sample["input"]):
+                raise OpenGPT4Error(f"{self.samples_jsonl}: sample {i}: input must be chat messages with only "
+                                    "'role' and 'content'")
+        if self.shuffle:  # numpy's legacy seeded shuffle, as OpenAI Evals draws the subset
+            np.random.RandomState(self.seed).shuffle(samples)
+        return samples[:self.n_samples] if self.n_samples is not None else samples
+
+    def prompt(self, sample: dict[str, Any]) -> Prompt:
+        messages = [{"role": "system", "content": self.task_description}, *sample["input"]]
+        return messages if self.chat else chat_to_text(messages, prefixes=self.SOLVER_PREFIXES)
+
+    def check(self, output: str, ideal: Any) -> tuple[Any, float, dict[str, Any]]:
+        if not self.chat:  # the solver cuts a text model's answer at the next turn it starts
+            for separator in self.separators:
+                output = output.split(separator)[0].strip()
+        first = ideal if isinstance(ideal, str) else ideal[0]
+        picked = next((i for i in (first, first.capitalize()) if output.startswith(i)), None)
+        return picked, float(picked is not None), {}
+
+    def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
+        scores = [r.score for r in results]
+        return {"accuracy": mean(scores), "bootstrap_std": half_sample_std(scores, seed=self.seed)}
