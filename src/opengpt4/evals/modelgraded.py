@@ -183,7 +183,6 @@ class ModelBasedClassify(JsonlEval):
         self.read_as = mg.eval_type or eval_type  # the spec's eval_type decides how answers are read
         self.match_fn = match_fn or "starts_or_endswith"
         self.choices = mg.choices(multicomp_n)
-        check_choices(self.choices, f"modelgraded spec {mg.name!r}")
         self.choice_scores = mg.scores(self.choices)
         self.grader = grader or completion_fn
         self.spec_args = dict(modelgraded_spec_args or {})
