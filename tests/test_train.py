@@ -1,6 +1,7 @@
 """Pretraining: exact resume after SIGKILL, DDP/FSDP under torchrun, schedules, bad input."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from opengpt4.config import TrainConfig, apply_overrides
+from opengpt4.config import TrainConfig, apply_overrides, get_preset
 from opengpt4.errors import ConfigError
 from opengpt4.train.optim import lr_at
 
@@ -80,6 +81,24 @@ def test_resume_after_sigkill_gives_the_same_losses(data, tmp_path):
     assert resumed == reference  # exactly, step for step
 
 
+def test_a_time_budget_holds_the_final_eval_and_checkpoint_and_logs_plain_progress(data, tmp_path):
+    """Evals only at the end (eval_every=0), the case whose final eval used to run past the budget.
+    stdout is a pipe here: progress comes as plain lines, not a live bar."""
+    budget, tolerance = 24.0, 5.0  # seconds; the tolerance absorbs load on a shared 2-core machine
+    start = time.monotonic()
+    r = run_train("--data", str(data), "--out", str(tmp_path / "ck"), "--max-minutes", str(budget / 60), *TRAIN,
+                  "--set", "eval_every=0", "--set", "probe_size=64")
+    wall = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert wall <= budget + tolerance, f"{wall:.1f} s for a {budget:.0f} s budget"
+    state = json.loads((tmp_path / "ck" / "trainer_state.json").read_text())
+    lines = [json.loads(x) for x in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    # the eval that measures what the final one costs, at step 0, and the final one
+    assert state["step"] >= 1 and [m["step"] for m in lines if "val" in m] == [0, state["step"]]
+    progress = [x for x in r.stdout.splitlines() if " steps  loss " in x]
+    assert progress and progress[-1].startswith(f"{state['step']} steps  loss ") and "left" in progress[-1], r.stdout
+
+
 def test_resume_refuses_data_built_with_another_tokenizer(data, tmp_path):
     from opengpt4.data.build import build
 
@@ -112,6 +131,19 @@ def test_torchrun_two_ranks_match_one_process(data, tmp_path, fsdp):
     assert sorted(two) == [1, 2, 3, 4, 5]
     for step in one:
         assert abs(one[step] - two[step]) <= 1e-3, (step, one[step], two[step])
+
+
+def test_train_help_states_the_default_run_length_the_trainer_computes():
+    """With neither --max-steps nor --max-minutes, Trainer runs Chinchilla's 20 tokens per parameter
+    of a model whose vocabulary is the data's, rounded up to a multiple of 64."""
+    from opengpt4.data.build import PRESETS
+
+    cfg = TrainConfig()
+    d4 = get_preset("d4", vocab_size=64 * math.ceil(PRESETS["mini"].vocab_size / 64))
+    steps = math.ceil(d4.compute_optimal_tokens() / (cfg.batch_size * cfg.seq_len))
+    text = " ".join(run_train("--help").stdout.split())
+    assert f"d4: {d4.num_params() / 1e6:.2f}M parameters" in text
+    assert f"{steps:,} steps of {cfg.batch_size * cfg.seq_len:,} tokens" in text, text
 
 
 def test_lr_schedules_warm_up_then_decay_by_cosine_or_wsd_to_the_minimum():

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ from opengpt4.train.optim import (
 )
 
 STATE_FILE, METRICS_FILE, PLOT_FILE = "trainer_state.json", "metrics.jsonl", "loss.png"
+RESERVE_MARGIN = 1.5  # x the measured eval + checkpoint time held back from a time budget
+PLAIN_EVERY = 10.0  # seconds between progress lines when the output is not a terminal
 
 
 def sha256(path: Path) -> str:
@@ -68,10 +71,21 @@ def plain_model(model: nn.Module, config: ModelConfig) -> Transformer:
     return plain
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux; 0 elsewhere): a time budget counts the start-up,
+    torch's import included, as `time opengpt4 train ...` does."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in ticks since boot
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0)
+
+
 class Trainer:
     def __init__(self, preset: str, data: Path, out: Path, cfg: TrainConfig, model_overrides: list[str],
                  max_steps: int | None, max_minutes: float | None, resume: bool, fsdp: bool) -> None:
-        self.started = time.perf_counter()  # a time budget counts start-up too
+        self.started = time.perf_counter() - process_age()
         self.dist = d = distributed.init()
         self.data, self.out, self.fsdp = data, out, fsdp
         self.index = read_index(data)
@@ -114,12 +128,22 @@ class Trainer:
         self.val_batches = {dom: val.eval_batches(dom, cfg.eval_batches, micro) for dom in self.weights}
         self.probes = Probes(data, cfg.probe_size, cfg.seed)
 
-        self.step, self.tokens, self.elapsed, self.reserve = 0, 0, 0.0, 0.0
+        self.step, self.tokens, self.elapsed_before = 0, 0, 0.0
+        # What the final eval and checkpoint cost, measured (None: not yet), and the last step's time:
+        # a time budget stops training when they no longer fit, so that it holds them too.
+        self.eval_seconds: float | None = None
+        self.save_seconds: float | None = None
+        self.step_seconds = 0.0
+        self.schedule_progress, self.finished = 0.0, False  # rank 0's progress() and done(), see sync_clock
+        self.evaluated_at: int | None = None  # the steps the last eval and checkpoint were made at
+        self.saved_at: int | None = None
         self.metrics = MetricsLog(out / METRICS_FILE)
         if state is not None:
             load_optimizer(self.optimizer, self.param_names, out / OPTIMIZER_FILE)
             self.loader.load_state_dict(state["loader"])
-            self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+            self.step, self.tokens, self.elapsed_before = state["step"], state["tokens"], state["elapsed"]
+            self.eval_seconds, self.save_seconds = state.get("eval_seconds"), state.get("save_seconds")
+            self.evaluated_at = self.saved_at = self.step  # the checkpoint: saved then, with an eval if it was final
             self.metrics = MetricsLog.resume(out / METRICS_FILE, self.step)
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -144,15 +168,38 @@ class Trainer:
         return json.loads(file.read_text())
 
     # --- the loop ----------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the run: earlier processes' (resumed) and this one's since it started."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    @property
+    def reserve(self) -> float:
+        """Seconds held back from a time budget for the final eval and checkpoint: their measured cost
+        with a margin, as the machine's load (and the probes' answer lengths) vary."""
+        return RESERVE_MARGIN * ((self.eval_seconds or 0.0) + (self.save_seconds or 0.0))
+
     def progress(self) -> float:
-        """Fraction of the run done: by steps, or by wall-clock time with the last eval + save's
-        duration held in reserve, so that a time budget includes the final eval and checkpoint."""
-        parts = [self.step / self.max_steps if self.max_steps else 0.0,
-                 (self.elapsed + self.reserve) / self.max_seconds if self.max_seconds else 0.0]
-        return max(parts)
+        """Fraction of the run done: by steps, or by the wall-clock time there is for training."""
+        parts = [self.step / self.max_steps if self.max_steps else 0.0]
+        if self.max_seconds:
+            training = self.max_seconds - self.reserve
+            parts.append(self.elapsed / training if training > 0 else 1.0)
+        return min(max(parts), 1.0)
 
     def done(self) -> bool:
-        return self.progress() >= 1.0
+        """No step is left: the step budget is spent, or one more step would not leave time for the
+        final eval and checkpoint."""
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return True
+        return self.max_seconds is not None and self.elapsed + self.step_seconds + self.reserve >= self.max_seconds
+
+    def sync_clock(self) -> None:
+        """Take rank 0's progress() and done() on every rank: ranks reading their own clocks would
+        apply different learning rates, or one would stop while another waits in a collective."""
+        mine = [self.progress(), float(self.done())] if self.dist.is_main else [0.0, 0.0]
+        progress, done = distributed.all_reduce_sum(torch.tensor(mine, dtype=torch.float64), self.dist).tolist()
+        self.schedule_progress, self.finished = progress, done > 0
 
     def train_step(self) -> dict[str, float]:
         d, cfg = self.dist, self.cfg
@@ -160,7 +207,7 @@ class Trainer:
         micro_batches = self.loader.next()
         counted = sum(int((b.targets != IGNORE_INDEX).sum()) for b in micro_batches)
         n_valid = float(distributed.all_reduce_sum(torch.tensor(float(counted)), d))
-        lr = lr_at(cfg, self.step, self.progress())
+        lr = lr_at(cfg, self.step, self.schedule_progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         loss_sum = torch.zeros(())
@@ -182,7 +229,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss = float(distributed.all_reduce_sum(loss_sum, d)) / n_valid
-        seconds = time.perf_counter() - start
+        seconds = self.step_seconds = time.perf_counter() - start
         self.step += 1
         self.tokens += cfg.batch_size * cfg.seq_len
         tokens_per_s = cfg.batch_size * cfg.seq_len / seconds
@@ -191,18 +238,29 @@ class Trainer:
                 "mfu": self.flops_per_step / seconds / (self.peak_flops * d.world_size)}
 
     def evaluate(self) -> dict[str, Any]:
+        """Val loss per domain and the probes, added to the metrics; timed, for the reserve."""
+        start = time.perf_counter()
         val = val_losses(self.model, self.val_batches, self.autocast)
         model = distributed.unwrap(self.model) if not self.fsdp else self.model
         probe = self.probes.run(model, self.tokenizer)
-        return {"step": self.step, "tokens": self.tokens, "val": val, "probe": probe}
+        result = {"step": self.step, "tokens": self.tokens, "val": val, "probe": probe}
+        self.metrics.append(result)
+        self.evaluated_at, self.eval_seconds = self.step, time.perf_counter() - start
+        return result
 
     def save(self) -> None:
+        start = time.perf_counter()
         plain = plain_model(self.model, self.model_config)  # collective under FSDP
         optim = optimizer_tensors(self.optimizer, self.param_names)
-        if not self.dist.is_main:
-            return
+        self.saved_at = self.step
+        if self.dist.is_main:
+            self._write_checkpoint(plain, optim)
+        self.save_seconds = time.perf_counter() - start
+
+    def _write_checkpoint(self, plain: Transformer, optim: dict[str, torch.Tensor]) -> None:
         state = {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed, "max_steps": self.max_steps,
                  "max_minutes": self.max_seconds / 60 if self.max_seconds else None,
+                 "eval_seconds": self.eval_seconds, "save_seconds": self.save_seconds,
                  "loader": self.loader.state_dict(), "train_config": dataclasses.asdict(self.cfg),
                  "data": str(self.data), "world_size": self.dist.world_size}
 
@@ -215,43 +273,100 @@ class Trainer:
         save_checkpoint(self.out, plain, self.tokenizer, write_extra=write_extra)
 
     def run(self) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
         d, cfg = self.dist, self.cfg
         if d.is_main:
             n = self.model_config.num_params()
             print(f"model {self.model_config.name}: {n / 1e6:.2f}M parameters, {cfg.batch_size * cfg.seq_len:,} "
                   f"tokens/step, mixture {self.weights}, peak {self.peak_flops / 1e9:.0f} GFLOP/s per rank, "
                   f"{d.world_size} rank(s)", file=sys.stderr)
-        total = self.max_steps or None
-        with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                      disable=not d.is_main, transient=False, console=None) as bar:
-            task = bar.add_task("train", total=total, completed=self.step, info="")
-            clock = self.started
-            while not self.done():
-                line = self.train_step()
-                self.elapsed += time.perf_counter() - clock
-                clock = time.perf_counter()
-                if self.step % cfg.log_every == 0 or self.done():
-                    self.metrics.append(line)
-                bar.update(task, completed=self.step, info=f"loss {line['loss']:.3f}  "
-                           f"{line['tokens_per_s']:,.0f} tok/s  MFU {100 * line['mfu']:.1f}%")
-                last = self.done()
-                evaluate = (cfg.eval_every and self.step % cfg.eval_every == 0) or last
-                if evaluate:
-                    result = self.evaluate()
-                    self.metrics.append(result)
-                    if d.is_main:
-                        bar.console.print(_format_eval(result))
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or last:
+        with Report(self, enabled=d.is_main) as report:
+            if self.max_seconds:
+                # A time budget must hold the final eval and checkpoint: measure them first, on the
+                # untrained model (whose probe answers run to their full 12 tokens, the slowest case).
+                # The run gets a step-0 point on its curves and a checkpoint to resume from.
+                if self.eval_seconds is None:
+                    report.eval(self.evaluate())
+                if self.save_seconds is None:  # also on resume: a checkpoint holds the save before its own
                     self.save()
-                distributed.barrier(d)
-                if evaluate:  # the final eval and save must fit in a time budget too (+15 s for the save)
-                    self.reserve = time.perf_counter() - clock + 15.0
-                self.elapsed += time.perf_counter() - clock
-                clock = time.perf_counter()
+            self.sync_clock()
+            while not self.finished:
+                line = self.train_step()
+                self.sync_clock()
+                if self.step % cfg.log_every == 0 or self.finished:
+                    self.metrics.append(line)
+                report.step(line)
+                evaluate = bool(cfg.eval_every and self.step % cfg.eval_every == 0)
+                save = bool(cfg.ckpt_every and self.step % cfg.ckpt_every == 0)
+                if evaluate:
+                    report.eval(self.evaluate())
+                if save:
+                    self.save()
+                if evaluate or save:
+                    distributed.barrier(d)
+                    self.sync_clock()  # they took time: the next step may no longer fit
+            if self.evaluated_at != self.step:
+                report.eval(self.evaluate())
+            if self.saved_at != self.step:
+                self.save()
+            distributed.barrier(d)
         distributed.shutdown(d)
+
+
+class Report:
+    """Training progress for people: a live bar on a terminal; elsewhere (a log file, CI, nohup)
+    a plain line every PLAIN_EVERY seconds, and evals on one line each, never wrapped."""
+
+    def __init__(self, trainer: Trainer, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.trainer, self.enabled = trainer, enabled
+        self.live = Console().is_terminal
+        self.bar = None
+        self.printed = time.perf_counter()
+
+    def __enter__(self) -> Report:
+        if self.enabled and self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[steps]}"),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=1.0, completed=self.trainer.progress(),
+                                          steps=self.steps(), info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def steps(self) -> str:
+        t = self.trainer
+        return f"{t.step}/{t.max_steps} steps" if t.max_steps else f"{t.step} steps"
+
+    def step(self, line: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        info = f"loss {line['loss']:.3f}  {line['tokens_per_s']:,.0f} tok/s  MFU {100 * line['mfu']:.1f}%"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.trainer.progress(), steps=self.steps(), info=info)
+        elif time.perf_counter() - self.printed >= PLAIN_EVERY or self.trainer.finished:
+            t = self.trainer
+            left = f", {_clock(t.max_seconds - t.elapsed)} left" if t.max_seconds else ""
+            print(f"{self.steps()}  {info}  {_clock(t.elapsed)} elapsed{left}", flush=True)
+            self.printed = time.perf_counter()
+
+    def eval(self, result: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.console.print(_format_eval(result), soft_wrap=True)
+        else:
+            print(_format_eval(result), flush=True)
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(max(int(seconds), 0), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
 
 
 def _format_eval(result: dict) -> str:
