@@ -9,9 +9,11 @@ import os
 import gguf
 import numpy as np
 import pytest
+import tokenizers
 import torch
 
 from opengpt4.config import get_preset
+from opengpt4.engine.generate import Engine
 from opengpt4.errors import CheckpointError
 from opengpt4.model import convert
 from opengpt4.model.checkpoint import load_checkpoint, save_checkpoint
@@ -134,15 +136,42 @@ def test_export_hf_matches_transformers_logits_tokenizer_chat_and_imports_back(t
     assert max_diff(model, hf, ids) <= 1e-4
     assert hf.config.tie_word_embeddings == config.tie_embeddings
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert hf_tok(TEXT)["input_ids"] == tok.encode(TEXT)
+    assert hf_tok(TEXT)["input_ids"] == tok.encode(TEXT, add_bos=True)  # trained tokenizers start texts with BOS
     assert hf_tok.decode(tok.encode(TEXT)) == tok.decode(tok.encode(TEXT)) == TEXT
     chat = [{"role": "user", "content": "hello 42"}]
-    rendered = hf_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    assert hf_tok(rendered)["input_ids"] == tok.render_chat(chat, add_generation_prompt=True).ids
+    hf_chat = hf_tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=True, return_dict=True)
+    assert hf_chat["input_ids"] == tok.render_chat(chat, add_generation_prompt=True).ids
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == tok.stop_ids
 
-    back, _ = load_checkpoint(convert.import_hf(out, tmp_path / "back"))  # and in again
+    back, back_tok = load_checkpoint(convert.import_hf(out, tmp_path / "back"))  # and in again
     assert max_diff(back, hf, ids) <= 1e-4
+    assert back_tok.add_bos and back_tok.encode(TEXT) == tok.encode(TEXT)
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_export_hf_tokenizes_a_text_as_we_do_so_transformers_gives_our_logits(tmp_path, tok, add_bos):
+    """Our text prompts start with BOS when the tokenizer says so (what pretraining put before every
+    document); the export's tokenizer must too, or transformers conditions on another sequence."""
+    ours_tok = Tokenizer(tokenizers.Tokenizer.from_str(tok.backend.to_str()), add_bos=add_bos)
+    torch.manual_seed(2)
+    model = Transformer(dataclasses.replace(get_preset("test"), vision=None, image_token_id=None)).eval()
+    model.init_weights()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5)  # logits far enough apart that dropping BOS shows
+    out = convert.export_hf(save_checkpoint(tmp_path / "ck", model, ours_tok), tmp_path / "hf")
+
+    model, ours_tok = load_checkpoint(tmp_path / "ck")
+    ours = Engine(model, ours_tok, pack=False).text_prompt(TEXT).ids  # what generate --raw and evals feed the model
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = hf_tok(TEXT, return_tensors="pt")["input_ids"]
+    assert ids[0].tolist() == ours and (ours[0] == ours_tok.bos_id) == add_bos
+    assert tokenizers.Tokenizer.from_file(str(out / "tokenizer.json")).encode(TEXT).ids == ours  # other runtimes
+    hf = transformers.LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours_logits, hf_logits = model(torch.tensor([ours])), hf(ids).logits
+        assert (ours_logits - hf_logits).abs().max().item() <= 1e-4
+        if add_bos:  # the mistake this guards against: the same text without BOS predicts otherwise
+            assert (ours_logits[0, -1] - hf(ids[:, 1:]).logits[0, -1]).abs().max().item() > 1e-2
 
 
 # --- SmolLM2, the real thing ----------------------------------------------------------------

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import gguf
+import tokenizers
 import torch
 from rich.console import Console
 from rich.progress import track
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from tokenizers import processors
 
 from opengpt4.config import ModelConfig
 from opengpt4.errors import CheckpointError, ConfigError, TokenizerError
@@ -308,6 +310,8 @@ def export_hf(model: str | Path, out: str | Path) -> Path:
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.bos_token, "eos_token": tok.eos_token,
         "pad_token": tok.pad_token, "chat_template": template, "model_max_length": c.max_seq_len,
         "clean_up_tokenization_spaces": False,  # decode exactly as our tokenizer does
+        # transformers 5 rebuilds the post-processor from these flags; tokenizer.json carries the same
+        "add_bos_token": tok.add_bos, "add_eos_token": False,
     }
     generation_config = {**ids, "eos_token_id": tok.stop_ids}  # stop at <|im_end|> as well as eos
 
@@ -316,6 +320,19 @@ def export_hf(model: str | Path, out: str | Path) -> Path:
                           ("generation_config.json", generation_config)]:
             (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tok.save(tmp)
+        _hf_backend(tok).save(str(tmp / "tokenizer.json"))
 
     return atomic_write_dir(out, write)
+
+
+def _hf_backend(tok: Tokenizer) -> tokenizers.Tokenizer:
+    """Our tokenizer.json with a post-processor that starts a text with BOS exactly when our own
+    plain-text prompts do (`add_bos`, Engine.text_prompt): then `tokenizer(text)` in transformers,
+    or tokenizer.json read by any other runtime, gives the ids our model was trained on. Chat
+    templates are unaffected: apply_chat_template tokenizes without special tokens."""
+    backend = tokenizers.Tokenizer.from_str(tok.backend.to_str())  # a copy: the loaded tokenizer stays as it is
+    first, second = (f"{tok.bos_token}:0 ", f"{tok.bos_token}:1 ") if tok.add_bos else ("", "")
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{first}$A:0", pair=f"{first}$A:0 {second}$B:1",
+        special_tokens=[(tok.bos_token, tok.bos_id)] if tok.add_bos else [])
+    return backend
