@@ -188,7 +188,7 @@ def test_packed_weights_match_plain_and_never_go_stale(dtype):
     ids = torch.randint(0, 300, (2, 9))
     with torch.no_grad():
         plain = model(ids).float()
-        if model.pack_for_cpu_inference() == 0:
+        if model.pack_for_cpu_inference(only_if_faster=False) == 0:
             pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU")
         packed = model(ids).float()
         tol = 1e-4 if dtype == torch.float32 else 0.1
@@ -215,3 +215,17 @@ def test_padding_past_the_cache_end_never_overwrites_the_last_real_token(tiny_mo
         tiny_model(a[None], cache=alone)
     assert cache.lengths.tolist() == [6, 5]
     assert torch.allclose(cache.k[:, 0, :, :6], alone.k[:, 0, :, :6], atol=1e-5)
+
+
+def test_packing_by_measurement_packs_whole_dtype_groups_and_keeps_the_logits():
+    """The default packs a dtype's weights only where the packed product measured faster: all
+    of them or none, and either way the logits are the plain ones."""
+    torch.manual_seed(6)
+    model = Transformer(tiny_config(False)).eval()
+    model.init_weights()
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        plain = model(ids)
+        packed = model.pack_for_cpu_inference()
+        assert packed in (0, 2 * model.config.n_layer * 2 + 1)  # qkv, o, gate_up, down per layer + the head
+        assert (model(ids) - plain).abs().max() <= 1e-4
