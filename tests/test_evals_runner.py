@@ -263,7 +263,7 @@ def test_http_run_matches_local_run(tmp_path, engine, base_url, registry):
                      out_dir=tmp_path / "local", progress=False)
     remote = run_eval("chat-match", f"{base_url}#tiny", registries=[registry], out_dir=tmp_path / "http",
                       progress=False, workers=2)
-    assert remote["model"] == f"http:{base_url}#tiny"
+    assert remote["model"] == f"{base_url}#tiny"
     pick = [(s["sample_id"], s["output"], s["parsed"], s["score"]) for s in read_log(tmp_path / "local")[1:-1]]
     assert pick == [(s["sample_id"], s["output"], s["parsed"], s["score"]) for s in read_log(tmp_path / "http")[1:-1]]
     assert sum(bool(output) for _, output, _, _ in pick) >= len(CHAT) // 2

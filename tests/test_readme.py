@@ -134,7 +134,6 @@ def test_keys_usage_and_eval_list_run_as_written(shell):
         assert shell.run(command(title, start)).stdout.strip()
 
 
-@pytest.mark.slow
 def test_serving_commands_answer_the_readme_curl_and_the_mmlu_line_runs(shell):
     """`import gguf`, `keys create`, then `serve --registry examples/registry.yaml` answers the
     README's own curl (with the key the README says to add) under the name it uses, then `usage`."""

@@ -47,7 +47,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if "ece" in report:
         table.add_row("ECE", _fmt(report["ece"]))
     table.add_row("cache", f"{report['cache']['hits']} hits, {report['cache']['misses']} misses")
-    table.add_row("tokens", str(report["usage"]["total_tokens"]))
+    # Log-likelihood scoring (multiple choice) reports no token usage, only generation does.
+    tokens = report["usage"]["total_tokens"]
+    table.add_row("tokens", str(tokens) if tokens else "- (log-likelihood scoring counts none)")
     table.add_row("time", f"{report['run_time_s']:.1f} s")
     table.add_row("run dir", report["out_dir"])
     _console().print(table)

@@ -122,7 +122,7 @@ class HTTPCompletionFn:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
                  max_retries: int = 5, timeout: float = 120.0, client: httpx.Client | None = None) -> None:
         self.base_url, self.model, self.max_retries = base_url.rstrip("/"), model, max_retries
-        self.identity = f"http:{self.base_url}#{model}"
+        self.identity = f"{self.base_url}#{model}"  # as given to --model: the URL names the scheme
         key = api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"authorization": f"Bearer {key}"} if key else {}
         self.client = client or httpx.Client(timeout=timeout)
