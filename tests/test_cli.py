@@ -157,8 +157,11 @@ def test_run_serves_without_keys_so_it_refuses_a_host_that_is_not_loopback(tmp_p
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_run_passes_port_and_host_on():
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run(["make", "-n", "run", "PORT=8123", "HOST=::1"], cwd=root, capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.splitlines()[-1].endswith("opengpt4 run --port 8123 --host ::1"), r.stdout
+    # --no-print-directory: under `make test` the inner make would add "Entering directory" lines.
+    r = subprocess.run(["make", "--no-print-directory", "-n", "run", "PORT=8123", "HOST=::1"], cwd=root,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert any(line.endswith("opengpt4 run --port 8123 --host ::1") for line in r.stdout.splitlines()), r.stdout
 
 
 def test_context_overflow_is_a_clear_error(ckpt):
