@@ -5,9 +5,16 @@ import contextlib
 import json
 import random
 import socket
+import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+
+import torch
+
+from opengpt4.config import ModelConfig
+from opengpt4.model.transformer import Transformer
 
 WORDS = ("the cat sat on a mat while seven blue birds sang about 42 apples and 1337 pears in Paris "
          "def add(a, b): return a + b # héllo wörld naïve café").split()
@@ -61,3 +68,32 @@ def wait_for(condition, timeout: float = 5.0) -> bool:
     while not (ok := condition()) and time.monotonic() < deadline:
         time.sleep(0.01)
     return ok
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll `url` until it answers, failing at once (with its stderr) if `process` exits: a
+    server process loads its model before it listens, and offers no event to wait on."""
+
+    def answers() -> bool:
+        assert process.poll() is None, f"the server exited: {process.stderr.read()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            return False
+
+    assert wait_for(answers, timeout), f"{url} did not answer within {timeout} s"
+
+
+def tiny_config(tie: bool) -> ModelConfig:
+    """A text-only decoder small enough to build in milliseconds (vocabulary 300, 2 layers, width 64)."""
+    return ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp_hidden=96,
+                       max_seq_len=64, rope_theta=500.0, tie_embeddings=tie)
+
+
+def tiny_decoder(seed: int, tie: bool = False) -> Transformer:
+    """`tiny_config`'s decoder with seeded weights, in eval mode."""
+    torch.manual_seed(seed)
+    model = Transformer(tiny_config(tie)).eval()
+    model.init_weights()
+    return model

@@ -9,11 +9,7 @@ from opengpt4.config import ModelConfig, get_preset
 from opengpt4.errors import ConfigError, ImageError
 from opengpt4.model.transformer import IGNORE_INDEX, KVCache, Transformer
 from opengpt4.model.vision import preprocess
-
-
-def tiny_config(tie: bool) -> ModelConfig:
-    return ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp_hidden=96,
-                       max_seq_len=64, rope_theta=500.0, tie_embeddings=tie)
+from tests.helpers import tiny_config, tiny_decoder
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -35,9 +31,7 @@ def test_logits_equal_transformers_llama(tie):
 
 
 def test_kv_cache_matches_full_forward():
-    torch.manual_seed(1)
-    model = Transformer(tiny_config(True)).eval()
-    model.init_weights()
+    model = tiny_decoder(1, tie=True)
     ids = torch.randint(0, 300, (2, 24))
     with torch.no_grad():
         full = model(ids)
@@ -49,9 +43,7 @@ def test_kv_cache_matches_full_forward():
 
 def test_ragged_prefill_and_decode_match_each_row_alone():
     """Right-padded rows of different lengths in one cache give each row's own logits."""
-    torch.manual_seed(2)
-    model = Transformer(tiny_config(False)).eval()
-    model.init_weights()
+    model = tiny_decoder(2)
     ids = torch.randint(0, 300, (3, 12))
     lengths = torch.tensor([4, 12, 7])
     with torch.no_grad():
@@ -220,9 +212,7 @@ def test_padding_past_the_cache_end_never_overwrites_the_last_real_token(tiny_mo
 def test_packing_by_measurement_packs_whole_dtype_groups_and_keeps_the_logits():
     """The default packs a dtype's weights only where the packed product measured faster: all
     of them or none, and either way the logits are the plain ones."""
-    torch.manual_seed(6)
-    model = Transformer(tiny_config(False)).eval()
-    model.init_weights()
+    model = tiny_decoder(6)
     ids = torch.randint(0, 300, (1, 9))
     with torch.no_grad():
         plain = model(ids)

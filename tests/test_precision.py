@@ -7,20 +7,12 @@ The figures behind the thresholds are measured by benchmarks/precision.py (READM
 import pytest
 import torch
 
-from opengpt4.config import ModelConfig
 from opengpt4.engine.generate import Engine
 from opengpt4.errors import ConfigError
 from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.model.precision import apply_precision, precision_of, resolve_precision
-from opengpt4.model.transformer import Linear, Transformer
-
-
-def tiny_decoder() -> Transformer:
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp_hidden=96,
-                                    max_seq_len=64)).eval()
-    model.init_weights()
-    return model
+from opengpt4.model.transformer import Linear
+from tests.helpers import tiny_decoder
 
 
 def test_auto_is_float32_on_every_cpu_and_unknown_modes_are_refused():
@@ -30,7 +22,7 @@ def test_auto_is_float32_on_every_cpu_and_unknown_modes_are_refused():
 
 
 def test_bf16_weights_keeps_activations_cache_and_logits_in_float32(tiny_tokenizer):
-    model = tiny_decoder()
+    model = tiny_decoder(0)
     ids = torch.randint(0, 300, (2, 9))
     with torch.no_grad():
         reference = model(ids)
@@ -50,7 +42,7 @@ def test_bf16_weights_keeps_activations_cache_and_logits_in_float32(tiny_tokeniz
 
 
 def test_bfloat16_mode_is_read_back_from_the_weights():
-    model = apply_precision(tiny_decoder(), "bfloat16")
+    model = apply_precision(tiny_decoder(0), "bfloat16")
     assert precision_of(model) == "bfloat16" and model.lm_head.weight.dtype == torch.bfloat16
 
 

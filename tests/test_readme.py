@@ -15,11 +15,11 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -146,7 +146,7 @@ def test_serving_commands_answer_the_readme_curl_and_the_mmlu_line_runs(shell):
     server = subprocess.Popen(["bash", "-c", f"exec {serve}"], cwd=ROOT, env=shell.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", server)
+        wait_until_serving(f"http://127.0.0.1:{port}/healthz", server)
         curl = substitute(command("Serving", "curl "), SERVER, port=port)
         reply = json.loads(shell.run(f"{curl} -H 'Authorization: Bearer {key}'").stdout)
     finally:
@@ -163,15 +163,3 @@ def test_serving_commands_answer_the_readme_curl_and_the_mmlu_line_runs(shell):
         pytest.skip(f"`{mmlu}` needs the MMLU files: none under {default_data_dir()} (the README's Data section)")
     report = json.loads(shell.run(substitute(mmlu, SIZES)).stdout.splitlines()[-1])  # the report: last on stdout
     assert report["n"] == 5 and 0 <= report["score"] <= 1
-
-
-def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s")

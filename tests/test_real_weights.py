@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from opengpt4.model.checkpoint import load_checkpoint
+from tests.helpers import wait_until_serving
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -38,7 +39,6 @@ def test_chat_holds_a_multi_turn_conversation_through_a_pipe(smollm2_home):
 def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
     """`opengpt4 run` (what `make run` calls): the imported SmolLM2 behind the API and the chat UI."""
     import socket
-    import time
     import urllib.request
 
     import openai
@@ -51,14 +51,7 @@ def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:  # poll: the server loads the model before it listens
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-                time.sleep(0.2)
+        wait_until_serving(base + "/healthz", server, timeout=120)
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
         [model] = client.models.list().data
         r = client.chat.completions.create(model=model.id, temperature=0, max_tokens=30,
