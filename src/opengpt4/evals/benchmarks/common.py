@@ -83,6 +83,13 @@ def centered(accuracy: float, baseline: float) -> float:
     return (accuracy - baseline) / (1.0 - baseline)
 
 
+def score_groups(completion_fn: Any, groups: Sequence[Sequence[LoglikRequest]]) -> list[list[Loglik]]:
+    """Each group's logliks, all groups scored in one call: the scorer batches across samples
+    and shares their contexts (a question's choices, a subject's few-shot prefix)."""
+    logliks = iter(completion_fn.loglikelihood([r for group in groups for r in group]))
+    return [[next(logliks) for _ in group] for group in groups]
+
+
 def multiple_choice_result(sample_id: str, requests: list[LoglikRequest], logliks: Sequence[Loglik],
                            choices: Sequence[str], gold: int, **extra: Any) -> SampleResult:
     """The SampleResult of one multiple-choice question; `choices` are the texts acc_norm divides by."""

@@ -25,7 +25,14 @@ from typing import Any
 
 from opengpt4.errors import OpenGPT4Error
 from opengpt4.evals.api import Eval, SampleResult
-from opengpt4.evals.benchmarks.common import centered, choice_metrics, data_file, join, multiple_choice_result
+from opengpt4.evals.benchmarks.common import (
+    centered,
+    choice_metrics,
+    data_file,
+    join,
+    multiple_choice_result,
+    score_groups,
+)
 from opengpt4.files import read_jsonl
 
 FOUNDRY = "https://github.com/mosaicml/llm-foundry/blob/main/scripts/eval/local_data"
@@ -80,10 +87,8 @@ class GauntletTask(Eval):
             requests = [[join(s["query"], c, self.delimiter) for c in s["choices"]] for s in samples]
         else:
             requests = [[join(s["context"], s["continuation"], self.delimiter)] for s in samples]
-        logliks = iter(self.completion_fn.loglikelihood([r for group in requests for r in group]))
         results = []
-        for sample, group in zip(samples, requests, strict=True):
-            got = [next(logliks) for _ in group]
+        for sample, group, got in zip(samples, requests, score_groups(self.completion_fn, requests), strict=True):
             if self.kind == "mc":
                 results.append(multiple_choice_result(sample["sample_id"], group, got, sample["choices"],
                                                       int(sample["gold"])))

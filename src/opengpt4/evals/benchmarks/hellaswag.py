@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opengpt4.evals.api import SampleResult
-from opengpt4.evals.benchmarks.common import FileEval, choice_metrics, join, multiple_choice_result
+from opengpt4.evals.benchmarks.common import FileEval, choice_metrics, join, multiple_choice_result, score_groups
 from opengpt4.files import read_jsonl
 
 
@@ -46,9 +46,8 @@ class HellaSwag(FileEval):
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
         requests = [[join(s["query"], c) for c in s["choices"]] for s in samples]
-        logliks = iter(self.completion_fn.loglikelihood([r for group in requests for r in group]))
-        return [multiple_choice_result(s["sample_id"], group, [next(logliks) for _ in group], s["choices"], s["gold"])
-                for s, group in zip(samples, requests, strict=True)]
+        return [multiple_choice_result(s["sample_id"], group, got, s["choices"], s["gold"])
+                for s, group, got in zip(samples, requests, score_groups(self.completion_fn, requests), strict=True)]
 
     def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
         return choice_metrics(results)

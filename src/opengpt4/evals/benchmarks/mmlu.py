@@ -26,7 +26,7 @@ from typing import Any
 
 from opengpt4.errors import OpenGPT4Error
 from opengpt4.evals.api import Eval, LoglikRequest, SampleResult
-from opengpt4.evals.benchmarks.common import data_file, default_data_dir, multiple_choice_result
+from opengpt4.evals.benchmarks.common import data_file, default_data_dir, multiple_choice_result, score_groups
 
 SOURCE = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"
 LETTERS = "ABCD"
@@ -79,10 +79,9 @@ class MMLU(Eval):
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
         requests = [[LoglikRequest(s["prompt"], f" {letter}") for letter in LETTERS] for s in samples]
-        logliks = self.completion_fn.loglikelihood([r for group in requests for r in group])
-        return [multiple_choice_result(s["sample_id"], group, logliks[4 * i : 4 * i + 4], list(LETTERS),
-                                       LETTERS.index(s["answer"]), subject=s["subject"])
-                for i, (s, group) in enumerate(zip(samples, requests, strict=True))]
+        return [multiple_choice_result(s["sample_id"], group, got, list(LETTERS), LETTERS.index(s["answer"]),
+                                       subject=s["subject"])
+                for s, group, got in zip(samples, requests, score_groups(self.completion_fn, requests), strict=True)]
 
     def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
         by_subject: dict[str, list[float]] = {}

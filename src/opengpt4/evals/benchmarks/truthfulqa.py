@@ -18,7 +18,7 @@ from typing import Any
 
 from opengpt4.errors import DataFileError, OpenGPT4Error
 from opengpt4.evals.api import LoglikRequest, SampleResult
-from opengpt4.evals.benchmarks.common import FileEval, multiple_choice_result, softmax
+from opengpt4.evals.benchmarks.common import FileEval, multiple_choice_result, score_groups, softmax
 from opengpt4.files import read_text
 
 # The TruthfulQA paper's "QA" prompt: six question/answer pairs put before every question.
@@ -77,10 +77,8 @@ class TruthfulQA(FileEval):
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
         requests = [[LoglikRequest(s["prompt"], f" {a}") for a in s["mc1"][0] + s["mc2"][0]] for s in samples]
-        logliks = iter(self.completion_fn.loglikelihood([r for group in requests for r in group]))
         results = []
-        for s, group in zip(samples, requests, strict=True):
-            got = [next(logliks) for _ in group]
+        for s, group, got in zip(samples, requests, score_groups(self.completion_fn, requests), strict=True):
             n1 = len(s["mc1"][0])
             result = multiple_choice_result(s["sample_id"], group[:n1], got[:n1], s["mc1"][0], s["mc1"][1].index(1))
             true_mass = softmax([r.logprob for r in got[n1:]])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opengpt4.evals.api import SampleResult
-from opengpt4.evals.benchmarks.common import FileEval, choice_metrics, join, multiple_choice_result
+from opengpt4.evals.benchmarks.common import FileEval, choice_metrics, join, multiple_choice_result, score_groups
 from opengpt4.files import read_jsonl
 
 
@@ -44,10 +44,8 @@ class WinoGrande(FileEval):
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
         requests = [[join(c, s["continuation"]) for c in s["context_options"]] for s in samples]
-        logliks = iter(self.completion_fn.loglikelihood([r for group in requests for r in group]))
-        return [multiple_choice_result(s["sample_id"], group, [next(logliks) for _ in group],
-                                       [s["continuation"]] * len(group), s["gold"])
-                for s, group in zip(samples, requests, strict=True)]
+        return [multiple_choice_result(s["sample_id"], group, got, [s["continuation"]] * len(group), s["gold"])
+                for s, group, got in zip(samples, requests, score_groups(self.completion_fn, requests), strict=True)]
 
     def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
         return choice_metrics(results)
