@@ -111,10 +111,10 @@ def bench_reference(c: ModelConfig, cfg: TrainConfig, steps: int) -> float:
 
 
 def bench_ours(preset: str, data: Path, cfg: TrainConfig, steps: int, out: Path):
-    from opengpt4.train.pretrain import Trainer
+    from opengpt4.train.pretrain import build_trainer
 
-    trainer = Trainer(preset, data, out, cfg, [], max_steps=10**6, max_minutes=None, resume=False, fsdp=False)
-    return time_steps(trainer.train_step, steps), trainer.model_config
+    trainer = build_trainer(preset, data, out, cfg, [], max_steps=10**6, max_minutes=None, resume=False, fsdp=False)
+    return time_steps(trainer.train_step, steps), trainer.objective.model_config
 
 
 def main() -> None:

@@ -247,10 +247,11 @@ DEFAULT_MIXTURE = {"world": 0.36, "qa": 0.16, "images": 0.28, "stdlib": 0.12, "m
 
 
 @dataclass
-class TrainConfig:
-    """Pretraining settings; every field can be set with `--set name=value` (and the model with `model.x=y`)."""
+class LoopConfig:
+    """What every training run shares (train/loop.py): batch, optimizer, schedule, precision, evals and
+    checkpoints. Each kind of run subclasses it with its own fields and defaults (torchtitan keeps one
+    config per component the same way); every field can be set with `--set name=value`."""
 
-    seq_len: int = 256
     batch_size: int = 16  # global sequences per optimizer step (all ranks, all micro-batches)
     micro_batch_size: int = 0  # sequences per forward on one rank; 0: batch_size / world_size (no accumulation)
     lr: float = 3e-3
@@ -265,20 +266,64 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     dtype: str = "bfloat16"  # autocast dtype for the matmuls; master weights stay float32
-    eval_every: int = 100  # steps between evals (val loss per domain + probes); 0: only at the end
-    eval_batches: int = 2  # val batches per domain
-    probe_size: int = 64  # questions per kind of world-fact probe; the image probe asks 3x as many
+    eval_every: int = 100  # steps between evals; 0: only at the end
+    eval_at_start: bool = False  # also evaluate the untrained model, at step 0 (the baseline on the curves)
     ckpt_every: int = 0  # steps between checkpoints; 0: only at the end
     log_every: int = 1
     seed: int = 0
-    mixture: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIXTURE))
 
     def __post_init__(self) -> None:
         _require(self.schedule in ("cosine", "wsd"), f"schedule must be cosine or wsd, got {self.schedule!r}")
         _require(self.dtype in ("bfloat16", "float32"), f"dtype must be bfloat16 or float32, got {self.dtype!r}")
-        for name in ("seq_len", "batch_size", "lr"):
+        for name in ("batch_size", "lr"):
             _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         _require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Pretraining settings; every field can be set with `--set name=value` (and the model with `model.x=y`)."""
+
+    seq_len: int = 256
+    eval_batches: int = 2  # val batches per domain
+    probe_size: int = 64  # questions per kind of world-fact probe; the image probe asks 3x as many
+    mixture: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_MIXTURE))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.seq_len > 0, f"seq_len must be positive, got {self.seq_len}")
+
+
+LORA_LR = 1e-3  # `opengpt4 sft --lora`'s default lr: adapters start at zero and want ~10x full fine-tuning's
+# rate (Schulman et al., "LoRA Without Regret", 2025); not tuned here
+
+
+@dataclass
+class SFTConfig(LoopConfig):
+    """Supervised fine-tuning settings (`opengpt4 sft --set name=value`): LoopConfig's fields with defaults
+    for a model of up to ~135M parameters on 2 CPU cores, and the SFT-only ones."""
+
+    batch_size: int = 16  # packed rows per step: 8,192 tokens at seq_len 512
+    micro_batch_size: int = 4  # SmolLM2's logits for 4 x 512 tokens are 400 MB in float32
+    lr: float = 1e-4  # full fine-tuning; `--lora` defaults to LORA_LR
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 10
+    weight_decay: float = 0.0  # a few epochs on a small set: nothing to regularise toward (HF/TRL's default)
+    eval_every: int = 50
+    eval_at_start: bool = True  # the held-out loss before fine-tuning
+    ckpt_every: int = 50
+    seq_len: int = 512  # tokens per packed row; longer conversations are skipped and counted
+    epochs: float = 2.0  # the length of the run unless --max-steps says otherwise
+    pack: bool = True  # False: one conversation per row, padded
+    eval_rows: int = 32  # held-out rows (of seq_len) per eval
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: LoRA adapters of rank r (model/lora.py)
+    lora_alpha: float = 16.0  # LoRA's update is scaled by lora_alpha / lora_rank
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("seq_len", "epochs", "eval_rows"):
+            _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
 
 
 def apply_overrides(obj: Any, assignments: list[str]) -> Any:
