@@ -225,6 +225,12 @@ def cmd_data_build(args: argparse.Namespace) -> None:
                 tokenizer=args.tokenizer, vocab_size=args.vocab_size))
 
 
+def cmd_data_chat(args: argparse.Namespace) -> None:
+    from opengpt4.data.chat.build import build_chat
+
+    print(build_chat(args.preset, args.out, seed=args.seed))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from opengpt4.serve.app import main as serve
 
@@ -379,7 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tokenizer", type=Path, default=None,
                    help="reuse the tokenizer of this checkpoint or data dir instead of training one")
     b.add_argument("--vocab-size", type=int, default=None, help="vocabulary size of the trained tokenizer")
-    p.set_defaults(func=cmd_data_build)
+    b.set_defaults(func=cmd_data_build)
+    c = verb.add_parser("chat", help="generate chat conversations, preference pairs and the system-constraint eval")
+    c.add_argument("--preset", choices=["test", "mini"], default="mini", help="world and data size (default mini)")
+    c.add_argument("--out", required=True, help="output chat data directory")
+    c.add_argument("--seed", type=int, default=0, help="world seed (default 0: the pretraining world of the same seed)")
+    c.set_defaults(func=cmd_data_chat)
 
     p = sub.add_parser("train", help="pretrain a model on a data dir (runs under torchrun too)")
     p.add_argument("--preset", default="d4",

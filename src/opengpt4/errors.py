@@ -30,6 +30,14 @@ class DataFileError(OpenGPT4Error, ValueError):
     """A data file (JSONL, versioned JSON) that is missing or malformed; the message names the file and line."""
 
 
+class UnknownConstraint(OpenGPT4Error, ValueError):
+    """A system-message constraint id that `opengpt4.data.chat.constraints` does not know."""
+
+    def __init__(self, constraint_id: str, known: list[str]) -> None:
+        self.constraint_id, self.known = constraint_id, list(known)
+        super().__init__(f"unknown constraint id {constraint_id!r}; known: {', '.join(self.known)}")
+
+
 class BenchmarkDataMissing(OpenGPT4Error):
     """A benchmark's data file is not where the eval looks: names the file, where to get it and how to point at it."""
 

@@ -1,0 +1,173 @@
+"""`opengpt4 data chat`: the chat data dir, generated from the seeded world.
+
+    train.jsonl, heldout.jsonl         conversations {"messages": [...], "meta": {"kind": ..., ...}}
+    pairs-train.jsonl, pairs-heldout.jsonl
+                                       preference pairs {"prompt", "chosen", "rejected", "meta"} (TRL's
+                                       conversational format): for every conversation, each bad reply
+                                       it has (a wrong fact / answer / function, a broken constraint,
+                                       and from the safety data disallowed content, a preachy or
+                                       evasive refusal, an over-refusal, a non-compliant sensitive answer)
+    constraints-heldout.jsonl          the system-constraint eval: {"messages": [system, user],
+                                       "constraints": [{"id", "kwargs"}], "ideal", "meta"}
+    safety-train.jsonl, safety-heldout.jsonl
+                                       rubric-labelled responses {"messages", "response", "family",
+                                       "category", "label"} (opengpt4.safety.data)
+    manifest.json                      preset, seeds, counts per file and kind, the split rules
+
+Same preset and seed, byte-identical files: every kind draws from its own seeded stream.
+The dir is written to a temp dir and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from opengpt4.config import FORMAT_VERSION
+from opengpt4.data.chat.constraints import CONSTRAINTS, HELDOUT_TEMPLATES
+from opengpt4.data.chat.conversations import (
+    HELDOUT_SUBJECT_FRACTION,
+    TOKEN_BUDGET,
+    ChatWorld,
+    Sample,
+    constraint_eval_row,
+    heldout_constraint_conversations,
+)
+from opengpt4.data.world import World
+from opengpt4.errors import OpenGPT4Error
+from opengpt4.files import atomic_write_dir, write_jsonl
+from opengpt4.safety.data import labelled_responses, safety_examples
+from opengpt4.safety.graders import POLICY_LABEL
+
+SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class ChatPreset:
+    world: str  # World.generate size (the pretraining data of the same preset and seed)
+    conversations: dict[str, dict[str, int]]  # split -> kind -> count ("constraint": per constraint type)
+
+
+PRESETS = {
+    "test": ChatPreset("test", {"train": {"fact": 40, "math": 20, "code": 10, "constraint": 6},
+                                "heldout": {"fact": 10, "math": 5, "code": 5, "constraint": 3}}),
+    "mini": ChatPreset("mini", {"train": {"fact": 3000, "math": 2000, "code": 1000, "constraint": 300},
+                                "heldout": {"fact": 300, "math": 200, "code": 100, "constraint": 40}}),
+}
+SPLIT_RULES = {
+    "subjects": f"a seeded {HELDOUT_SUBJECT_FRACTION:.0%} of each kind's entities are chat-held-out: every fact of "
+                "theirs is held-out material, and no train conversation asks about them",
+    "probe_facts": "facts the pretraining world probe asks (World.eval_sets()['world_qa']) are never answered in "
+                   "train conversations: the world_chat eval asks them",
+    "system_messages": f"the last {HELDOUT_TEMPLATES} phrasings of each constraint and the last generic system "
+                       "prompt are held out",
+    "kwarg_values": "end phrases (2) and keywords (4) have held-out values; languages, counts and personas take all "
+                    "their values in both splits",
+    "math_code": "arithmetic: the world's train problems vs its val problems; code: train vs val functions; the "
+                 "last code request phrasings and arithmetic follow-up are held out",
+    "constraint_types": "every type is in both splits: held-out compliance measures new phrasings, values and "
+                        "subjects, never an unseen type",
+    "safety": "opengpt4.safety.data: held-out prompt templates and entities",
+    "token_budget": f"conversations estimated at <= {TOKEN_BUDGET} tokens (conversations.estimate_tokens; < 200 "
+                    "with the mini data's tokenizer), for 256-token training windows",
+}
+
+
+def _conversations(chat: ChatWorld, seed: int, split: str, counts: dict[str, int]) -> list[Sample]:
+    samples = []
+    for kind in ("fact", "math", "code"):
+        rng = random.Random(f"chat:{seed}:{split}:{kind}")
+        make = getattr(chat, kind)
+        samples += [make(rng, split) for _ in range(counts[kind])]
+    if split == "heldout":
+        return samples + heldout_constraint_conversations(chat, counts["constraint"])
+    for cid, constraint in CONSTRAINTS.items():
+        rng = random.Random(f"chat:{seed}:{split}:constraint:{cid}")
+        samples += [chat.constraint(rng, constraint, split) for _ in range(counts["constraint"])]
+    return samples
+
+
+def _safety(world: World, seed: int, split: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(conversations, preference pairs, labelled responses) of the safety module's examples."""
+    examples = safety_examples(world, split, seed)
+    conversations, pairs = [], []
+    for e in examples:
+        conversations.append({"messages": [*e.messages, {"role": "assistant", "content": e.ideal}],
+                              "meta": {"kind": "safety", "split": split, "family": e.family, "category": e.category}})
+        for label, response in e.responses.items():
+            if label != POLICY_LABEL[e.family]:
+                pairs.append({"prompt": e.messages, "chosen": [{"role": "assistant", "content": e.ideal}],
+                              "rejected": [{"role": "assistant", "content": response}],
+                              "meta": {"kind": "safety", "rejected_because": label, "family": e.family,
+                                       "category": e.category}})
+    return conversations, pairs, labelled_responses(examples)
+
+
+def _count(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    return dict(sorted(Counter(r["meta"][key] for r in rows).items()))
+
+
+def _check_out(out: Path) -> None:
+    # atomic_write_dir replaces what is at `out`: only ever let it replace an older chat data dir.
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file())):
+        raise OpenGPT4Error(f"{out}: exists and is not a chat data dir; refusing to replace it")
+
+
+def build_chat(preset: str, out: str | Path, seed: int = 0) -> Path:
+    """Build the chat data dir for `preset` at `out` (atomically) and return its path."""
+    if preset not in PRESETS:
+        raise OpenGPT4Error(f"unknown chat data preset {preset!r}; choose from {', '.join(PRESETS)}")
+    p, out, t0 = PRESETS[preset], Path(out), time.perf_counter()
+    _check_out(out)
+    console = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("generating the world", total=2 * len(SPLITS) + 1)
+        world = World.generate(seed, p.world)
+        chat = ChatWorld(world, seed)
+        files: dict[str, list[dict]] = {}
+        for split in SPLITS:
+            progress.update(task, description=f"{split} conversations", advance=1)
+            samples = _conversations(chat, seed, split, p.conversations[split])
+            progress.update(task, description=f"{split} safety data", advance=1)
+            safety_conversations, safety_pairs, labelled = _safety(world, seed, split)
+            files[f"{split}.jsonl"] = [s.row() for s in samples] + safety_conversations
+            files[f"pairs-{split}.jsonl"] = [pair for s in samples for pair in s.pairs()] + safety_pairs
+            files[f"safety-{split}.jsonl"] = labelled
+            if split == "heldout":
+                files["constraints-heldout.jsonl"] = [constraint_eval_row(s) for s in samples
+                                                      if s.meta["kind"] == "constraint"]
+        progress.update(task, description="writing", advance=1)
+        manifest = {
+            "format_version": FORMAT_VERSION, "preset": preset, "seed": seed, "world": {"size": p.world, "seed": seed},
+            "counts": {
+                "conversations": {split: _count(files[f"{split}.jsonl"], "kind") for split in SPLITS},
+                "pairs": {split: {f"{kind}/{reason}": n for (kind, reason), n in sorted(Counter(
+                    (r["meta"]["kind"], r["meta"]["rejected_because"]) for r in files[f"pairs-{split}.jsonl"]).items())}
+                    for split in SPLITS},
+                "constraints_heldout": dict(sorted(Counter(r["constraints"][0]["id"]
+                                                           for r in files["constraints-heldout.jsonl"]).items())),
+                "safety": {split: dict(sorted(Counter(r["family"] for r in files[f"safety-{split}.jsonl"]).items()))
+                           for split in SPLITS},
+                "files": {name: len(rows) for name, rows in sorted(files.items())},
+            },
+            "constraint_types": sorted(CONSTRAINTS),
+            "split_rules": SPLIT_RULES,
+        }
+
+        def write(tmp: Path) -> None:
+            for name, rows in sorted(files.items()):
+                write_jsonl(tmp / name, rows)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+
+        atomic_write_dir(out, write)
+    console.print(f"built {preset} chat data in {time.perf_counter() - t0:.1f} s: {out}", highlight=False)
+    return out

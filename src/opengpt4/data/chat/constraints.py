@@ -1,0 +1,562 @@
+"""System-message constraints a program can check: what the system role asks, and whether a reply obeys.
+
+Each `Constraint` has an id (IFEval's instruction id where the instruction is IFEval's, with its
+kwargs and its checker's semantics; ours are prefixed `opengpt4:`), system-message phrasings
+(the last `HELDOUT_TEMPLATES` of each are held out of training), a way to draw kwargs for a
+given answer, a way to turn that correct answer into a compliant reply (the SFT target), and
+`check(kwargs, response)`.
+
+Where our checks differ from IFEval's code (read in google-research/instruction_following_eval):
+  - language: IFEval asks `langdetect`; ours is `detect_language`, a vote of the words of the
+    synthetic world's five languages (its templates, phrases and vocabulary, plus common
+    function words) and the script for Russian. langdetect is unreliable on one-sentence replies
+    full of invented names, and non-deterministic unless seeded; the world's own vocabulary
+    decides its replies exactly. A reply with no word of any language is in no language:
+    IFEval passes what langdetect cannot classify, we fail it (else "Staikon." would be French).
+  - english_lowercase / english_capital: IFEval also requires langdetect's "en"; ours requires
+    that the reply is not detected as another language (names alone pass, as in IFEval).
+  - number_words counts `\\w+` runs, which is what IFEval's nltk RegexpTokenizer(r"\\w+") counts.
+
+The checks are pure functions of (kwargs, response); `check(id, kwargs, response)` is the entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from opengpt4.data.world_text import LANGUAGES, PHRASES, TEMPLATE_TEXT, WORDS
+from opengpt4.errors import UnknownConstraint
+
+HELDOUT_TEMPLATES = 2  # of each constraint's phrasings, the last ones: never in training data
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "es": "Spanish", "de": "German", "ru": "Russian"}
+
+
+# --- answers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    """A correct answer, in the forms the constraints reshape it into."""
+
+    lang: str
+    text: str  # the plain answer: one sentence for a fact, the worked solution for arithmetic
+    value: str  # the exact answer the text states ("Staikon", "14")
+    parts: tuple[str, ...]  # `text` cut into sentences; lists and sections keep all of them
+    extras: tuple[str, ...] = ()  # more true sentences on the topic, to fill a list when asked for more
+    rephrasings: tuple[str, ...] = ()  # other statements of the answer, the shortest last
+    guide: str | None = None  # a question that leads to the answer without stating it (Socratic)
+    title: str = ""  # what it is about
+    translations: Mapping[str, Answer] = field(default_factory=dict)  # the same answer in other languages
+
+    def units(self, n: int) -> list[str] | None:
+        """Exactly n pieces that together state the answer: all parts (the first ones merged when
+        there are more than n), then extras; None when there is not enough to say."""
+        if n < 1 or n > len(self.parts) + len(self.extras):
+            return None
+        if n <= len(self.parts):
+            head = len(self.parts) - n + 1
+            return [" ".join(self.parts[:head]), *self.parts[head:]]
+        return [*self.parts, *self.extras[:n - len(self.parts)]]
+
+    def statements(self) -> tuple[str, ...]:
+        return (self.text, *self.rephrasings)
+
+
+# --- text helpers -----------------------------------------------------------------------------
+def words(text: str) -> list[str]:
+    """IFEval's words: runs of word characters."""
+    return re.findall(r"\w+", text)
+
+
+def contains(text: str, phrase: str, *, ignore_case: bool = True) -> bool:
+    """`phrase` in `text` as a whole word or words (not inside a longer word)."""
+    flags = re.IGNORECASE if ignore_case else 0
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, flags) is not None
+
+
+FUNCTION_WORDS = {  # the commonest words of each language, for text beyond the world's templates
+    "en": "the a an is was are of in on at to and or by for with from it this that what which who when "
+          "where how its his her their be has have had as not",
+    "fr": "le la les un une des est et de du au aux à en par pour avec dans sur qui que quel quelle ce "
+          "cette son sa ses il elle ont été",
+    "es": "el la los las un una es y de del en por para con que qué cuál quién dónde su sus fue está "
+          "son se lo al",
+    "de": "der die das den dem des ein eine einen ist und von zu im in mit für auf wer was wo wann "
+          "wie welche welcher sein seine ihr ihre wurde hat",
+    "ru": "и в на с по из что кто где когда как это был была было его её их",
+}
+
+
+@cache
+def _vocabulary() -> dict[str, frozenset[str]]:
+    """Lower-case words of each language: its templates, fixed phrases, vocabulary, function words."""
+    vocab: dict[str, set[str]] = {lang: set(FUNCTION_WORDS[lang].split()) for lang in LANGUAGES}
+    for by_lang in TEMPLATE_TEXT.values():
+        for lang, text in by_lang.items():
+            vocab[lang].update(_letters(text.replace("{s}", " ").replace("{v}", " ")))
+    for lang, phrases in PHRASES.items():
+        vocab[lang].update(_letters(str(phrases)))
+    for rows in WORDS.values():
+        for row in rows:
+            for lang, word in zip(LANGUAGES, row, strict=True):
+                vocab[lang].update(_letters(word))
+    return {lang: frozenset(v) for lang, v in vocab.items()}
+
+
+def _letters(text: str) -> list[str]:
+    return re.findall(r"[^\W\d_]+", text.lower())
+
+
+def detect_language(text: str) -> str | None:
+    """The world language `text` is written in, or None when no word of any language is in it.
+
+    Every word votes: a Cyrillic one for Russian, a known Latin-script one for each language
+    whose vocabulary has it (a word of k languages gives each 1/k); invented names do not vote.
+    The most votes win; a tie is no language."""
+    vocab = _vocabulary()
+    votes = dict.fromkeys(LANGUAGES, 0.0)
+    for token in _letters(text):
+        if any("а" <= c <= "я" or c == "ё" for c in token):
+            votes["ru"] += 1
+            continue
+        langs = [lang for lang in LANGUAGES if lang != "ru" and token in vocab[lang]]
+        for lang in langs:
+            votes[lang] += 1 / len(langs)
+    ranked = sorted(votes.items(), key=lambda kv: -kv[1])
+    if ranked[0][1] == 0 or ranked[0][1] == ranked[1][1]:
+        return None
+    return ranked[0][0]
+
+
+def _pool(values: tuple[str, ...], split: str) -> tuple[str, ...]:
+    """A kwarg's values for a split: the last HELDOUT_TEMPLATES values are held out."""
+    return values[-HELDOUT_TEMPLATES:] if split == "heldout" else values[:-HELDOUT_TEMPLATES]
+
+
+def _quoted(items: list[str]) -> str:
+    quoted = [f'"{w}"' for w in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+# --- the constraint type ----------------------------------------------------------------------
+Kwargs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Constraint:
+    id: str
+    templates: tuple[str, ...]  # system-message phrasings; the last HELDOUT_TEMPLATES are held out
+    draw: Callable[[random.Random, Answer, str], Kwargs | None]  # kwargs for (rng, answer, split); None: n/a
+    comply: Callable[[Kwargs, Answer], str]  # the compliant reply
+    checker: Callable[[Kwargs, str], bool]
+    fields: Callable[[Kwargs], dict[str, Any]] = dict  # template fields from the kwargs
+    conflicts: Callable[[Kwargs], tuple[str, ...]] = lambda kwargs: ()  # user requests it overrules (English)
+
+    def phrasings(self, split: str) -> tuple[str, ...]:
+        return _pool(self.templates, split)
+
+    def system_message(self, rng: random.Random, kwargs: Kwargs, split: str) -> str:
+        return rng.choice(self.phrasings(split)).format(**self.fields(kwargs))
+
+    def check(self, kwargs: Kwargs, response: str) -> bool:
+        return self.checker(kwargs, response)
+
+
+# --- the constraints ------------------------------------------------------------------------
+def _draw_language(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    targets = sorted(set(answer.translations) - {answer.lang})
+    return {"language": rng.choice(targets)} if targets else None
+
+
+def _english(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    return {} if answer.lang == "en" else None
+
+
+def _any(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    return {}
+
+
+def _count_draw(key: str, least: int, most: int, extra: Callable[[random.Random], Kwargs] = lambda rng: {}):
+    """A count from `least` to `most`, at most what the answer has to say."""
+    def draw(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+        top = min(most, len(answer.parts) + len(answer.extras))
+        return {key: rng.randint(min(least, top), top), **extra(rng)} if top >= least else None
+    return draw
+
+
+def _bullets(kwargs: Kwargs, answer: Answer) -> str:
+    return "\n".join(f"* {u}" for u in answer.units(kwargs["num_bullets"]))
+
+
+def _check_bullets(kwargs: Kwargs, response: str) -> bool:
+    stars = re.findall(r"^\s*\*[^\*].*$", response, flags=re.MULTILINE)
+    dashes = re.findall(r"^\s*-.*$", response, flags=re.MULTILINE)
+    return len(stars) + len(dashes) == kwargs["num_bullets"]
+
+
+def _check_paragraphs(kwargs: Kwargs, response: str) -> bool:
+    paragraphs = re.split(r"\s?\*\*\*\s?", response)
+    count = len(paragraphs)
+    for i, paragraph in enumerate(paragraphs):
+        if not paragraph.strip():
+            if i not in (0, len(paragraphs) - 1):
+                return False  # an empty paragraph between two dividers
+            count -= 1
+    return count == kwargs["num_paragraphs"]
+
+
+def _check_sections(kwargs: Kwargs, response: str) -> bool:
+    # IFEval counts splits on the marker and a number: at least num_sections of them.
+    sections = re.split(r"\s?" + re.escape(kwargs["section_spliter"]) + r"\s?\d+\s?", response)
+    return len(sections) - 1 >= kwargs["num_sections"]
+
+
+def _draw_words(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    shortest = min(len(words(s)) for s in answer.statements())
+    longest = len(words(" ".join(answer.units(len(answer.parts) + len(answer.extras)))))
+    if rng.random() < 0.5:  # the plain answer is too long: say it shorter
+        top = max(shortest + 1, len(words(answer.text)))
+        return {"num_words": rng.randint(shortest + 1, top), "relation": "less than"}
+    low = len(words(answer.text)) + 1
+    return {"num_words": rng.randint(low, longest), "relation": "at least"} if longest >= low else None
+
+
+def _words_reply(kwargs: Kwargs, answer: Answer) -> str:
+    if kwargs["relation"] == "less than":
+        return next(s for s in answer.statements() if len(words(s)) < kwargs["num_words"])
+    return " ".join(answer.units(len(answer.parts) + len(answer.extras)))
+
+
+def _check_words(kwargs: Kwargs, response: str) -> bool:
+    n = len(words(response))
+    return n < kwargs["num_words"] if kwargs["relation"] == "less than" else n >= kwargs["num_words"]
+
+
+def _json_reply(kwargs: Kwargs, answer: Answer) -> str:
+    value: Any = int(answer.value) if answer.value.isdigit() else answer.value
+    return json.dumps({"answer": value}, ensure_ascii=False)
+
+
+def _check_json(kwargs: Kwargs, response: str) -> bool:
+    text = response.strip()
+    for fence in ("```json", "```Json", "```JSON", "```"):
+        text = text.removeprefix(fence)
+    text = text.removesuffix("```").strip()
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+END_PHRASES = ("Is there anything else I can help with?", "Any other questions?", "Hope this helps!",
+               "That is all.", "Have a nice day!", "Happy to help.", "Thanks for asking!",
+               "Until next time!", "Good luck with your studies!")  # the last two: held out
+
+
+def _check_end(kwargs: Kwargs, response: str) -> bool:
+    return response.strip().strip('"').lower().endswith(kwargs["end_phrase"].strip().lower())
+
+
+POSTSCRIPT_NOTES = {"en": "I hope this helps.", "fr": "J'espère que cela t'aide.", "es": "Espero que esto te ayude.",
+                    "de": "Ich hoffe, das hilft.", "ru": "Надеюсь, это поможет."}
+
+
+def _postscript(kwargs: Kwargs, answer: Answer) -> str:
+    note = answer.extras[0] if answer.extras else POSTSCRIPT_NOTES[answer.lang]
+    return f"{answer.text}\n\n{kwargs['postscript_marker']} {note}"
+
+
+def _check_postscript(kwargs: Kwargs, response: str) -> bool:
+    marker, text = kwargs["postscript_marker"], response.lower()
+    pattern = {"P.P.S": r"\s*p\.\s?p\.\s?s.*$", "P.S.": r"\s*p\.\s?s\..*$"}.get(marker, r"\s*" + re.escape(marker.lower()) + r".*$")
+    return re.search(pattern, text, flags=re.MULTILINE) is not None
+
+
+def _draw_forbidden(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    """Words of the plain answer (never the answer or the title) that one of its other statements avoids."""
+    protected = {w.lower() for w in words(answer.value) + words(answer.title)} | set(FUNCTION_WORDS[answer.lang].split())
+    candidates = sorted({w for w in _letters(answer.text) if len(w) >= 4} - protected)
+    rng.shuffle(candidates)
+    for word in candidates:
+        chosen = [word]
+        extra = [w for w in candidates if w != word]
+        if extra and rng.random() < 0.4:
+            chosen.append(rng.choice(extra))
+        if any(not any(contains(s, w) for w in chosen) for s in answer.rephrasings):
+            return {"forbidden_words": sorted(chosen)}
+    return None
+
+
+def _avoiding(kwargs: Kwargs, answer: Answer) -> str:
+    return next(s for s in answer.statements() if not any(contains(s, w) for w in kwargs["forbidden_words"]))
+
+
+def _check_forbidden(kwargs: Kwargs, response: str) -> bool:
+    return not any(re.search(r"\b" + re.escape(w) + r"\b", response, flags=re.IGNORECASE)
+                   for w in kwargs["forbidden_words"])
+
+
+KEYWORDS = ("lantern", "harbour", "compass", "meadow", "violin", "anchor", "pepper", "marble", "candle",
+            "orchard", "feather", "ladder", "pebble", "thunder", "velvet", "kettle", "mirror", "saddle", "biscuit",
+            "tulip")  # the last two: held out (the pool of a split's keyword pairs)
+
+
+def _draw_keywords(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    if answer.lang != "en":
+        return None
+    pool = KEYWORDS[-4:] if split == "heldout" else KEYWORDS[:-4]  # four held out, so pairs of them exist
+    return {"keywords": sorted(rng.sample(pool, rng.choice((1, 2))))}
+
+
+def _check_keywords(kwargs: Kwargs, response: str) -> bool:
+    return all(re.search(re.escape(k), response, flags=re.IGNORECASE) for k in kwargs["keywords"])
+
+
+PERSONAS = {  # name: (as the system message says it, the opening line, the marker words a reply must use)
+    "pirate": ("a pirate", "Arr, matey!", ("arr", "matey", "ahoy")),
+    "robot": ("a robot", "Beep boop.", ("beep", "boop")),
+    "cowboy": ("a cowboy", "Howdy, partner!", ("howdy", "partner", "yeehaw")),
+    "herald": ("a royal herald", "Hear ye, hear ye!", ("hear ye", "hark")),
+}
+
+
+def _draw_persona(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    return {"persona": rng.choice(sorted(PERSONAS))} if answer.lang == "en" else None
+
+
+def _check_persona(kwargs: Kwargs, response: str) -> bool:
+    return any(contains(response, marker) for marker in PERSONAS[kwargs["persona"]][2])
+
+
+def _draw_socratic(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
+    if answer.guide is None or contains(answer.guide, answer.value):
+        return None
+    return {"answer": answer.value}
+
+
+def _check_socratic(kwargs: Kwargs, response: str) -> bool:
+    return not contains(response, str(kwargs["answer"])) and response.rstrip().endswith("?")
+
+
+def _check_title(kwargs: Kwargs, response: str) -> bool:
+    return any(t.strip("<>").strip() for t in re.findall(r"<<[^\n]+>>", response))
+
+
+def _check_case(lower: bool) -> Callable[[Kwargs, str], bool]:
+    def check(kwargs: Kwargs, response: str) -> bool:
+        cased = response.islower() if lower else response.isupper()
+        return cased and detect_language(response) in ("en", None)
+    return check
+
+
+def _language_fields(kwargs: Kwargs) -> dict[str, Any]:
+    return {"language": LANGUAGE_NAMES[kwargs["language"]]}
+
+
+def _sections(kwargs: Kwargs, answer: Answer) -> str:
+    marker = kwargs["section_spliter"]
+    return "\n".join(f"{marker} {i}\n{u}" for i, u in enumerate(answer.units(kwargs["num_sections"]), 1))
+
+
+_CONSTRAINTS = (
+    Constraint(
+        "language:response_language",
+        ("Always answer in {language}.",
+         "Respond only in {language}, whatever language the user writes in.",
+         "Your ENTIRE response should be in {language} language, no other language is allowed.",
+         "You are an assistant that replies in {language} and nothing else.",
+         "Write every reply in {language}.",
+         "Whatever language the question is in, your answer must be in {language}.",
+         "Use {language} for your reply."),
+        _draw_language, lambda kw, a: a.translations[kw["language"]].text,
+        lambda kw, r: detect_language(r) == kw["language"], _language_fields),
+    Constraint(
+        "change_case:english_lowercase",
+        ("Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.",
+         "Write your answer in lowercase letters only.",
+         "Never use capital letters in your replies.",
+         "Reply in English using only lowercase letters.",
+         "Do not capitalise anything: all lowercase, please.",
+         "Every letter of your reply must be lowercase.",
+         "Answer without a single capital letter."),
+        _english, lambda kw, a: a.text.lower(), _check_case(lower=True),
+        conflicts=lambda kw: ("Please use proper capital letters.",)),
+    Constraint(
+        "change_case:english_capital",
+        ("Your entire response should be in English, and in all capital letters.",
+         "Write your answer in capital letters only.",
+         "Reply in ALL CAPS.",
+         "Use uppercase letters for your entire reply.",
+         "Every word you write must be in capitals.",
+         "Answer entirely in upper case.",
+         "Shout your reply: capital letters only."),
+        _english, lambda kw, a: a.text.upper(), _check_case(lower=False),
+        conflicts=lambda kw: ("Please write normally, not in capitals.",)),
+    Constraint(
+        "detectable_format:number_bullet_lists",
+        ("Your answer must contain exactly {num_bullets} bullet points. Use markdown bullet points such as:\n"
+         "* This is point 1.",
+         "Answer with exactly {num_bullets} bullet points, each starting with *.",
+         "Format your reply as a list of {num_bullets} markdown bullets.",
+         "Give exactly {num_bullets} bullet points, no more and no fewer.",
+         "Reply as a bulleted list with {num_bullets} items.",
+         "Your reply must be {num_bullets} bullet points (lines starting with *).",
+         "Use a markdown list of exactly {num_bullets} points."),
+        _count_draw("num_bullets", 1, 5), _bullets, _check_bullets,
+        conflicts=lambda kw: ("Please answer in one sentence, no list.",)),
+    Constraint(
+        "detectable_format:number_paragraphs",
+        ("There should be {num_paragraphs} paragraphs. Paragraphs are separated with the markdown divider: ***",
+         "Write exactly {num_paragraphs} paragraphs, separated by ***.",
+         "Your answer must have {num_paragraphs} paragraphs with *** between them.",
+         "Split your reply into {num_paragraphs} paragraphs divided by the *** marker.",
+         "Answer in {num_paragraphs} paragraphs; put *** between paragraphs.",
+         "Use exactly {num_paragraphs} paragraphs and separate them with ***.",
+         "Give {num_paragraphs} paragraphs, each divided from the next by ***."),
+        _count_draw("num_paragraphs", 2, 4),  # from 2: one paragraph is any plain answer
+        lambda kw, a: "\n\n***\n\n".join(a.units(kw["num_paragraphs"])),
+        _check_paragraphs),
+    Constraint(
+        "detectable_format:multiple_sections",
+        ("Your response must have {num_sections} sections. Mark the beginning of each section with {section_spliter} X.",
+         "Organise your answer into {num_sections} sections, headed {section_spliter} 1, {section_spliter} 2 and so on.",
+         "Write {num_sections} sections, each starting with {section_spliter} and its number.",
+         "Divide your reply into {num_sections} numbered sections ({section_spliter} X).",
+         "Answer in {num_sections} sections; begin each with {section_spliter} and a number.",
+         "Structure the reply as {num_sections} parts, each introduced by {section_spliter} followed by its number.",
+         "Use {num_sections} sections labelled {section_spliter} 1 onwards."),
+        _count_draw("num_sections", 1, 4, lambda rng: {"section_spliter": rng.choice(("SECTION", "Section"))}),
+        _sections, _check_sections, conflicts=lambda kw: ("No sections, please.",)),
+    Constraint(
+        "length_constraints:number_words",
+        ("Answer with {relation} {num_words} words.",
+         "Your reply must contain {relation} {num_words} words.",
+         "Use {relation} {num_words} words in your answer.",
+         "Write {relation} {num_words} words.",
+         "Respond in {relation} {num_words} words.",
+         "The length of your reply: {relation} {num_words} words.",
+         "Make sure your response has {relation} {num_words} words."),
+        _draw_words, _words_reply, _check_words,
+        lambda kw: {"num_words": kw["num_words"], "relation": {"less than": "fewer than"}.get(kw["relation"], kw["relation"])},
+        lambda kw: ("Please explain in detail.",) if kw["relation"] == "less than" else ("Answer in one word.",)),
+    Constraint(
+        "detectable_format:json_format",
+        ("Entire output should be wrapped in JSON format.",
+         "Reply with a JSON object only.",
+         "Answer in JSON, with no other text.",
+         "Your whole response must be valid JSON.",
+         "Output JSON and nothing else.",
+         "Only machine-readable JSON is allowed in your reply.",
+         "Format the reply as a single JSON value."),
+        _any, _json_reply, _check_json, conflicts=lambda kw: ("Answer in plain text, not JSON.",)),
+    Constraint(
+        "startend:end_checker",
+        ("Finish your response with this exact phrase: {end_phrase} No other words should follow this phrase.",
+         'End every reply with the words "{end_phrase}"',
+         "Always close your answer with: {end_phrase}",
+         "Your last words must be: {end_phrase}",
+         "Conclude each response with the phrase {end_phrase}",
+         "Make {end_phrase} the final words of your reply.",
+         "Whatever you say, finish with exactly: {end_phrase}"),
+        lambda rng, a, split: {"end_phrase": rng.choice(_pool(END_PHRASES, split))},
+        lambda kw, a: f"{a.text} {kw['end_phrase']}", _check_end),
+    Constraint(
+        "detectable_content:postscript",
+        ("At the end of your response, please explicitly add a postscript starting with {postscript_marker}",
+         "Add a postscript beginning with {postscript_marker} after your answer.",
+         "Always end with a short postscript that starts with {postscript_marker}",
+         "After the answer, write a {postscript_marker} note.",
+         "Include a postscript ({postscript_marker}) at the end of every reply.",
+         "Close with a postscript introduced by {postscript_marker}",
+         "Put a {postscript_marker} line after your answer."),
+        lambda rng, a, split: {"postscript_marker": rng.choice(("P.S.", "P.P.S"))}, _postscript, _check_postscript,
+        conflicts=lambda kw: ("No postscript, please.",)),
+    Constraint(
+        "keywords:forbidden_words",
+        ("Do not include keywords {words} in the response.",
+         "Never use the words {words}.",
+         "Avoid the words {words} in your reply.",
+         "Your answer must not contain the words {words}.",
+         "Answer without using {words}.",
+         "The words {words} are banned from your reply.",
+         "Do not write {words} anywhere in your answer."),
+        _draw_forbidden, _avoiding, _check_forbidden, lambda kw: {"words": _quoted(kw["forbidden_words"])}),
+    Constraint(
+        "keywords:existence",
+        ("Include keywords {words} in the response.",
+         "Your reply must mention the words {words}.",
+         "Use the words {words} somewhere in your answer.",
+         "Make sure the words {words} appear in your reply.",
+         "Work the words {words} into your answer.",
+         "Your answer has to contain {words}.",
+         "Mention {words} in what you write."),
+        _draw_keywords, lambda kw, a: f"{a.text} Keywords: {', '.join(kw['keywords'])}.", _check_keywords,
+        lambda kw: {"words": _quoted(kw["keywords"])}),
+    Constraint(
+        "startend:quotation",
+        ("Wrap your entire response with double quotation marks.",
+         "Put your whole answer inside double quotes.",
+         "Enclose every reply in double quotation marks.",
+         "Your response must start and end with a double quote.",
+         'Quote your entire answer, like "this".',
+         "Surround the full reply with double quotes.",
+         "Write the answer between a pair of double quotation marks."),
+        _any, lambda kw, a: f'"{a.text}"', lambda kw, r: len(r.strip()) > 1 and r.strip()[0] == r.strip()[-1] == '"',
+        conflicts=lambda kw: ("No quotation marks, please.",)),
+    Constraint(
+        "detectable_format:title",
+        ("Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>.",
+         "Start with a title in double angle brackets, like <<title>>.",
+         "Give your reply a title wrapped in << and >>.",
+         "Put a title in <<double angular brackets>> before the answer.",
+         "Every answer needs a title such as <<My title>>.",
+         "Head your response with a title inside << >>.",
+         "Begin with <<a title>> on its own line."),
+        lambda rng, a, split: {} if a.title else None, lambda kw, a: f"<<{a.title}>>\n{a.text}", _check_title,
+        conflicts=lambda kw: ("No title, please.",)),
+    Constraint(
+        "punctuation:no_comma",
+        ("In your entire response, refrain from the use of any commas.",
+         "Do not use any commas.",
+         "Write your reply without a single comma.",
+         "Commas are not allowed in your answer.",
+         "Avoid commas completely.",
+         "Your response must contain no commas at all.",
+         "Leave out every comma."),
+        _any, lambda kw, a: a.text.replace(",", ""), lambda kw, r: "," not in r),
+    Constraint(
+        "opengpt4:persona",
+        ("You are {persona}. Stay in character.",
+         "Talk like {persona} in every reply.",
+         "Answer as {persona} would.",
+         "Play the role of {persona} while answering.",
+         "You speak like {persona}.",
+         "Respond in the voice of {persona}.",
+         "Adopt the persona of {persona} for all answers."),
+        _draw_persona, lambda kw, a: f"{PERSONAS[kw['persona']][1]} {a.text}", _check_persona,
+        lambda kw: {"persona": PERSONAS[kw["persona"]][0]}, lambda kw: ("Please talk normally.",)),
+    Constraint(
+        "opengpt4:socratic",
+        ("You are a Socratic tutor: never state the answer, guide the student with a question.",
+         "Act as a tutor. Do not give the final answer; reply with a question that helps the student find it.",
+         "Help the student think for themselves: never reveal the answer, and end with a question.",
+         "You are a patient teacher who answers questions with guiding questions, never with the answer.",
+         "Tutor mode: lead the student towards the answer without ever saying it, and finish with a question.",
+         "Never tell the student the solution; ask a question that helps them work it out.",
+         "As a Socratic tutor, respond only with guiding questions and keep the answer to yourself."),
+        _draw_socratic, lambda kw, a: a.guide, _check_socratic,
+        lambda kw: {}, lambda kw: ("Just tell me the answer.", "Please give me the answer directly.")),
+)
+CONSTRAINTS: dict[str, Constraint] = {c.id: c for c in _CONSTRAINTS}
+
+
+def check(constraint_id: str, kwargs: Kwargs, response: str) -> bool:
+    """Whether `response` obeys constraint `constraint_id` with `kwargs`."""
+    if constraint_id not in CONSTRAINTS:
+        raise UnknownConstraint(constraint_id, sorted(CONSTRAINTS))
+    return CONSTRAINTS[constraint_id].check(kwargs, response)

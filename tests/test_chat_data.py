@@ -1,0 +1,307 @@
+"""Chat data from the world: correct answers, disjoint splits, the token budget, preference pairs,
+the `opengpt4 data chat` dir end to end (CLI included), and the system_constraints and
+world_chat evals on the tiny model."""
+
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opengpt4.data.chat.constraints import CONSTRAINTS, END_PHRASES, HELDOUT_TEMPLATES, KEYWORDS, check, contains
+from opengpt4.data.chat.conversations import (
+    SYSTEM_PROMPTS,
+    TOKEN_BUDGET,
+    ChatWorld,
+    estimate_tokens,
+    heldout_constraint_samples,
+    probe_facts,
+)
+from opengpt4.data.world import World
+from opengpt4.engine.generate import Engine
+from opengpt4.errors import DataFileError
+from opengpt4.evals.api import CompletionResult
+from opengpt4.evals.benchmarks.system_constraints import SystemConstraints
+from opengpt4.evals.benchmarks.world_chat import WorldChat, extract, value_pattern
+from opengpt4.evals.completion import EngineCompletionFn
+from opengpt4.evals.runner import run_eval
+from opengpt4.model.transformer import Transformer
+
+
+@pytest.fixture(scope="module")
+def world():
+    return World.generate(0, "test")
+
+
+@pytest.fixture(scope="module")
+def chat(world):
+    return ChatWorld(world, 0)
+
+
+@pytest.fixture(scope="module")
+def samples(chat):
+    """Plenty of every kind in both splits: (split, sample)."""
+    out = []
+    for split in ("train", "heldout"):
+        rng = random.Random(split)
+        for kind in ("fact", "math", "code"):
+            out += [(split, getattr(chat, kind)(rng, split)) for _ in range(80)]
+        for constraint in CONSTRAINTS.values():
+            out += [(split, chat.constraint(rng, constraint, split)) for _ in range(25)]
+    return out
+
+
+def of_kind(samples, kind, split=None):
+    return [s for sp, s in samples if s.meta["kind"] == kind and split in (None, sp)]
+
+
+# --- answers are right ---------------------------------------------------------------------
+def test_fact_answers_state_the_worlds_value_in_the_users_language(samples, world):
+    values = {(f.subject, f.attr.name): f for f in world.facts}
+    for s in of_kind(samples, "fact"):
+        facts = [values[(s.meta["subject"], a)] for a in s.meta["attrs"]]
+        for fact, reply in zip(facts, [m["content"] for m in s.messages if m["role"] == "assistant"], strict=True):
+            assert contains(reply, fact.value_in(s.meta["lang"]), ignore_case=False), (reply, fact)
+
+
+def test_math_solutions_compute_and_code_replies_pass_their_tests(samples, chat):
+    problems = {p.question: p for split in ("train", "heldout") for p in chat.problems[split]}
+    for s in of_kind(samples, "math"):
+        user = next(m["content"] for m in s.messages if m["role"] == "user")
+        assert s.messages[-1]["content"].endswith(f"The answer is {s.meta['ideal']}.")
+        if s.meta["turns"] == 1:
+            assert s.meta["ideal"] == str(problems[user].answer)
+    functions = {f.name: f for split in ("train", "heldout") for f in chat.functions[split]}
+    for s in of_kind(samples, "code"):
+        code = s.messages[-1]["content"].removeprefix("```python\n").removesuffix("\n```")
+        exec(code + "\n" + functions[s.meta["function"]].tests, {})  # noqa: S102 (our own generated code)
+
+
+def test_every_constraint_reply_obeys_its_system_message_and_states_the_answer(samples):
+    for s in of_kind(samples, "constraint"):
+        (c,) = s.meta["constraints"]
+        assert s.messages[0]["role"] == "system" and s.messages[1]["role"] == "user"
+        for reply in [m["content"] for m in s.messages[2::2]]:
+            assert check(c["id"], c["kwargs"], reply), (c, reply)
+        if c["id"] != "opengpt4:socratic":
+            assert contains(s.messages[2]["content"], s.meta["ideal"]), s.messages
+
+
+def test_the_system_message_wins_when_the_user_asks_otherwise(samples):
+    conflicts = [s for s in of_kind(samples, "constraint") if s.meta["conflict"]]
+    kinds = {s.meta["constraints"][0]["id"] for s in conflicts}
+    assert {"language:response_language", "opengpt4:socratic", "detectable_format:json_format"} <= kinds
+    german_user_french_answer = [s for s in conflicts if s.meta["lang"] == "de"
+                                 and s.meta["constraints"][0]["kwargs"].get("language") == "fr"]
+    assert german_user_french_answer
+    for s in german_user_french_answer:
+        assert check("language:response_language", {"language": "fr"}, s.messages[2]["content"])
+
+
+# --- splits ----------------------------------------------------------------------------------
+def test_heldout_subjects_and_probe_facts_never_in_train(chat, world, samples):
+    assert not chat.subjects["train"] & chat.subjects["heldout"]
+    assert not set(chat.facts["train"]) & probe_facts(world)
+    assert not {f.subject for f in chat.facts["train"]} & chat.subjects["heldout"]
+    for split, s in samples:
+        if s.meta["kind"] == "fact" or s.meta.get("base") == "fact":
+            assert s.meta["subject"] in chat.subjects[split], (split, s.meta)
+    # No train question asks about a held-out subject (arithmetic may name any entity as a setting).
+    asked = [m["content"] for sp, s in samples if sp == "train" and s.meta["kind"] in ("fact", "constraint")
+             and s.meta.get("base", "fact") == "fact" for m in s.messages if m["role"] == "user"]
+    for name in chat.subjects["heldout"]:
+        assert not any(contains(question, name) for question in asked), name
+
+
+def test_heldout_phrasings_and_values_never_in_train(samples):
+    for split, s in samples:
+        if s.meta["kind"] == "constraint":
+            (c,) = s.meta["constraints"]
+            heldout = s.meta["template"] >= len(CONSTRAINTS[c["id"]].templates) - HELDOUT_TEMPLATES
+            assert heldout == (split == "heldout"), (split, s.meta)
+            if "end_phrase" in c["kwargs"]:
+                assert (c["kwargs"]["end_phrase"] in END_PHRASES[-2:]) == (split == "heldout")
+            for keyword in c["kwargs"].get("keywords", []):
+                assert (keyword in KEYWORDS[-4:]) == (split == "heldout")
+        elif s.messages[0]["role"] == "system":
+            assert (s.messages[0]["content"] == SYSTEM_PROMPTS[-1]) == (split == "heldout")
+    problems = {split: {s.messages[-2]["content"] for sp, s in samples if sp == split and s.meta["kind"] == "math"
+                        and s.meta["turns"] == 1} for split in ("train", "heldout")}
+    assert not problems["train"] & problems["heldout"]
+
+
+def test_every_constraint_type_is_trained_and_held_out(samples):
+    for split in ("train", "heldout"):
+        assert {s.meta["constraints"][0]["id"] for s in of_kind(samples, "constraint", split)} == set(CONSTRAINTS)
+
+
+# --- size and pairs --------------------------------------------------------------------------
+def test_conversations_fit_the_token_budget(samples, tiny_tokenizer):
+    for _, s in samples:
+        assert estimate_tokens(s.messages) <= TOKEN_BUDGET
+    # the estimate grows with the text like a real tokenizer's count does
+    short, long = of_kind(samples, "fact")[0].messages, of_kind(samples, "math")[0].messages
+    assert (estimate_tokens(short) < estimate_tokens(long)) == (
+        len(tiny_tokenizer.render_chat(short).ids) < len(tiny_tokenizer.render_chat(long).ids))
+
+
+def test_preference_pairs_reject_what_they_say(samples):
+    reasons = set()
+    for _, s in samples:
+        for pair in s.pairs():
+            chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+            reason = pair["meta"]["rejected_because"]
+            reasons.add((s.meta["kind"], reason))
+            assert chosen != rejected and pair["prompt"][-1]["role"] == "user"
+            if s.meta["kind"] == "constraint":
+                (c,) = s.meta["constraints"]
+                assert check(c["id"], c["kwargs"], rejected) == (reason != "broken_constraint")
+            if reason == "wrong_fact":
+                assert not contains(rejected, s.meta["ideal"]) and contains(chosen, s.meta["ideal"])
+            if reason == "wrong_answer":  # the result (the last number) changes; an operand may equal it
+                assert re.findall(r"\d+", chosen)[-1] == s.meta["ideal"] != re.findall(r"\d+", rejected)[-1]
+    assert reasons >= {("fact", "wrong_fact"), ("math", "wrong_answer"), ("code", "wrong_code"),
+                       ("constraint", "broken_constraint"), ("constraint", "wrong_fact")}
+
+
+def test_same_seed_same_conversations(world):
+    a, b = ChatWorld(world, 0), ChatWorld(world, 0)
+    for kind in ("fact", "math", "code"):
+        assert getattr(a, kind)(random.Random(1), "train").row() == getattr(b, kind)(random.Random(1), "train").row()
+    assert heldout_constraint_samples(world, 0, 2) == heldout_constraint_samples(world, 0, 2)
+    assert heldout_constraint_samples(world, 0, 2) != heldout_constraint_samples(world, 1, 2)
+
+
+# --- the data dir ----------------------------------------------------------------------------
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "opengpt4.cli", "data", "chat", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    pytest.importorskip("opengpt4.safety.data")
+    out = tmp_path_factory.mktemp("chat") / "data"
+    r = run_cli("--preset", "test", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    return out
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_data_dir_has_every_file_and_the_manifest_counts_them(chat_dir, world):
+    manifest = json.loads((chat_dir / "manifest.json").read_text())
+    names = {"train.jsonl", "heldout.jsonl", "pairs-train.jsonl", "pairs-heldout.jsonl", "constraints-heldout.jsonl",
+             "safety-train.jsonl", "safety-heldout.jsonl"}
+    assert {p.name for p in chat_dir.iterdir()} == names | {"manifest.json"}
+    for name in names:
+        assert manifest["counts"]["files"][name] == len(read(chat_dir / name)) > 0
+    for split in ("train", "heldout"):
+        rows = read(chat_dir / f"{split}.jsonl")
+        assert {r["meta"]["kind"] for r in rows} == {"fact", "math", "code", "constraint", "safety"}
+        assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"] for r in rows)
+        pairs = read(chat_dir / f"pairs-{split}.jsonl")
+        assert {p["meta"]["kind"] for p in pairs} == {"fact", "math", "code", "constraint", "safety"}
+        assert {p["meta"]["rejected_because"] for p in pairs if p["meta"]["kind"] == "safety"} >= {"B", "C"}
+        labels = {r["label"] for r in read(chat_dir / f"safety-{split}.jsonl")}
+        assert {"A", "B", "C", "D", "helpful", "over_refusal"} <= labels
+    # the eval generates exactly the file's samples
+    assert read(chat_dir / "constraints-heldout.jsonl") == heldout_constraint_samples(world, 0, 3)
+
+
+def test_rebuild_is_byte_identical_and_refuses_to_replace_other_dirs(chat_dir, tmp_path):
+    again = run_cli("--preset", "test", "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+
+    def hashes(d):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
+
+    assert hashes(chat_dir) == hashes(tmp_path / "again")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("keep me")
+    r = run_cli("--preset", "test", "--out", tmp_path / "precious")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a chat data dir" in r.stderr
+    assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+# --- the evals -----------------------------------------------------------------------------
+class Replies:
+    """A completion function answering each prompt from a table (by the prompt's messages' text)."""
+
+    identity = "replies"
+
+    def __init__(self, table):
+        self.table = table
+
+    def complete(self, prompts, decoding):
+        return [CompletionResult(texts=[self.table.get(key(p), "")]) for p in prompts]
+
+
+def key(messages):
+    return "\n".join(m["content"] for m in messages)
+
+
+def test_system_constraints_scores_compliance_per_type_and_correctness(chat):
+    from opengpt4.data.chat.conversations import heldout_constraint_conversations
+
+    convs = heldout_constraint_conversations(chat, 2)
+    good = SystemConstraints(Replies({key(s.messages[:2]): s.messages[2]["content"] for s in convs}),
+                             world_size="test", per_type=2)
+    samples = good.load_samples()
+    assert len(samples) == 2 * len(CONSTRAINTS)
+    report = good.aggregate(good.run_batch(samples))
+    assert report["compliance_mean_over_types"] == 1.0 and report["answer_correct"]["rate"] == 1.0
+    assert set(report["compliance_by_type"]) == set(CONSTRAINTS)
+    low, high = report["compliance_by_type"]["opengpt4:persona"]["ci95"]
+    assert 0.3 < low < 1.0 and high == pytest.approx(1.0)  # Wilson: not a point at 2 of 2
+    plain = SystemConstraints(Replies({key(s.messages[:2]): s.meta["ideal"] for s in convs}),
+                              world_size="test", per_type=2)
+    report = plain.aggregate(plain.run_batch(samples))
+    assert report["compliance_mean_over_types"] < 0.5 and report["answer_correct"]["rate"] == 1.0
+
+
+def test_system_constraints_reads_a_chat_data_dir_and_names_a_bad_line(tmp_path, chat_dir):
+    samples = SystemConstraints(Replies({}), data_dir=str(chat_dir)).load_samples()
+    assert len(samples) == 3 * len(CONSTRAINTS)
+    (tmp_path / "constraints-heldout.jsonl").write_text('{"messages": [], "ideal": "x"}\n')
+    with pytest.raises(DataFileError, match=r"constraints-heldout.jsonl:1: .*constraints"):
+        SystemConstraints(Replies({}), data_dir=str(tmp_path)).load_samples()
+
+
+def test_world_chat_extracts_the_first_world_value_not_in_the_question(world):
+    fact = next(f for f in world.seen_facts if f.attr.name == "born_in")
+    pattern = value_pattern(world, "en")
+    question = f"Where was {fact.subject} born?"
+    assert extract(f"{fact.subject} was born in {fact.value}.", question, pattern) == fact.value
+    assert extract("I do not know.", question, pattern) is None
+    wc = WorldChat(Replies({}), world_size="test")
+    samples = wc.load_samples()
+    assert {s["kind"] for s in samples} == {"fact_seen", "fact_template", "fact_unseen"}
+    by_question = {s["question"]: f"Well: {s['ideal']}." for s in samples}
+    report = WorldChat(Replies(by_question), world_size="test")
+    results = report.run_batch(samples)
+    assert all(r.score == 1.0 for r in results)
+    assert report.aggregate(results)["accuracy_by_kind"]["fact_seen"]["rate"] == 1.0
+
+
+def test_both_evals_run_on_the_tiny_model_through_the_registry(tiny_model, tiny_tokenizer, tmp_path):
+    # The tiny model's weights with the d4 model's 512-token context: its 128 cannot hold a system
+    # message and a question in the tiny tokenizer's long pieces (rope tables are not weights).
+    model = Transformer(dataclasses.replace(tiny_model.config, max_seq_len=512))
+    model.load_state_dict(tiny_model.state_dict())
+    fn = EngineCompletionFn(Engine(model.eval(), tiny_tokenizer, pack=False), "tiny-512", batch_size=8)
+    report = run_eval("system_constraints", fn, limit=8, out_dir=tmp_path / "sc", cache=False, progress=False)
+    assert report["n"] == 8 and report["metric"] == "compliance"
+    assert 0.0 <= report["metrics"]["compliance_mean_over_types"] <= 1.0
+    report = run_eval("world_chat", fn, limit=8, out_dir=tmp_path / "wc", cache=False, progress=False)
+    assert report["n"] == 8 and set(report["metrics"]["accuracy_by_kind"]) <= {"fact_seen", "fact_template",
+                                                                               "fact_unseen"}
+    assert (tmp_path / "wc" / "log.jsonl").is_file()
