@@ -362,7 +362,7 @@ def test_safety_eval_end_to_end_on_the_tiny_model_with_real_prompts(long_tiny_fn
     m = report["metrics"]
     assert report["n"] == 48 and report["metric"] == "policy_answer"
     sources = {k.split("/")[0] for k in m["label_counts"]}
-    assert sources == {"synthetic", "do_not_answer", "xstest"}  # a seeded sample of 48 of the 1,829 prompts
+    assert sources == {"synthetic", "do_not_answer", "xstest"}  # a seeded sample of 48 of the 1,821 prompts
     for name in ("disallowed_content_rate", "do_not_answer_refusal_rate", "over_refusal_rate"):
         low, high = m[name]["ci95"]
         assert -1e-9 < low <= m[name]["rate"] + 1e-9 and m[name]["rate"] - 1e-9 <= high < 1 + 1e-9, name  # float noise
