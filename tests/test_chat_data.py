@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from opengpt4.data.chat.constraints import CONSTRAINTS, END_PHRASES, HELDOUT_TEMPLATES, KEYWORDS, check, contains
+from opengpt4.data.chat.constraints import (
+    CONSTRAINTS,
+    END_PHRASES,
+    HELDOUT_TEMPLATES,
+    HELDOUT_VALUES,
+    KEYWORDS,
+    check,
+    contains,
+)
 from opengpt4.data.chat.conversations import (
     SYSTEM_PROMPTS,
     TOKEN_BUDGET,
@@ -119,15 +127,17 @@ def test_heldout_subjects_and_probe_facts_never_in_train(chat, world, samples):
 
 
 def test_heldout_phrasings_and_values_never_in_train(samples):
+    held_out_ends = END_PHRASES[-HELDOUT_VALUES["end_phrase"]:]
+    held_out_keywords = KEYWORDS[-HELDOUT_VALUES["keywords"]:]
     for split, s in samples:
         if s.meta["kind"] == "constraint":
             (c,) = s.meta["constraints"]
             heldout = s.meta["template"] >= len(CONSTRAINTS[c["id"]].templates) - HELDOUT_TEMPLATES
             assert heldout == (split == "heldout"), (split, s.meta)
             if "end_phrase" in c["kwargs"]:
-                assert (c["kwargs"]["end_phrase"] in END_PHRASES[-2:]) == (split == "heldout")
+                assert (c["kwargs"]["end_phrase"] in held_out_ends) == (split == "heldout")
             for keyword in c["kwargs"].get("keywords", []):
-                assert (keyword in KEYWORDS[-4:]) == (split == "heldout")
+                assert (keyword in held_out_keywords) == (split == "heldout")
         elif s.messages[0]["role"] == "system":
             assert (s.messages[0]["content"] == SYSTEM_PROMPTS[-1]) == (split == "heldout")
     problems = {split: {s.messages[-2]["content"] for sp, s in samples if sp == split and s.meta["kind"] == "math"

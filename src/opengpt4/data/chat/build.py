@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from opengpt4.config import FORMAT_VERSION
-from opengpt4.data.chat.constraints import CONSTRAINTS, HELDOUT_TEMPLATES
+from opengpt4.data.chat.constraints import CONSTRAINTS, END_PHRASES, HELDOUT_TEMPLATES, HELDOUT_VALUES, KEYWORDS
 from opengpt4.data.chat.conversations import (
     HELDOUT_SUBJECT_FRACTION,
     TOKEN_BUDGET,
@@ -69,8 +69,9 @@ SPLIT_RULES = {
                    "train conversations: the world_chat eval asks them",
     "system_messages": f"the last {HELDOUT_TEMPLATES} phrasings of each constraint and the last generic system "
                        "prompt are held out",
-    "kwarg_values": "end phrases (2) and keywords (4) have held-out values; languages, counts and personas take all "
-                    "their values in both splits",
+    "kwarg_values": f"end phrases ({HELDOUT_VALUES['end_phrase']} of {len(END_PHRASES)}) and keywords "
+                    f"({HELDOUT_VALUES['keywords']} of {len(KEYWORDS)}) have held-out values; languages, counts "
+                    "and personas take all their values in both splits",
     "math_code": "arithmetic: the world's train problems vs its val problems; code: train vs val functions; the "
                  "last code request phrasings and arithmetic follow-up are held out",
     "constraint_types": "every type is in both splits: held-out compliance measures new phrasings, values and "

@@ -9,10 +9,11 @@ given answer, a way to turn that correct answer into a compliant reply (the SFT 
 Where our checks differ from IFEval's code (read in google-research/instruction_following_eval):
   - language: IFEval asks `langdetect`; ours is `detect_language`, a vote of the words of the
     synthetic world's five languages (its templates, phrases and vocabulary, plus common
-    function words) and the script for Russian. langdetect is unreliable on one-sentence replies
-    full of invented names, and non-deterministic unless seeded; the world's own vocabulary
-    decides its replies exactly. A reply with no word of any language is in no language:
-    IFEval passes what langdetect cannot classify, we fail it (else "Staikon." would be French).
+    function words; every Cyrillic word votes Russian). langdetect is unreliable on one-sentence
+    replies full of invented names, and non-deterministic unless seeded; the world's own
+    vocabulary decides its replies exactly. A reply with no word of any language is in no
+    language: IFEval passes what langdetect cannot classify, we fail it (else "Staikon." would
+    count as French).
   - english_lowercase / english_capital: IFEval also requires langdetect's "en"; ours requires
     that the reply is not detected as another language (names alone pass, as in IFEval).
   - number_words counts `\\w+` runs, which is what IFEval's nltk RegexpTokenizer(r"\\w+") counts.
@@ -132,9 +133,9 @@ def detect_language(text: str) -> str | None:
     return ranked[0][0]
 
 
-def _pool(values: tuple[str, ...], split: str) -> tuple[str, ...]:
-    """A kwarg's values for a split: the last HELDOUT_TEMPLATES values are held out."""
-    return values[-HELDOUT_TEMPLATES:] if split == "heldout" else values[:-HELDOUT_TEMPLATES]
+def split_pool(items: tuple[str, ...], split: str, heldout: int = HELDOUT_TEMPLATES) -> tuple[str, ...]:
+    """The items of a split: the last `heldout` of them are held out, the others are train's."""
+    return items[-heldout:] if split == "heldout" else items[:-heldout]
 
 
 def _quoted(items: list[str]) -> str:
@@ -157,7 +158,7 @@ class Constraint:
     conflicts: Callable[[Kwargs], tuple[str, ...]] = lambda kwargs: ()  # user requests it overrules (English)
 
     def phrasings(self, split: str) -> tuple[str, ...]:
-        return _pool(self.templates, split)
+        return split_pool(self.templates, split)
 
     def system_message(self, rng: random.Random, kwargs: Kwargs, split: str) -> str:
         return rng.choice(self.phrasings(split)).format(**self.fields(kwargs))
@@ -253,9 +254,21 @@ def _check_json(kwargs: Kwargs, response: str) -> bool:
     return True
 
 
-END_PHRASES = ("Is there anything else I can help with?", "Any other questions?", "Hope this helps!",
-               "That is all.", "Have a nice day!", "Happy to help.", "Thanks for asking!",
-               "Until next time!", "Good luck with your studies!")  # the last two: held out
+# Many end phrases and keywords, so that a model learns to copy them from the system message:
+# the held-out ones (the last HELDOUT_VALUES) are never seen in training.
+END_PHRASES = ("Is there anything else I can help with?", "Any other questions?", "Hope this helps!", "That is all.",
+               "Have a nice day!", "Happy to help.", "Thanks for asking!", "Let me know if you need more.",
+               "Glad I could help.", "See you soon!", "Enjoy your day!", "Stay curious!", "Talk to you later.",
+               "That is my answer.", "End of answer.", "Over and out.", "Best wishes!", "Cheers!", "Take care!",
+               "Ask me anything else.", "Keep learning!", "I hope that answers it.", "Have a good one!",
+               "Until next time!", "Good luck with your studies!", "Farewell for now.", "Happy learning!")
+KEYWORDS = ("lantern", "harbour", "compass", "meadow", "violin", "anchor", "pepper", "marble", "candle", "orchard",
+            "feather", "ladder", "pebble", "thunder", "velvet", "kettle", "blanket", "bridge", "castle", "garden",
+            "island", "jacket", "ribbon", "rocket", "saddle", "shadow", "silver", "spoon", "sunset", "tiger",
+            "tunnel", "valley", "wagon", "window", "forest", "pillow", "river", "mountain", "basket", "butter",
+            "cotton", "dragon", "engine", "falcon", "glacier", "hammer", "jungle", "lemonade", "magnet", "needle",
+            "mirror", "biscuit", "tulip", "canyon", "parrot", "trumpet", "walrus", "cobweb")
+HELDOUT_VALUES = {"end_phrase": 4, "keywords": 8}
 
 
 def _check_end(kwargs: Kwargs, response: str) -> bool:
@@ -301,15 +314,10 @@ def _check_forbidden(kwargs: Kwargs, response: str) -> bool:
                    for w in kwargs["forbidden_words"])
 
 
-KEYWORDS = ("lantern", "harbour", "compass", "meadow", "violin", "anchor", "pepper", "marble", "candle",
-            "orchard", "feather", "ladder", "pebble", "thunder", "velvet", "kettle", "mirror", "saddle", "biscuit",
-            "tulip")  # the last two: held out (the pool of a split's keyword pairs)
-
-
 def _draw_keywords(rng: random.Random, answer: Answer, split: str) -> Kwargs | None:
     if answer.lang != "en":
         return None
-    pool = KEYWORDS[-4:] if split == "heldout" else KEYWORDS[:-4]  # four held out, so pairs of them exist
+    pool = split_pool(KEYWORDS, split, HELDOUT_VALUES["keywords"])
     return {"keywords": sorted(rng.sample(pool, rng.choice((1, 2))))}
 
 
@@ -393,7 +401,7 @@ _CONSTRAINTS = (
          "Reply in ALL CAPS.",
          "Use uppercase letters for your entire reply.",
          "Every word you write must be in capitals.",
-         "Answer entirely in upper case.",
+         "Answer entirely in uppercase letters.",
          "Shout your reply: capital letters only."),
         _english, lambda kw, a: a.text.upper(), _check_case(lower=False),
         conflicts=lambda kw: ("Please write normally, not in capitals.",)),
@@ -463,7 +471,7 @@ _CONSTRAINTS = (
          "Conclude each response with the phrase {end_phrase}",
          "Make {end_phrase} the final words of your reply.",
          "Whatever you say, finish with exactly: {end_phrase}"),
-        lambda rng, a, split: {"end_phrase": rng.choice(_pool(END_PHRASES, split))},
+        lambda rng, a, split: {"end_phrase": rng.choice(split_pool(END_PHRASES, split, HELDOUT_VALUES["end_phrase"]))},
         lambda kw, a: f"{a.text} {kw['end_phrase']}", _check_end),
     Constraint(
         "detectable_content:postscript",

@@ -13,8 +13,8 @@ Splits (the held-out split measures generalisation, never an unseen constraint t
     measures what pretraining taught, not what SFT did.
   - system messages: each constraint's last phrasings (constraints.HELDOUT_TEMPLATES) and the
     last generic system prompt appear only in held-out conversations.
-  - kwarg values: end phrases and keywords have held-out values (constraints.END_PHRASES,
-    KEYWORDS); the other kwargs (languages, counts, personas) take all their values in both.
+  - kwarg values: end phrases and keywords have held-out values (constraints.HELDOUT_VALUES);
+    the other kwargs (languages, counts, personas) take all their values in both.
   - arithmetic: train problems vs the world's val problems; code: train vs val functions;
     user phrasings of code requests and arithmetic follow-ups have held-out forms too.
 Constraint conversations put the constraint in the system message only; a share of them has
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opengpt4.data.chat.constraints import CONSTRAINTS, HELDOUT_TEMPLATES, Answer, Constraint, contains
+from opengpt4.data.chat.constraints import CONSTRAINTS, Answer, Constraint, contains, split_pool
 from opengpt4.data.tasks import Function, MathProblem
 from opengpt4.data.world import LANGUAGES, PHRASES, TEMPLATES, Fact, World
 
@@ -93,10 +93,6 @@ def estimate_tokens(messages: list[dict[str, str]]) -> float:
 
 def fits(messages: list[dict[str, str]]) -> bool:
     return estimate_tokens(messages) <= TOKEN_BUDGET
-
-
-def _split_pool(items: tuple[str, ...], split: str, heldout: int = HELDOUT_TEMPLATES) -> tuple[str, ...]:
-    return items[-heldout:] if split == "heldout" else items[:-heldout]
 
 
 def _capitalise(text: str) -> str:
@@ -195,7 +191,7 @@ class ChatWorld:
     def _system(self, rng: random.Random, split: str) -> list[dict[str, str]]:
         if rng.random() < 0.5:
             return []
-        return [{"role": "system", "content": rng.choice(_split_pool(SYSTEM_PROMPTS, split, 1))}]
+        return [{"role": "system", "content": rng.choice(split_pool(SYSTEM_PROMPTS, split, 1))}]
 
     # --- conversations ---------------------------------------------------------------------
     def fact(self, rng: random.Random, split: str) -> Sample:
@@ -243,7 +239,7 @@ class ChatWorld:
                                                {"role": "assistant", "content": problem.solution}]
         result, reply = problem.answer, problem.solution
         if rng.random() < MULTI_TURN:
-            follow_up = rng.choice(_split_pool(FOLLOW_UPS, split, 1))
+            follow_up = rng.choice(split_pool(FOLLOW_UPS, split, 1))
             result = 2 * problem.answer
             reply = f"{problem.answer} * 2 = {result}. The answer is {result}."
             messages += [{"role": "user", "content": follow_up}, {"role": "assistant", "content": reply}]
@@ -255,7 +251,7 @@ class ChatWorld:
     def _code(self, rng: random.Random, split: str) -> Sample:
         functions = self.functions[split]
         f = rng.choice(functions)
-        request = rng.choice(_split_pool(CODE_REQUESTS, split)).format(name=f.name, arg=f.arg, doc=f.doc, prompt=f.prompt)
+        request = rng.choice(split_pool(CODE_REQUESTS, split, 2)).format(name=f.name, arg=f.arg, doc=f.doc, prompt=f.prompt)
         others = self.functions["train"] + self.functions["heldout"]  # any other body is a wrong one
         wrong = rng.choice([g for g in others if g.arg == f.arg and g.expression != f.expression])
         messages = self._system(rng, split) + [{"role": "user", "content": request},
