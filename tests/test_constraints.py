@@ -11,13 +11,17 @@ from opengpt4.data.chat.conversations import ChatWorld
 from opengpt4.data.world import World
 from opengpt4.errors import UnknownConstraint
 
-# IFEval's instruction ids (google-research instruction_following_eval/instructions_registry.py) that we use.
-IFEVAL_IDS = {"language:response_language", "change_case:english_lowercase", "change_case:english_capital",
-              "detectable_format:number_bullet_lists", "length_constraints:number_paragraphs",
-              "detectable_format:multiple_sections", "length_constraints:number_words",
-              "detectable_format:json_format", "startend:end_checker", "detectable_content:postscript",
-              "keywords:forbidden_words", "keywords:existence", "startend:quotation", "detectable_format:title",
-              "punctuation:no_comma", "detectable_format:number_paragraphs"}
+# IFEval's instruction ids (google-research instruction_following_eval/instructions_registry.py).
+IFEVAL_IDS = {"keywords:existence", "keywords:frequency", "keywords:forbidden_words", "keywords:letter_frequency",
+              "language:response_language", "length_constraints:number_sentences",
+              "length_constraints:number_paragraphs", "length_constraints:number_words",
+              "length_constraints:nth_paragraph_first_word", "detectable_content:number_placeholders",
+              "detectable_content:postscript", "detectable_format:number_bullet_lists",
+              "detectable_format:constrained_response", "detectable_format:number_highlighted_sections",
+              "detectable_format:multiple_sections", "detectable_format:json_format", "detectable_format:title",
+              "combination:two_responses", "combination:repeat_prompt", "startend:end_checker",
+              "change_case:capital_word_frequency", "change_case:english_capital", "change_case:english_lowercase",
+              "punctuation:no_comma", "startend:quotation"}
 
 # (id, kwargs, response, expected)
 CASES = [
@@ -38,10 +42,10 @@ CASES = [
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "- one\n  * two\nthree", True),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n* two\n* three", False),
     ("detectable_format:number_bullet_lists", {"num_bullets": 1}, "**bold** text\n* one", True),  # ** is no bullet
-    ("detectable_format:number_paragraphs", {"num_paragraphs": 2}, "One.\n\n***\n\nTwo.", True),
-    ("detectable_format:number_paragraphs", {"num_paragraphs": 2}, "***\nOne.\n***\nTwo.\n***", True),
-    ("detectable_format:number_paragraphs", {"num_paragraphs": 3}, "One.\n***\n***\nTwo.", False),  # empty middle
-    ("detectable_format:number_paragraphs", {"num_paragraphs": 3}, "One.\n***\nTwo.", False),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "One.\n\n***\n\nTwo.", True),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "***\nOne.\n***\nTwo.\n***", True),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, "One.\n***\n***\nTwo.", False),  # empty middle
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, "One.\n***\nTwo.", False),
     ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 2},
      "SECTION 1\nOne.\nSECTION 2\nTwo.", True),
     ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 2},

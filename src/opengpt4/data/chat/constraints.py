@@ -418,7 +418,7 @@ _CONSTRAINTS = (
         _count_draw("num_bullets", 1, 5), _bullets, _check_bullets,
         conflicts=lambda kw: ("Please answer in one sentence, no list.",)),
     Constraint(
-        "detectable_format:number_paragraphs",
+        "length_constraints:number_paragraphs",
         ("There should be {num_paragraphs} paragraphs. Paragraphs are separated with the markdown divider: ***",
          "Write exactly {num_paragraphs} paragraphs, separated by ***.",
          "Your answer must have {num_paragraphs} paragraphs with *** between them.",
