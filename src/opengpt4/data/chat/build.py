@@ -76,7 +76,8 @@ SPLIT_RULES = {
                  "last code request phrasings and arithmetic follow-up are held out",
     "constraint_types": "every type is in both splits: held-out compliance measures new phrasings, values and "
                         "subjects, never an unseen type",
-    "safety": "opengpt4.safety.data: held-out prompt templates and entities",
+    "safety": "opengpt4.safety.data: held-out prompt templates about the chat data's held-out subjects; train texts "
+              "state no probe fact",
     "token_budget": f"conversations estimated at <= {TOKEN_BUDGET} tokens (conversations.estimate_tokens; < 200 "
                     "with the mini data's tokenizer), for 256-token training windows",
 }
