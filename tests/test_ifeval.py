@@ -176,37 +176,49 @@ ifeval-system-tiny.test.v1:
 
 
 @needs_data
-def test_both_evals_run_end_to_end_on_the_tiny_model_and_compare_pairs_by_key(tmp_path, tiny_model, tiny_tokenizer):
-    # The tiny model has a 128-token context: its data dir holds the five shortest real prompts.
-    lines = sorted(DATA.read_text().splitlines(), key=lambda line: len(json.loads(line)["prompt"]))[:5]
+def test_both_evals_run_end_to_end_on_the_tiny_model_and_compare_pairs_by_key(tmp_path, rows, tiny_model,
+                                                                              tiny_tokenizer):
+    # The tiny model has a 128-token context: its data dir holds the shortest real prompts,
+    # three that IFEval-system splits and two that it keeps whole.
+    by_length = sorted(rows.values(), key=lambda row: len(row.prompt))
+    split = [row for row in by_length if system_split(row).system is not None][:3]
+    whole = [row for row in by_length if system_split(row).system is None][:2]
+    keys = sorted(row.key for row in split + whole)
+    lines = [line for line in DATA.read_text().splitlines() if json.loads(line)["key"] in keys]
     (tmp_path / "data" / "ifeval").mkdir(parents=True)
     (tmp_path / "data" / "ifeval" / "input_data.jsonl").write_text("\n".join(lines) + "\n")
     registry = write_registry(tmp_path / "registry", TINY_EVALS)
     fn = EngineCompletionFn(Engine(tiny_model, tiny_tokenizer, pack=False), "tiny", batch_size=4)
 
-    def run(name, out, seed=0):
-        return run_eval(name, fn, registries=[registry], limit=4, seed=seed, out_dir=tmp_path / out,
-                        data_dir=str(tmp_path / "data"), cache=False, progress=False)
+    def run(name, out):
+        report = run_eval(name, fn, registries=[registry], limit=4, out_dir=tmp_path / out,
+                          data_dir=str(tmp_path / "data"), cache=False, progress=False)
+        samples = [json.loads(line) for line in (tmp_path / out / "log.jsonl").read_text().splitlines()][1:-1]
+        return report, samples
 
-    report = run("ifeval-tiny", "a")
+    report, samples = run("ifeval-tiny", "a")
     metrics = report["metrics"]
     assert report["n"] == 4 and report["metric"] == "prompt_level_strict"
     assert report["score"] == metrics["prompt_level_strict"]
     for name in ("prompt_level_strict", "inst_level_strict", "prompt_level_loose", "inst_level_loose"):
         low, high = metrics[f"{name}_ci95"]
         assert 0 <= low <= metrics[name] <= high <= 1
-    assert metrics["inst_level_strict"] <= metrics["inst_level_loose"]
+    assert metrics["inst_level_strict"] == sum(map(sum, (e["extra"]["strict"] for e in samples))) / \
+        metrics["n_instructions"]
     assert sum(v["n"] for v in metrics["by_instruction"].values()) == metrics["n_instructions"]
-    assert metrics["n_hit_max_tokens"] <= 4
+    assert metrics["n_hit_max_tokens"] == sum(e["usage"]["completion_tokens"] == 12 for e in samples)
+    assert all(e["prompt"] == [{"role": "user", "content": rows[e["extra"]["key"]].prompt}] for e in samples)
+    assert {e["sample_id"] for e in samples} <= {f"ifeval/{k}" for k in keys}
 
-    system = run("ifeval-system-tiny", "s")["metrics"]
-    assert system["n_split"] + system["n_unsplit"] == 4
-    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
-    roles = [[m["role"] for m in e["prompt"]] for e in log if "sample_id" in e]
-    assert roles.count(["system", "user"]) == system["n_split"]
+    system, system_samples = run("ifeval-system-tiny", "s")
+    assert system["metrics"]["n_split"] + system["metrics"]["n_unsplit"] == 4 and system["metrics"]["n_split"] >= 2
+    for e in system_samples:
+        s = system_split(rows[e["extra"]["key"]])
+        expected = [{"role": "user", "content": s.user}] if s.system is None else \
+            [{"role": "system", "content": s.system}, {"role": "user", "content": s.user}]
+        assert e["prompt"] == expected and e["extra"]["split"] == s.reason
 
-    run("ifeval-tiny", "b")  # the same samples again: paired by their IFEval key
+    _, again = run("ifeval-tiny", "b")  # the same seed picks the same samples: paired by their IFEval key
+    assert [e["sample_id"] for e in again] == [e["sample_id"] for e in samples]
     paired = compare(tmp_path / "a", tmp_path / "b")
     assert paired["n_paired"] == 4 and paired["only_in_a"] == paired["only_in_b"] == 0
-    keys = {json.loads(line)["key"] for line in lines}
-    assert {f["sample_id"] for f in paired["flipped"]} <= {f"ifeval/{k}" for k in keys}
