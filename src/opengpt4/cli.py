@@ -288,6 +288,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_from_cli(args)
 
 
+def cmd_sft(args: argparse.Namespace) -> None:
+    from opengpt4.train.sft import sft_from_cli
+
+    sft_from_cli(args)
+
+
 # --- parser --------------------------------------------------------------------------------
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -410,6 +416,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a training or model setting, e.g. --set lr=3e-3 --set model.n_layer=4")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on chat data, full or LoRA (runs under torchrun too)")
+    p.add_argument("--model", required=True,
+                   help="checkpoint dir or model name to start from (e.g. smollm2-135m-instruct, a `train` run dir)")
+    p.add_argument("--data", required=True,
+                   help="a chat data dir (train.jsonl, heldout.jsonl) or a JSONL file: OpenAI fine-tuning "
+                        "{\"messages\": [...]}, or the same under \"chat\" / \"conversations\" (ShareGPT turns too)")
+    p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
+    p.add_argument("--lora", type=int, default=None, metavar="RANK",
+                   help="train rank-RANK LoRA adapters on the attention and MLP projections (merged into the "
+                        "written weights) instead of every weight; default lr then 1e-3 instead of 1e-4")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
+    stop.add_argument("--epochs", type=float, default=None,
+                      help="passes over the training conversations (default 2: --set epochs=E)")
+    stop.add_argument("--max-minutes", type=float, default=None,
+                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (SFTConfig), e.g. --set lr=5e-5 --set seq_len=1024 --set batch_size=32")
+    p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
+    p.set_defaults(func=cmd_sft)
 
     from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
 

@@ -30,6 +30,11 @@ class DataFileError(OpenGPT4Error, ValueError):
     """A data file (JSONL, versioned JSON) that is missing or malformed; the message names the file and line."""
 
 
+class ChatDataError(DataFileError):
+    """A conversation that cannot be trained on (no assistant turn, an empty one, an unknown role...):
+    names the file:line."""
+
+
 class UnknownConstraint(OpenGPT4Error, ValueError):
     """A system-message constraint id that `opengpt4.data.chat.constraints` does not know."""
 

@@ -37,7 +37,7 @@ class MetricsLog:
 
 
 def plot_metrics(lines: list[dict], png: Path) -> None:
-    """Train and per-domain validation loss against tokens seen; probe accuracies beside them."""
+    """Train and per-domain validation loss against tokens seen; probe accuracies beside them, if any."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +45,11 @@ def plot_metrics(lines: list[dict], png: Path) -> None:
 
     train = [m for m in lines if "loss" in m]
     evals = [m for m in lines if "val" in m]
-    fig, (ax_loss, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.5))
+    probes = sorted({k for m in evals for k in m.get("probe", {})})
+    if probes:
+        fig, (ax_loss, ax_probe) = plt.subplots(1, 2, figsize=(12, 4.5))
+    else:  # a run without probes (SFT): the loss alone
+        fig, ax_loss = plt.subplots(figsize=(6.5, 4.5))
     if train:
         ax_loss.plot([m["tokens"] for m in train], [m["loss"] for m in train], lw=0.8, alpha=0.6, label="train")
     for domain in sorted({d for m in evals for d in m["val"]}):
@@ -53,11 +57,12 @@ def plot_metrics(lines: list[dict], png: Path) -> None:
         ax_loss.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"val {domain}")
     ax_loss.set(xlabel="tokens", ylabel="loss (nats/token)", yscale="log", title="loss")
     ax_loss.legend(fontsize=7)
-    for key in sorted({k for m in evals for k in m.get("probe", {})}):
-        points = [(m["tokens"], m["probe"][key]) for m in evals if key in m.get("probe", {})]
-        ax_probe.plot(*zip(*points, strict=True), marker="o", ms=3, label=key)
-    ax_probe.set(xlabel="tokens", ylabel="exact match", ylim=(0, 1), title="probes (held-out questions)")
-    ax_probe.legend(fontsize=7)
+    if probes:
+        for key in probes:
+            points = [(m["tokens"], m["probe"][key]) for m in evals if key in m.get("probe", {})]
+            ax_probe.plot(*zip(*points, strict=True), marker="o", ms=3, label=key)
+        ax_probe.set(xlabel="tokens", ylabel="exact match", ylim=(0, 1), title="probes (held-out questions)")
+        ax_probe.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)

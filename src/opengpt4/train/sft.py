@@ -1,0 +1,305 @@
+"""Supervised fine-tuning on chat data: full or LoRA, one process or many (torchrun), resumable.
+
+    opengpt4 sft --model smollm2-135m-instruct --data CHAT_DIR --out DIR [--lora 16] [--epochs 2]
+    torchrun --nproc_per_node=2 -m opengpt4.cli sft ...
+
+An objective of the shared loop (train/loop.py). It starts from any checkpoint (an imported
+model by name, a pretraining run dir) and renders each conversation with the model's own
+tokenizer (`render_chat`: ChatML, the system message its own turn, SmolLM2's default system
+message where its template inserts one). The loss is on assistant tokens only: the tokenizer's
+mask (assistant content and the <|im_end|> closing it), less turns marked "weight": 0.
+
+Packing: whole conversations, never split, go into rows of seq_len tokens by best fit (each,
+in a seeded shuffled order, into the fullest row that still has room; padding fills the
+rest, with no loss). A conversation longer than seq_len is skipped and counted (the count and
+the first one's file:line are printed and kept in trainer_state.json): truncating would cut
+the answer off, or train on an answer without its question. Attention runs across the
+conversations of a row, as pretraining's runs across documents: the decoder has one causal
+path (SDPA's fused kernel, no per-row masks), every conversation opens with its own
+<|im_start|>system turn, and no loss crosses a boundary (a conversation's first token is never
+a target). `--set pack=false` gives each conversation a row of its own, for comparison.
+
+Rows are packed once; epoch e visits them in the order of a generator seeded with [seed, e],
+so the global batch of step s is a function of s alone: a checkpoint's data position is the
+step, and any (ranks x micro-batches) split of the same batch sees the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from bisect import bisect_left, insort
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from opengpt4.config import LORA_LR, SFTConfig, apply_overrides
+from opengpt4.data.chat_io import ChatData, Conversation, read_chat_data
+from opengpt4.data.loader import Batch
+from opengpt4.errors import ChatDataError, CheckpointError, ConfigError
+from opengpt4.model import lora
+from opengpt4.model.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_model
+from opengpt4.model.transformer import IGNORE_INDEX
+from opengpt4.tokenizer import Tokenizer
+from opengpt4.train import distributed
+from opengpt4.train.evaluate import val_losses
+from opengpt4.train.loop import (
+    Snapshot,
+    Trainer,
+    gather_parameters,
+    micro_batches,
+    next_token_loss,
+    plain_model,
+    read_state,
+    target_count,
+)
+
+ADAPTER_FILE = "adapter.safetensors"  # LoRA's A and B, unmerged: what a resume continues from
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def encode(tokenizer: Tokenizer, conversation: Conversation) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids, next-token targets) of one conversation: a target where the next token is
+    in the assistant-only loss mask, IGNORE_INDEX elsewhere (and on the last token)."""
+    encoding = tokenizer.render_chat(conversation.messages)
+    ids, mask = np.array(encoding.ids, dtype=np.int64), np.array(encoding.loss_mask, dtype=bool)
+    weights = [m.get("weight", 1) for m in conversation.messages if m["role"] == "assistant"]
+    if 0 in weights:  # the mask's runs are the assistant turns, in order (each ends at its <|im_end|>)
+        starts = np.flatnonzero(mask & ~np.r_[False, mask[:-1]])
+        ends = np.flatnonzero(mask & ~np.r_[mask[1:], False]) + 1
+        assert len(starts) == len(weights), (conversation.source, len(starts), len(weights))
+        for lo, hi, weight in zip(starts, ends, weights, strict=True):
+            mask[lo:hi] &= bool(weight)
+    targets = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+    targets[:-1] = np.where(mask[1:], ids[1:], IGNORE_INDEX)
+    return ids, targets
+
+
+def best_fit(lengths: list[int], order: np.ndarray, capacity: int) -> list[list[int]]:
+    """Rows of item indices: each item, in `order`, goes into the fullest row it still fits in."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row), sorted
+    for i in order:
+        k = bisect_left(free, (lengths[i], -1))
+        if k == len(free):
+            room, row = capacity, len(rows)
+            rows.append([])
+        else:
+            room, row = free.pop(k)
+        rows[row].append(int(i))
+        if room - lengths[i] > 0:
+            insort(free, (room - lengths[i], row))
+    return rows
+
+
+@dataclass
+class PackStats:
+    conversations: int  # packed
+    skipped: int  # longer than a row
+    first_skipped: str | None  # file:line
+    rows: int
+    fill: float  # real tokens / row tokens
+    trained_tokens: int  # tokens with a loss
+
+    def describe(self, seq_len: int) -> str:
+        text = (f"{self.conversations:,} conversations in {self.rows:,} rows of {seq_len} tokens "
+                f"({100 * self.fill:.1f}% filled, {self.trained_tokens:,} tokens with a loss)")
+        if self.skipped:
+            text += f", {self.skipped:,} skipped as longer than {seq_len} tokens (first: {self.first_skipped})"
+        return text
+
+
+class PackedChats:
+    """Conversations tokenized and packed into rows of seq_len (input ids, targets)."""
+
+    def __init__(self, conversations: list[Conversation], tokenizer: Tokenizer, seq_len: int, pack: bool,
+                 seed: int | None, pad_id: int) -> None:
+        """`seed`: the order conversations are packed in (None: as in the file)."""
+        encoded, skipped = [], []
+        for c in conversations:
+            ids, targets = encode(tokenizer, c)
+            (encoded if len(ids) <= seq_len else skipped).append((c.source, ids, targets))
+        if not encoded:
+            where = conversations[0].source.rsplit(":", 1)[0]
+            raise ChatDataError(f"{where}: all {len(conversations):,} conversations are longer than seq_len "
+                                f"{seq_len} tokens (raise it with --set seq_len=N, up to the model's context)")
+        lengths = [len(ids) for _, ids, _ in encoded]
+        n = len(encoded)
+        order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
+        rows = best_fit(lengths, order, seq_len) if pack else [[int(i)] for i in order]
+        self.input_ids = np.full((len(rows), seq_len), pad_id, dtype=np.int32)
+        self.targets = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int32)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                _, ids, targets = encoded[i]
+                self.input_ids[r, at : at + len(ids)] = ids
+                self.targets[r, at : at + len(ids)] = targets
+                at += len(ids)
+        self.stats = PackStats(n, len(skipped), skipped[0][0] if skipped else None, len(rows),
+                               sum(lengths) / (len(rows) * seq_len), int((self.targets != IGNORE_INDEX).sum()))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, rows: np.ndarray | list[int]) -> Batch:
+        return Batch(torch.from_numpy(self.input_ids[rows].astype(np.int64)),
+                     torch.from_numpy(self.targets[rows].astype(np.int64)), None, ["chat"] * len(rows))
+
+
+class SFT:
+    """Fine-tuning a checkpoint on conversations (see loop.Objective and this module's docstring)."""
+
+    name = "sft"
+
+    def __init__(self, model: str, data: ChatData, out: Path, cfg: SFTConfig, d: distributed.Dist,
+                 state: dict | None) -> None:
+        self.cfg, self.dist, self.data = cfg, d, data
+        self.base = resolve_model(model)
+        resumed = state["sft"] if state is not None else None
+        # Full fine-tuning resumes from the checkpoint's weights; LoRA from the base and its adapters.
+        start = out if resumed is not None and not cfg.lora_rank else self.base
+        self.model, self.tokenizer = load_checkpoint(start)
+        config = self.model_config = self.model.config
+        if cfg.seq_len > config.max_seq_len:
+            raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
+        self.model.train()
+        for tower in ("vision", "projector"):  # text chats: the image path stays as it is
+            if hasattr(self.model, tower):
+                getattr(self.model, tower).requires_grad_(False)
+        torch.manual_seed(cfg.seed)
+        self.base_sha256 = None
+        if cfg.lora_rank:
+            self.base_sha256 = sha256(self.base / WEIGHTS_FILE)  # a resume must start from the very same weights
+            lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
+        self.data_sha256 = sha256(data.train_file)
+        if resumed is not None:
+            self._check_resume(resumed, out)
+
+        pad = self.tokenizer.pad_id
+        self.train = PackedChats(data.train, self.tokenizer, cfg.seq_len, cfg.pack, cfg.seed, pad)
+        self.heldout = (PackedChats(data.heldout, self.tokenizer, cfg.seq_len, cfg.pack, None, pad)
+                        if data.heldout else None)
+        self.n_micro = micro_batches(cfg, d)
+        self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
+        self.step = resumed["step"] if resumed is not None else 0
+        self._orders: dict[int, np.ndarray] = {}
+        flops = config.flops_per_token(cfg.seq_len)
+        if cfg.lora_rank:  # frozen weights get no weight gradients: ~4N per token instead of 6N
+            flops -= 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
+        self.flops_per_token = flops
+
+    def _check_resume(self, resumed: dict, out: Path) -> None:
+        if resumed["data_sha256"] != self.data_sha256:
+            raise CheckpointError(f"{self.data.train_file} is not the data {out} was trained on "
+                                  f"({resumed['data']}): resume with the same file")
+        if self.cfg.lora_rank:
+            if resumed["base_sha256"] != self.base_sha256:
+                raise CheckpointError(f"{self.base} is not the model {out}'s adapters were trained on "
+                                      f"({resumed['base']}): resume with the same --model")
+            lora.load_adapters(self.model, load_file(str(out / ADAPTER_FILE)), str(out / ADAPTER_FILE))
+
+    # --- the objective ---------------------------------------------------------------------
+    def describe(self) -> str:
+        c, cfg = self.model_config, self.cfg
+        mode = (f"LoRA rank {cfg.lora_rank} (alpha {cfg.lora_alpha:g}) on {len(lora.lora_modules(self.model))} "
+                "projections" if cfg.lora_rank else "full fine-tuning")
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        text = (f"model {self.base.name} ({c.num_params() / 1e6:.2f}M parameters), {mode}: {trainable / 1e6:.2f}M "
+                f"trained; train: {self.train.stats.describe(cfg.seq_len)}; "
+                f"{cfg.batch_size} rows/step, {self.steps_for(1.0):,} steps/epoch")
+        if self.heldout is not None:
+            text += f"; held-out: {self.heldout.stats.describe(cfg.seq_len)}"
+        return text
+
+    def steps_for(self, epochs: float) -> int:
+        return max(math.ceil(epochs * len(self.train) / self.cfg.batch_size), 1)
+
+    def default_steps(self) -> int:
+        return self.steps_for(self.cfg.epochs)
+
+    def _row(self, g: int) -> int:
+        """The packed row at global position g of the endless sequence of epochs."""
+        epoch, at = divmod(g, len(self.train))
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train))}
+        return int(self._orders[epoch][at])
+
+    def next_batches(self) -> list[Batch]:
+        b, d = self.cfg.batch_size, self.dist
+        lo = self.step * b + d.rank * b // d.world_size
+        rows = [self._row(g) for g in range(lo, lo + b // d.world_size)]
+        self.step += 1
+        m = self.rows_per_micro
+        return [self.train.batch(rows[j * m : (j + 1) * m]) for j in range(self.n_micro)]
+
+    def count(self, batch: Batch) -> int:
+        return target_count(batch)
+
+    def tokens(self, batch: Batch) -> int:
+        return batch.input_ids.numel()
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return next_token_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, autocast: AbstractContextManager) -> dict[str, Any]:
+        """Loss on the held-out conversations' assistant tokens (the first eval_rows packed rows)."""
+        if self.heldout is None:
+            return {}
+        rows = list(range(min(self.cfg.eval_rows, len(self.heldout))))
+        m = self.rows_per_micro
+        batches = [self.heldout.batch(rows[i : i + m]) for i in range(0, len(rows), m)]
+        return {"val": val_losses(model, {"heldout": batches}, autocast)}
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        if "val" not in result:
+            return f"step {result['step']}: no held-out data (a chat data dir's heldout.jsonl)"
+        return f"step {result['step']}: held-out loss {result['val']['heldout']:.4f}"
+
+    def snapshot(self, model: nn.Module) -> Snapshot:
+        if not self.cfg.lora_rank:
+            return Snapshot(plain_model(model, self.model_config))
+        params = gather_parameters(model)  # collective under FSDP
+        merged = lora.merge(distributed.unwrap(model), params)
+        return Snapshot(plain_model(model, self.model_config, merged), {ADAPTER_FILE: lora.adapter_tensors(params)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sft": {"step": self.step, "base": str(self.base), "base_sha256": self.base_sha256,
+                        "data": str(self.data.train_file), "data_sha256": self.data_sha256,
+                        "train": vars(self.train.stats),
+                        "heldout": vars(self.heldout.stats) if self.heldout is not None else None}}
+
+
+def build_trainer(model: str, data: str | Path, out: Path, cfg: SFTConfig, *, max_steps: int | None = None,
+                  epochs: float | None = None, max_minutes: float | None = None, resume: bool = False,
+                  fsdp: bool = False) -> Trainer:
+    d = distributed.init()
+    state = read_state(out) if resume else None
+    if state is not None:
+        cfg = SFTConfig(**state["train_config"])
+    objective = SFT(model, read_chat_data(data), out, cfg, d, state)
+    if epochs is not None:
+        max_steps = objective.steps_for(epochs)
+    return Trainer(objective, cfg, out, d, state, max_steps=max_steps, max_minutes=max_minutes, fsdp=fsdp)
+
+
+def sft_from_cli(args) -> None:
+    cfg = SFTConfig(lr=LORA_LR if args.lora else SFTConfig.lr, lora_rank=args.lora or 0)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    apply_overrides(cfg, args.set)
+    build_trainer(args.model, args.data, Path(args.out), cfg, max_steps=args.max_steps, epochs=args.epochs,
+                  max_minutes=args.max_minutes, resume=args.resume, fsdp=args.fsdp).run()
