@@ -294,6 +294,18 @@ def cmd_sft(args: argparse.Namespace) -> None:
     sft_from_cli(args)
 
 
+def cmd_rbrm_train(args: argparse.Namespace) -> None:
+    from opengpt4.safety.classifier import rbrm_train_from_cli
+
+    rbrm_train_from_cli(args)
+
+
+def cmd_rbrm_agreement(args: argparse.Namespace) -> None:
+    from opengpt4.safety.classifier import rbrm_agreement_from_cli
+
+    rbrm_agreement_from_cli(args)
+
+
 # --- parser --------------------------------------------------------------------------------
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -438,6 +450,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting (SFTConfig), e.g. --set lr=5e-5 --set seq_len=1024 --set batch_size=32")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("rbrm", help="the safety graders (RBRMs): train the rubric classifier, measure agreement")
+    verb = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    t = verb.add_parser("train", help="train a rubric classifier (a decoder + classification head) on "
+                                      "labelled responses")
+    t.add_argument("--model", required=True, help="checkpoint dir or model name to start from (e.g. a `train` run)")
+    t.add_argument("--data", required=True,
+                   help="a chat data dir (safety-train.jsonl, safety-heldout.jsonl for the eval) or a JSONL file")
+    t.add_argument("--out", required=True, help="checkpoint directory: the decoder + head.safetensors + head.json")
+    stop = t.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run (default: a quarter epoch, --set epochs=E)")
+    stop.add_argument("--max-minutes", type=float, default=None,
+                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (RBRMConfig), e.g. --set lr=5e-4 --set epochs=2")
+    t.set_defaults(func=cmd_rbrm_train)
+    a = verb.add_parser("agreement", help="accuracy and Cohen's kappa of a grader against the oracle's labels")
+    a.add_argument("--grader", required=True, metavar="GRADER",
+                   help="oracle | model:NAME_OR_URL (zero-shot rubric; an endpoint as http://HOST:PORT/v1#MODEL) "
+                        "| classifier:DIR (from `rbrm train`)")
+    a.add_argument("--data", required=True, help="a chat data dir (safety-<split>.jsonl) or a JSONL file")
+    a.add_argument("--split", default="heldout", help="which safety-<split>.jsonl of a data dir (default heldout)")
+    a.add_argument("--limit", type=int, default=None, help="grade a seeded random subset of this many responses")
+    a.add_argument("--seed", type=int, default=0, help="the subset's seed (default 0)")
+    a.add_argument("--out", default=None, help="write the report as JSON here")
+    a.set_defaults(func=cmd_rbrm_agreement)
 
     from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
 

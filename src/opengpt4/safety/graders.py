@@ -186,9 +186,14 @@ class ModelGradedRubric:
         return [grades[i] for i in range(len(cases))]
 
 
-# --- ClassifierGrader (to come): a small decoder with a classification head over the rubric labels,
-# trained on data.labelled_responses(); it implements Grader (grade / grade_many) and returns
-# Grade(label, REWARDS[label]) like the two above, so the safety eval and RL take it unchanged.
+# --- ClassifierGrader: a small decoder with a classification head over the rubric labels, trained on
+# labelled responses (safety/classifier.py, which builds on this module: imported on first use).
+def __getattr__(name: str) -> Any:
+    if name == "ClassifierGrader":
+        from opengpt4.safety.classifier import ClassifierGrader
+
+        return ClassifierGrader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- agreement ------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ class Snapshot:
 
     model: Transformer
     files: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    write_extra: Callable[[Path], None] | None = None  # writes further files (a head and its labels) into
+    # the checkpoint's temp dir, so they land atomically with the weights
 
 
 class Objective(Protocol):
@@ -300,6 +303,8 @@ class Trainer:
             save_optimizer(optim, tmp / OPTIMIZER_FILE)
             for name, tensors in snapshot.files.items():
                 save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
+            if snapshot.write_extra is not None:
+                snapshot.write_extra(tmp)
             self.metrics.write(tmp / METRICS_FILE)
             plot_metrics(self.metrics.lines, tmp / PLOT_FILE)
 
