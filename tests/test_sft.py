@@ -230,7 +230,7 @@ def test_packing_keeps_conversations_whole_best_fit_and_skips_the_too_long(tiny_
     convs.append(parse_conversation({"messages": [{"role": "user", "content": "long " * 200},
                                                   {"role": "assistant", "content": "ok"}]}, "f:41"))
     lengths = [len(sft.encode(tiny_tokenizer, c)[0]) for c in convs]
-    packed = sft.PackedChats(convs, tiny_tokenizer, 128, pack=True, seed=0, pad_id=tiny_tokenizer.pad_id)
+    packed = sft.PackedChats(convs, tiny_tokenizer, 128, seed=0, pad_id=tiny_tokenizer.pad_id)
     s = packed.stats
     assert (s.conversations, s.skipped, s.first_skipped) == (40, 1, "f:41") and lengths[-1] > 128
     assert s.rows == len(packed) and s.fill == pytest.approx(sum(lengths[:40]) / (s.rows * 128))
@@ -239,17 +239,37 @@ def test_packing_keeps_conversations_whole_best_fit_and_skips_the_too_long(tiny_
         next_fit, room = (next_fit, room - n) if n <= room else (next_fit + 1, 128 - n)
     assert -(-sum(lengths[:40]) // 128) <= s.rows < next_fit
     unused = {i: sft.encode(tiny_tokenizer, c)[0].tolist() for i, c in enumerate(convs[:40])}
-    for row, targets in zip(packed.input_ids.tolist(), packed.targets, strict=True):
-        at = 0
+    for row, targets, segments in zip(packed.input_ids.tolist(), packed.targets, packed.segments, strict=True):
+        at, segment = 0, 0
         while at < len(row) and row[at] != tiny_tokenizer.pad_id:  # whole conversations, then padding
             i = max((i for i, ids in unused.items() if row[at : at + len(ids)] == ids), key=lambda i: len(unused[i]))
-            at += len(unused.pop(i))
+            n = len(unused.pop(i))
+            assert (segments[at : at + n] == segment).all()  # each its own segment
+            at, segment = at + n, segment + 1
         assert set(row[at:]) <= {tiny_tokenizer.pad_id} and (targets[at:] == IGNORE_INDEX).all()
+        assert (segments[at:] == -1).all()
     assert not unused
     assert packed.stats.trained_tokens == sum(int((sft.encode(tiny_tokenizer, c)[1] != IGNORE_INDEX).sum())
                                               for c in convs[:40])
-    one_each = sft.PackedChats(convs[:40], tiny_tokenizer, 128, pack=False, seed=0, pad_id=tiny_tokenizer.pad_id)
-    assert len(one_each) == 40
+
+
+@torch.no_grad()
+def test_a_packed_conversation_is_computed_exactly_as_alone(tiny_model, tiny_tokenizer):
+    """Segment ids keep attention inside each conversation: the logits of a packed row are those of its
+    conversations run one by one; without them, later conversations would read the earlier ones."""
+    convs = [parse_conversation(c, f"f:{i + 1}") for i, c in enumerate(chats(12, seed=4))]
+    packed = sft.PackedChats(convs, tiny_tokenizer, 128, seed=0, pad_id=tiny_tokenizer.pad_id)
+    r = int(np.argmax(packed.segments.max(axis=1)))  # a row with the most conversations
+    batch = packed.batch([r])
+    assert batch.segments.max() >= 1  # two conversations at least
+    together = tiny_model(batch.input_ids, segments=batch.segments)[0]
+    crossing = tiny_model(batch.input_ids)[0]
+    for segment in range(int(batch.segments.max()) + 1):
+        where = batch.segments[0] == segment
+        alone = tiny_model(batch.input_ids[:, where])[0]
+        torch.testing.assert_close(together[where], alone, atol=1e-5, rtol=1e-5)
+        if segment:
+            assert (crossing[where] - alone).abs().max() > 1e-3
 
 
 def test_best_fit_puts_each_item_in_the_fullest_row_with_room():
@@ -335,6 +355,29 @@ def test_resume_after_sigkill_gives_the_same_losses_and_weights(base, chat_dir, 
     for file in ("model.safetensors", "adapter.safetensors"):
         a, b = load_file(str(tmp_path / "straight" / file)), load_file(str(out / file))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
+
+
+def test_full_fine_tuning_resumes_from_its_own_weights_exactly(base, chat_dir, tmp_path):
+    """A run that dies right after its step-4 checkpoint, continued, equals one that never stopped (LoRA's
+    resume, from the base plus its adapters, is the SIGKILL test above)."""
+    cfg = SFTConfig(seq_len=128, batch_size=8, micro_batch_size=4, warmup_steps=2, lr=3e-3, eval_every=0,
+                    ckpt_every=4, eval_at_start=False)
+    sft.build_trainer(str(base), chat_dir, tmp_path / "straight", cfg, max_steps=8).run()
+    dying = sft.build_trainer(str(base), chat_dir, tmp_path / "stopped", cfg, max_steps=8)
+    save = dying.save
+
+    def save_and_die():
+        save()
+        raise KeyboardInterrupt
+
+    dying.save = save_and_die
+    with pytest.raises(KeyboardInterrupt):
+        dying.run()
+    assert json.loads((tmp_path / "stopped" / "trainer_state.json").read_text())["step"] == 4
+    sft.build_trainer(str(base), chat_dir, tmp_path / "stopped", cfg, resume=True).run()
+    assert stable(metrics(tmp_path / "stopped")) == stable(metrics(tmp_path / "straight"))
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "stopped"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- the command -------------------------------------------------------------------------------

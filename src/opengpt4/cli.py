@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
     stop.add_argument("--epochs", type=float, default=None,
-                      help="passes over the training conversations (default 2: --set epochs=E)")
+                      help="passes over the training conversations (default 2)")
     stop.add_argument("--max-minutes", type=float, default=None,
                       help="wall-clock budget from the command's start, the final eval and checkpoint included")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -314,7 +314,6 @@ class SFTConfig(LoopConfig):
     ckpt_every: int = 50
     seq_len: int = 512  # tokens per packed row; longer conversations are skipped and counted
     epochs: float = 2.0  # the length of the run unless --max-steps says otherwise
-    pack: bool = True  # False: one conversation per row, padded
     eval_rows: int = 32  # held-out rows (of seq_len) per eval
     lora_rank: int = 0  # 0: full fine-tuning; r > 0: LoRA adapters of rank r (model/lora.py)
     lora_alpha: float = 16.0  # LoRA's update is scaled by lora_alpha / lora_rank

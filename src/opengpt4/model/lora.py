@@ -11,7 +11,8 @@ merged into the weights when a checkpoint is written (`merge`), and kept apart
 
 A fused projection gets one adapter per Hugging Face projection it stands for (q, k and v; gate
 and up), exactly peft's adapters on q_proj, k_proj, v_proj...: A stacks the parts' A matrices
-(one matmul), and each part's rows of the output take only its own rank-r slice.
+(one matmul), and each part's rows of the output take only its own rank-r slice (B applied as a
+block-diagonal matrix).
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ class LoRALinear(Linear):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             return self.forward(x.to(self.weight.dtype)).to(x.dtype)
-        h = F.linear(x, self.lora_A).split(self.rank, dim=-1)
-        delta = [F.linear(h_p, b_p) for h_p, b_p in zip(h, self.lora_B.split(self.parts), strict=True)]
-        return super().forward(x) + self.scale * (delta[0] if len(delta) == 1 else torch.cat(delta, dim=-1))
+        # The scale goes on the narrow (parts x r) side, and B as one block-diagonal matrix gives each
+        # part's rows their own slice in one matmul: on CPU the passes over the wide (tokens x out)
+        # activations are the cost (per part matmuls + cat + scale were 1.4-1.7x slower on SmolLM2).
+        h = F.linear(x, self.lora_A) * self.scale
+        return super().forward(x) + F.linear(h, torch.block_diag(*self.lora_B.split(self.parts)))
 
 
 def delta_weight(lora_A: Tensor, lora_B: Tensor, parts: list[int], rank: int, scale: float) -> Tensor:

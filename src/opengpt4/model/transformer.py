@@ -212,14 +212,15 @@ class Attention(nn.Module):
         self.o_proj = Linear(q, config.n_embd)
         fuse_projections(self, "qkv_proj", {"q_proj": q, "k_proj": kv, "v_proj": kv})
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, step: CacheStep | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, step: CacheStep | None,
+                mask: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.head_dim)
         qk = apply_rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)  # q and k rotated together
         q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + Hkv :].transpose(1, 2)
         if step is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         else:
             k_cache, v_cache = step.cache.k[layer], step.cache.v[layer]
             if step.uniform_at is not None:  # every row writes the same slots: a plain slice copy
@@ -257,8 +258,9 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, step: CacheStep | None) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, step)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, step: CacheStep | None,
+                mask: Tensor | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer, step, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -337,6 +339,7 @@ class Transformer(nn.Module):
         num_valid: Tensor | None = None,
         last_only: bool = False,
         reduction: str = "mean",
+        segments: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, V) — or the mean cross-entropy when `targets` is given.
 
@@ -348,11 +351,20 @@ class Transformer(nn.Module):
         last_only: return only the logits of each row's last real token, (B, 1, V).
         reduction: "mean" over the targets that count, or "sum" (distributed training divides
         by the global count itself, so that ranks and micro-batches add up exactly).
+        segments: (B, T) ids of the sequences packed into each row (SFT's conversations): a token
+        attends only to earlier tokens of its own segment, so each is computed exactly as if alone
+        (rotary embeddings are relative: where it sits in the row changes nothing). No cache.
         """
         B, T = input_ids.shape
         x = self.embed(input_ids, images)
         if num_valid is None:
             num_valid = torch.full((B,), T, dtype=torch.long, device=input_ids.device)
+        mask = None
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("segments are for training rows, not decoding with a KV cache")
+            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+            mask = (causal & (segments[:, :, None] == segments[:, None, :]))[:, None]  # (B, 1, T, T)
         if cache is None:
             if T > self.config.max_seq_len:
                 raise ValueError(f"sequence length {T} exceeds max_seq_len {self.config.max_seq_len}")
@@ -364,7 +376,7 @@ class Transformer(nn.Module):
             cos, sin = self.rope_cos[rope_at][:, :, None], self.rope_sin[rope_at][:, :, None]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, i, step)
+            x = block(x, cos, sin, i, step, mask)
         if cache is not None:
             cache.lengths += num_valid
         x = self.model.norm(x)
