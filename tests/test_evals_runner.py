@@ -229,6 +229,8 @@ def test_compare_finds_flips_and_mcnemar_matches_scipy(tmp_path, registry):
     assert (report["a_only_correct"], report["b_only_correct"]) == (len(a_only), len(b_only))
     p = scipy.stats.binomtest(len(a_only), len(a_only) + len(b_only), 0.5).pvalue
     assert report["p_value"] == pytest.approx(p)
+    diff = (len(b_only) - len(a_only)) / len(WORDS)  # the paired bootstrap's interval holds the mean difference
+    assert report["mean_diff"] == pytest.approx(diff) and report["ci95"][0] <= diff <= report["ci95"][1]
     flipped = {f["sample_id"]: f for f in report["flipped"]}
     assert set(flipped) == {f"chat-match.dev.v0.{i}" for i in a_only + b_only}
     f = flipped[f"chat-match.dev.v0.{b_only[0]}"]

@@ -68,7 +68,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     table.add_row("A", f"{report['run_a']['model']}: mean {_fmt(report['run_a']['mean'])}")
     table.add_row("B", f"{report['run_b']['model']}: mean {_fmt(report['run_b']['mean'])}")
     table.add_row("paired samples", str(report["n_paired"]))
-    table.add_row("B - A", _fmt(report["mean_diff"]))
+    ci = report["ci95"]
+    table.add_row("B - A", _fmt(report["mean_diff"]) + (f"  (95% CI {_fmt(ci[0])} to {_fmt(ci[1])}, paired bootstrap)"
+                                                        if ci else ""))
     table.add_row(report["test"], f"p = {_fmt(report['p_value'])}")
     console.print(table)
     if report["flipped"]:

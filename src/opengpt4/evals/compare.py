@@ -1,8 +1,9 @@
 """Compare two runs of the same eval, sample by sample.
 
-Samples are paired by `sample_id`. Binary scores get the exact McNemar test (a binomial test
-on the pairs where exactly one run is right); other scores a paired bootstrap of the mean
-difference. The samples whose score changed are listed with both answers.
+Samples are paired by `sample_id`. Every comparison gets a paired bootstrap 95% interval of
+the mean difference (b - a); binary scores also get the exact McNemar test (a binomial test on
+the pairs where exactly one run is right), whose p-value is reported. The samples whose score
+changed are listed with both answers.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str,
     a = [float(samples_a[i]["score"]) for i in scored]
     b = [float(samples_b[i]["score"]) for i in scored]
     binary = all(s in (0.0, 1.0) for s in a + b)
-    test = mcnemar([s == 1.0 for s in a], [s == 1.0 for s in b]) if binary else paired_bootstrap(a, b, seed=seed)
+    bootstrap = paired_bootstrap(a, b, seed=seed)
+    test = mcnemar([s == 1.0 for s in a], [s == 1.0 for s in b]) if binary else bootstrap
     flipped = [{"sample_id": i, "parsed_a": samples_a[i]["parsed"], "parsed_b": samples_b[i]["parsed"],
                 "ideal": samples_a[i]["ideal"], "score_a": samples_a[i]["score"], "score_b": samples_b[i]["score"]}
                for i in scored if samples_a[i]["score"] != samples_b[i]["score"]]
@@ -58,5 +60,5 @@ def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str,
         "n_paired": len(scored), "mean_diff": (sum(b) - sum(a)) / len(a) if a else None,
         "n_unscorable": len(common) - len(scored),  # pairs where either run could not score
         "only_in_a": len(samples_a) - len(common), "only_in_b": len(samples_b) - len(common),
-        **test, "flipped": flipped,
+        **test, "ci95": bootstrap["ci95"], "flipped": flipped,
     }
