@@ -20,9 +20,9 @@ is computed exactly as it would be alone (tests/test_sft.py checks the logits) â
 inference, where a conversation starts from nothing. Letting it cross (as pretraining does
 across documents) is measurably wrong for chat data made from templates: SmolLM2-135M-Instruct's
 loss on the test preset's held-out conversations is 1.76 packed with attention across them vs
-2.63 alone, i.e. the neighbours act as few-shot examples, so held-out loss would flatter and
-training would teach copying from a context that inference never has. The mask costs ~6% of
-the attention time (SDPA with a boolean mask instead of its causal kernel).
+2.63 alone (2.63 packed with the mask), i.e. the neighbours act as few-shot examples, so the
+held-out loss would flatter and training would teach copying from a context that inference
+never has. The mask costs ~6% of the attention time (SDPA with a boolean mask, not its causal kernel).
 
 Rows are packed once; epoch e visits them in the order of a generator seeded with [seed, e],
 so the global batch of step s is a function of s alone: a checkpoint's data position is the
