@@ -117,6 +117,26 @@ def test_pretraining_commands_and_the_synopsis_export_import_info_run_as_written
     assert (shell.home / "models" / "d4" / "model.safetensors").is_file()  # import hf's default --out
 
 
+# The Post-training section at test sizes, after the Pretraining section's d4 run; commands that
+# need SmolLM2 fine-tuned (minutes per step on 2 cores) are covered by tests/test_sft.py (LoRA on a
+# tiny model) and tests/test_ifeval.py (the ifeval evals on a tiny model).
+POST_TRAINING_SIZES = {**SIZES, "--epochs 1": "--max-steps 2", "--out runs/rbrm": "--out runs/rbrm --max-steps 2",
+                       "--data-dir data/chat": "--data-dir data/chat --limit 5"}
+POST_TRAINING_NOT_RUN = ("opengpt4 sft --model smollm2-135m-instruct", "opengpt4 eval run ifeval_system")
+
+
+def test_post_training_commands_run_as_written(shell):
+    for text in section_commands("Pretraining in 10 minutes")[:2]:  # data build, train: the d4 they start from
+        shell.run(substitute(text, SIZES))
+    ran = [text for text in section_commands("Post-training: chat data, SFT, safety graders, steerability")
+           if not text.startswith(POST_TRAINING_NOT_RUN)]
+    results = {text: shell.run(substitute(text, POST_TRAINING_SIZES)) for text in ran}
+    assert len(ran) == 5 and (shell.cwd / "runs" / "d4-sft" / "model.safetensors").is_file()
+    assert (shell.cwd / "runs" / "rbrm" / "head.safetensors").is_file()
+    [constraints] = [r for t, r in results.items() if "system_constraints" in t]
+    assert json.loads(constraints.stdout.splitlines()[-1])["n"] == 5
+
+
 def test_every_flag_of_the_command_line_synopsis_exists(shell):
     for synopsis in section_commands("Command line"):
         if not synopsis.startswith("opengpt4 "):
