@@ -38,7 +38,6 @@ it can serve as RL's safety reward.
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
@@ -49,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,7 +71,7 @@ from opengpt4.safety.graders import (
 from opengpt4.safety.policy import SENSITIVE
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
-from opengpt4.train.loop import Snapshot, Trainer, gather_parameters, micro_batches, plain_model
+from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, gather_parameters, micro_batches, plain_model
 
 RUBRIC_LABELS = tuple(dict.fromkeys(label for labels in LABELS.values() for label in labels))
 SPLIT_FILE = "safety-{split}.jsonl"
@@ -246,7 +244,7 @@ class RBRMTraining:
         self.n_micro = micro_batches(cfg, d)
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = 0
-        self._orders: dict[int, np.ndarray] = {}
+        self.epochs = SeededEpochs(len(self.train_rows), cfg.batch_size, cfg.seed)
         mean_len = sum(map(len, self.train[0])) / len(self.train[0])
         self.flops_per_token = decoder.config.flops_per_token(round(mean_len))
 
@@ -273,22 +271,13 @@ class RBRMTraining:
                 f"{cfg.batch_size} rows/step, {self.steps_for(1.0):,} steps/epoch")
 
     def steps_for(self, epochs: float) -> int:
-        return max(math.ceil(epochs * len(self.train_rows) / self.cfg.batch_size), 1)
+        return self.epochs.steps_for(epochs)
 
     def default_steps(self) -> int:
         return self.steps_for(self.cfg.epochs)
 
-    def _row(self, g: int) -> int:
-        """The row at global position g of the endless sequence of seeded epochs."""
-        epoch, at = divmod(g, len(self.train_rows))
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train_rows))}
-        return int(self._orders[epoch][at])
-
     def next_batches(self) -> list[Batch]:
-        b, d = self.cfg.batch_size, self.dist
-        lo = self.step * b + d.rank * b // d.world_size
-        rows = [self._row(g) for g in range(lo, lo + b // d.world_size)]
+        rows = self.epochs.rows(self.step, self.dist)
         self.step += 1
         m = self.rows_per_micro
         return [self.batch(self.train, rows[j * m : (j + 1) * m]) for j in range(self.n_micro)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -109,6 +111,32 @@ class Objective(Protocol):
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs besides weights and optimizer (the data position), JSON-serialisable;
         stored at the top level of trainer_state.json, so keys must not clash with the loop's."""
+
+
+class SeededEpochs:
+    """The order in which a fine-tuning objective visits its n rows: endless epochs, epoch e a
+    permutation seeded by [seed, e]. The global batch of step s is a function of s alone, so a
+    checkpoint's data position is the step, and any (ranks x micro-batches) split of the same
+    batch sees the same rows."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, permutation): only the current one
+
+    def steps_for(self, epochs: float) -> int:
+        return max(math.ceil(epochs * self.n_rows / self.batch_size), 1)
+
+    def rows(self, step: int, d: distributed.Dist) -> list[int]:
+        """This rank's share of step `step`'s global batch, as row indices."""
+        b = self.batch_size
+        lo = step * b + d.rank * b // d.world_size
+        return [self._row(g) for g in range(lo, lo + b // d.world_size)]
+
+    def _row(self, g: int) -> int:
+        epoch, at = divmod(g, self.n_rows)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_rows))
+        return int(self._order[1][at])
 
 
 def next_token_loss(model: nn.Module, batch: Any) -> torch.Tensor:

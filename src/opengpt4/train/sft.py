@@ -32,7 +32,6 @@ step, and any (ranks x micro-batches) split of the same batch sees the same rows
 from __future__ import annotations
 
 import hashlib
-import math
 from bisect import bisect_left, insort
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
 from opengpt4.train.loop import (
+    SeededEpochs,
     Snapshot,
     Trainer,
     gather_parameters,
@@ -206,7 +206,7 @@ class SFT:
         self.n_micro = micro_batches(cfg, d)
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = resumed["step"] if resumed is not None else 0
-        self._orders: dict[int, np.ndarray] = {}
+        self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
         flops = config.flops_per_token(cfg.seq_len)
         if cfg.lora_rank:  # frozen weights get no weight gradients: ~4N per token instead of 6N
             flops -= 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
@@ -236,22 +236,13 @@ class SFT:
         return text
 
     def steps_for(self, epochs: float) -> int:
-        return max(math.ceil(epochs * len(self.train) / self.cfg.batch_size), 1)
+        return self.epochs.steps_for(epochs)
 
     def default_steps(self) -> int:
         return self.steps_for(self.cfg.epochs)
 
-    def _row(self, g: int) -> int:
-        """The packed row at global position g of the endless sequence of epochs."""
-        epoch, at = divmod(g, len(self.train))
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.train))}
-        return int(self._orders[epoch][at])
-
     def next_batches(self) -> list[ChatBatch]:
-        b, d = self.cfg.batch_size, self.dist
-        lo = self.step * b + d.rank * b // d.world_size
-        rows = [self._row(g) for g in range(lo, lo + b // d.world_size)]
+        rows = self.epochs.rows(self.step, self.dist)
         self.step += 1
         m = self.rows_per_micro
         return [self.train.batch(rows[j * m : (j + 1) * m]) for j in range(self.n_micro)]
