@@ -4,12 +4,14 @@ a live uvicorn server, an OpenAI Evals-style registry on disk, and polling for l
 import contextlib
 import json
 import random
+import signal
 import socket
 import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -68,6 +70,19 @@ def wait_for(condition, timeout: float = 5.0) -> bool:
     while not (ok := condition()) and time.monotonic() < deadline:
         time.sleep(0.01)
     return ok
+
+
+def kill_after_checkpoint(command: list[str], out: Path, step: int, env: dict | None = None) -> int:
+    """Run `command` (a training run writing checkpoints to `out`), SIGKILL it once a checkpoint
+    at `step` or later is on disk, and return the step of the checkpoint it left."""
+    state = out / "trainer_state.json"
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_for(lambda: state.is_file() and json.loads(state.read_text())["step"] >= step, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return json.loads(state.read_text())["step"]
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 300) -> None:

@@ -5,10 +5,8 @@ import importlib.util
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from opengpt4.model.checkpoint import load_checkpoint, save_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import sft
+from tests.helpers import kill_after_checkpoint
 
 # SmolLM2-135M-Instruct's template (tests/test_tokenizer.py checks it is the GGUF's), with transformers'
 # {% generation %} markers around what the assistant writes: transformers then computes the
@@ -337,17 +336,8 @@ def test_resume_after_sigkill_gives_the_same_losses_and_weights(base, chat_dir, 
     r = run_sft(*args, "--out", str(tmp_path / "straight"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "sft", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the step-6 checkpoint, then kill -9 mid-run
-        state = out / "trainer_state.json"
-        if state.is_file() and json.loads(state.read_text())["step"] >= 6:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = json.loads((out / "trainer_state.json").read_text())["step"]
+    step = kill_after_checkpoint([sys.executable, "-m", "opengpt4.cli", "sft", *args, "--out", str(out)], out, 6,
+                                 env=ONE_THREAD)
     assert 6 <= step < 12
     r = run_sft(*args, "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr

@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import pytest
 from opengpt4.config import TrainConfig, apply_overrides, get_preset
 from opengpt4.errors import ConfigError
 from opengpt4.train.optim import lr_at
+from tests.helpers import kill_after_checkpoint
 
 TRAIN = ["--preset", "test", "--set", "seq_len=64", "--set", "batch_size=8", "--set", "eval_every=4",
          "--set", "probe_size=4", "--set", "warmup_steps=2"]
@@ -62,17 +62,7 @@ def test_resume_after_sigkill_gives_the_same_losses(data, tmp_path):
     reference = losses(tmp_path / "straight")
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "train", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the step-6 checkpoint, then kill -9 mid-run
-        state = out / "trainer_state.json"
-        if state.is_file() and json.loads(state.read_text())["step"] >= 6:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = json.loads((out / "trainer_state.json").read_text())["step"]
+    step = kill_after_checkpoint([sys.executable, "-m", "opengpt4.cli", "train", *args, "--out", str(out)], out, 6)
     assert 6 <= step < 10
     r = run_train(*args, "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr
