@@ -117,16 +117,21 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor], source: str
     return model.eval()
 
 
+def read_safetensors(file: Path, missing: str = "missing") -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file; a missing or unreadable one is a CheckpointError naming it."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: {missing}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
+
+
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:
     path = resolve_model(path)
     config = load_model_config(path)
     weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+    state = read_safetensors(weights)
     model = build_model(config, state, str(weights), dtype)
     tokenizer = Tokenizer.from_dir(path, read_config(path).get("tokenizer"),
                                    tokens_per_image=config.vision.tokens_per_image if config.vision else None)

@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from opengpt4.errors import CheckpointError, ConfigError
 from opengpt4.files import read_versioned_json
-from opengpt4.model.checkpoint import load_checkpoint, resolve_model, save_checkpoint
+from opengpt4.model.checkpoint import load_checkpoint, read_safetensors, resolve_model, save_checkpoint
 from opengpt4.model.transformer import Transformer
 from opengpt4.tokenizer import Tokenizer
 
@@ -136,12 +135,7 @@ def load_head_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32
     path = resolve_model(path)
     head = read_head_config(path)
     file = path / HEAD_WEIGHTS
-    if not file.is_file():
-        raise CheckpointError(f"{file}: missing (the head's weights; {path / HEAD_CONFIG} is there)")
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
+    state = read_safetensors(file, missing=f"missing (the head's weights; {path / HEAD_CONFIG} is there)")
     decoder, tokenizer = load_checkpoint(path, dtype=dtype)
     expected = (len(head.labels), decoder.config.n_embd)
     if set(state) != {"score.weight"}:
