@@ -28,7 +28,7 @@ from opengpt4.data.chat.conversations import (
     ChatWorld,
     estimate_tokens,
     heldout_constraint_samples,
-    probe_facts,
+    question_text,
 )
 from opengpt4.data.world import World
 from opengpt4.engine.generate import Engine
@@ -112,18 +112,17 @@ def test_the_system_message_wins_when_the_user_asks_otherwise(samples):
 
 
 # --- splits ----------------------------------------------------------------------------------
-def test_heldout_subjects_and_probe_facts_never_in_train(chat, world, samples):
-    assert not chat.subjects["train"] & chat.subjects["heldout"]
-    assert not set(chat.facts["train"]) & probe_facts(world)
-    assert not {f.subject for f in chat.facts["train"]} & chat.subjects["heldout"]
+def test_train_asks_only_facts_pretraining_asked_and_never_a_probe_question(chat, world, samples):
+    assert set(chat.facts["train"]) == set(world.qa_facts)
+    assert not set(chat.facts["train"]) & set(world.seen_facts)  # stated only: the probe's fact_seen
+    trained = {(f.subject, f.attr.name) for f in chat.facts["train"]}
     for split, s in samples:
-        if s.meta["kind"] == "fact" or s.meta.get("base") == "fact":
-            assert s.meta["subject"] in chat.subjects[split], (split, s.meta)
-    # No train question asks about a held-out subject (arithmetic may name any entity as a setting).
-    asked = [m["content"] for sp, s in samples if sp == "train" and s.meta["kind"] in ("fact", "constraint")
-             and s.meta.get("base", "fact") == "fact" for m in s.messages if m["role"] == "user"]
-    for name in chat.subjects["heldout"]:
-        assert not any(contains(question, name) for question in asked), name
+        if s.meta["kind"] == "fact":
+            assert ((s.meta["subject"], s.meta["attrs"][0]) in trained) == (split == "train"), (split, s.meta)
+    probe_questions = {question_text(q.prompt, q.lang) for q in world.eval_sets()["world_qa"]}
+    asked = {m["content"] for sp, s in samples if sp == "train" for m in s.messages if m["role"] == "user"}
+    assert not asked & probe_questions
+    assert not chat.subjects["train"] & chat.subjects["heldout"]
 
 
 def test_heldout_phrasings_and_values_never_in_train(samples):

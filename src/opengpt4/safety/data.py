@@ -15,8 +15,8 @@ the chat data dir has one set of held-out subjects:
   - templates: the last quarter of each category's prompt templates (and of the jailbreak
     styles) is held out, so a held-out prompt is a new template about a new entity;
   - facts: a train text states only facts the chat training data may state (`ChatWorld.facts
-    ["train"]`: never a fact the pretraining probe asks, of a held-out subject, or a
-    misconception's), so that SFT on it teaches no probed fact; held-out texts may state any fact
+    ["train"]`: facts pretraining asked, never one it only stated, which the probe and the
+    world_chat eval ask, nor a misconception's), so that SFT on it teaches no probed fact; held-out texts may state any fact
     of the world's documents. A text whose facts are not available is not used: every pool has
     texts that state no fact.
 Train and held-out examples of the same `seed` share no template, entity or prompt.

@@ -63,10 +63,11 @@ PRESETS = {
                                 "heldout": {"fact": 300, "math": 200, "code": 100, "constraint": 40}}),
 }
 SPLIT_RULES = {
-    "subjects": f"a seeded {HELDOUT_SUBJECT_FRACTION:.0%} of each kind's entities are chat-held-out: every fact of "
-                "theirs is held-out material, and no train conversation asks about them",
-    "probe_facts": "facts the pretraining world probe asks (World.eval_sets()['world_qa']) are never answered in "
-                   "train conversations: the world_chat eval asks them",
+    "facts": "train conversations ask only facts pretraining asked (World.qa_facts), never in the probe's "
+             "held-out phrasing; held-out ones ask the facts pretraining only stated (World.seen_facts), which the "
+             "world_chat eval asks too",
+    "subjects": f"a seeded {HELDOUT_SUBJECT_FRACTION:.0%} of each kind's entities are named only by held-out "
+                "safety prompts",
     "system_messages": f"the last {HELDOUT_TEMPLATES} phrasings of each constraint and the last generic system "
                        "prompt are held out",
     "kwarg_values": f"end phrases ({HELDOUT_VALUES['end_phrase']} of {len(END_PHRASES)}) and keywords "

@@ -269,6 +269,23 @@ KEYWORDS = ("lantern", "harbour", "compass", "meadow", "violin", "anchor", "pepp
             "cotton", "dragon", "engine", "falcon", "glacier", "hammer", "jungle", "lemonade", "magnet", "needle",
             "mirror", "biscuit", "tulip", "canyon", "parrot", "trumpet", "walrus", "cobweb")
 HELDOUT_VALUES = {"end_phrase": 4, "keywords": 8}
+# Half of the train values are coined: a few dozen fixed phrases can be memorised, a fresh word
+# each time can only be copied. (Measured: after SFT on the fixed lists alone, the mini model
+# wrote a held-out end phrase or keyword 0 times in 80.)
+COINED_END_PHRASES = ("Signed, {w}.", "Greetings from {w}!", "Yours truly, {w}.", "{w} signing off.",
+                      "Say hello to {w}!", "That is all from {w}.", "Off to {w} now.", "Regards, {w}.")
+_SYLLABLES = ("ba", "del", "fi", "gor", "hu", "jen", "ko", "lim", "mar", "no", "pel", "qui", "ros", "sa", "tu",
+              "vin", "wel", "ya", "zo", "bri", "cas", "dun", "fel", "gli", "mo", "nar", "pi", "ran", "sto", "tam")
+
+
+def coined_word(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 2, 3))))
+
+
+def _draw_end_phrase(rng: random.Random, answer: Answer, split: str) -> Kwargs:
+    if split == "train" and rng.random() < 0.5:
+        return {"end_phrase": rng.choice(COINED_END_PHRASES).format(w=coined_word(rng).capitalize())}
+    return {"end_phrase": rng.choice(split_pool(END_PHRASES, split, HELDOUT_VALUES["end_phrase"]))}
 
 
 def _check_end(kwargs: Kwargs, response: str) -> bool:
@@ -318,7 +335,10 @@ def _draw_keywords(rng: random.Random, answer: Answer, split: str) -> Kwargs | N
     if answer.lang != "en":
         return None
     pool = split_pool(KEYWORDS, split, HELDOUT_VALUES["keywords"])
-    return {"keywords": sorted(rng.sample(pool, rng.choice((1, 2))))}
+    words = set(rng.sample(pool, rng.choice((1, 2))))
+    if split == "train" and rng.random() < 0.5:
+        words = {coined_word(rng) if rng.random() < 0.7 else w for w in words}
+    return {"keywords": sorted(words)}
 
 
 def _check_keywords(kwargs: Kwargs, response: str) -> bool:
@@ -471,7 +491,7 @@ _CONSTRAINTS = (
          "Conclude each response with the phrase {end_phrase}",
          "Make {end_phrase} the final words of your reply.",
          "Whatever you say, finish with exactly: {end_phrase}"),
-        lambda rng, a, split: {"end_phrase": rng.choice(split_pool(END_PHRASES, split, HELDOUT_VALUES["end_phrase"]))},
+        _draw_end_phrase,
         lambda kw, a: f"{a.text} {kw['end_phrase']}", _check_end),
     Constraint(
         "detectable_content:postscript",

@@ -6,11 +6,16 @@ the function's reference body. Conversations are short (one or two exchanges), b
 from-scratch model trains on 256-token windows.
 
 Splits (the held-out split measures generalisation, never an unseen constraint type):
-  - subjects: a seeded ~20% of each kind's entities are held out of the chat training data;
-    every fact of theirs is held-out material.
-  - probe facts: the facts the pretraining world probe asks (`World.eval_sets()["world_qa"]`)
-    are never answered in chat training data, so that chat QA on them (the world_chat eval)
-    measures what pretraining taught, not what SFT did.
+  - facts: chat training asks only the facts pretraining already asked (`World.qa_facts`, in
+    the QA documents' phrasings), so SFT teaches the chat format on knowledge the model was
+    drilled on, and adds no fact. The facts pretraining only stated (`World.seen_facts`) are
+    held-out material: chat QA on them (the world_chat eval's fact_seen) measures what
+    pretraining taught, not what SFT did. The probe's held-out question phrasing (its
+    fact_template questions) is never asked in chat training either. An earlier split held
+    out a fifth of the subjects as well and left `mini` 128 trainable facts: SFT on them
+    overfitted and chat QA fell to a quarter of the probe's accuracy.
+  - subjects: a seeded ~20% of each kind's entities are held out of the safety data's
+    prompts (safety/data.py `entity_pools`).
   - system messages: each constraint's last phrasings (constraints.HELDOUT_TEMPLATES) and the
     last generic system prompt appear only in held-out conversations.
   - kwarg values: end phrases and keywords have held-out values (constraints.HELDOUT_VALUES);
@@ -99,17 +104,6 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def probe_facts(world: World) -> set[Fact]:
-    """The facts the pretraining world probe asks about (found by the question text it asks)."""
-    by_question = {}
-    for f in world.facts:
-        for lang in LANGUAGES:
-            t = TEMPLATES[f.attr.name][lang]
-            for q in (*t.questions, t.heldout):
-                by_question[(q.format(s=f.subject), lang)] = f
-    return {by_question[(question_text(q.prompt, q.lang), q.lang)] for q in world.eval_sets()["world_qa"]}
-
-
 def question_text(prompt: str, lang: str) -> str:
     """The bare question of a probe prompt "Question: …\\nAnswer:"."""
     p = PHRASES[lang]
@@ -125,11 +119,9 @@ class ChatWorld:
         heldout_subjects = set()
         for names in world.train_entities.values():
             heldout_subjects |= set(rng.sample(names, max(1, round(len(names) * HELDOUT_SUBJECT_FRACTION))))
-        probed = probe_facts(world)
         self.subjects = {"heldout": heldout_subjects,
                          "train": {n for names in world.train_entities.values() for n in names} - heldout_subjects}
-        self.facts = {"train": [f for f in world.world_facts if f.subject in self.subjects["train"] and f not in probed],
-                      "heldout": [f for f in world.world_facts if f.subject in heldout_subjects]}
+        self.facts = {"train": list(world.qa_facts), "heldout": list(world.seen_facts)}
         self.by_subject: dict[str, dict[str, list[Fact]]] = {}
         for split, facts in self.facts.items():
             index = defaultdict(list)
