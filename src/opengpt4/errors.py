@@ -80,6 +80,16 @@ class QueueFull(OpenGPT4Error):
     """Too many requests are waiting for a batch slot; the client retries later."""
 
 
+class Unavailable(OpenGPT4Error):
+    """The server cannot take the request now, through no fault of it: the model's scheduler
+    has stopped (shutting down, or its thread died), or the rate-limit storage is unreachable.
+    `code` says which, for programs."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class RateLimited(OpenGPT4Error):
     """Over one of a key's per-minute limits. `kind`: which one, "requests" or "tokens";
     `retry_after`: seconds until a retry can pass (None: never, the request alone is over the

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from opengpt4.engine.generate import Delta, Engine, Prompt, Row
 from opengpt4.engine.sampling import SamplingParams
-from opengpt4.errors import InvalidRequest, OpenGPT4Error, QueueFull
+from opengpt4.errors import InvalidRequest, QueueFull, Unavailable
 from opengpt4.model.transformer import KVCache
 
 
@@ -38,7 +39,7 @@ class RequestHandle:
 
     def __init__(self, prompt_tokens: int, n: int) -> None:
         self.prompt_tokens = prompt_tokens
-        self.completion_tokens = 0  # final once deltas() is exhausted
+        self.completion_tokens = 0  # counted as generated: a request cut short is billed what it produced
         self._deltas: queue.Queue[Delta | BaseException | None] = queue.Queue()
         self._open = n  # choices still generating
         self._cancelled = threading.Event()
@@ -82,6 +83,8 @@ class RequestHandle:
             yield item
 
     def _put(self, item: Delta | BaseException | None) -> None:
+        if isinstance(item, Delta):  # one delta per generated token
+            self.completion_tokens += 1
         self._deltas.put(item)
         if self._notify is not None:
             self._notify()
@@ -140,6 +143,8 @@ class Scheduler:
         self.idle = threading.Event()  # set while nothing waits, prefills or decodes (background mode)
         self.idle.set()
         self._thread: threading.Thread | None = None
+        self.heartbeat = time.monotonic()  # when the loop last started a step: a watchdog sees a stall
+        self.died: BaseException | None = None  # what ended the loop's thread, if it did not stop cleanly
 
     # --- the callers' side ---------------------------------------------------------------
     def submit(self, prompt: Prompt | list[int], params: SamplingParams,
@@ -149,6 +154,8 @@ class Scheduler:
         fit and before it is queued: a server charges rate limits there, so a request too long
         costs nothing and one that `charge` refuses (by raising) is never queued."""
         prompt = prompt if isinstance(prompt, Prompt) else Prompt(list(prompt))
+        if self._stopping.is_set() or (self._thread is not None and not self._thread.is_alive()):
+            raise Unavailable("the model is not serving: its scheduler has stopped", "model_unavailable")
         self.engine.check_prompt(prompt, params.max_tokens, self.max_context)  # a server may serve less context
         if params.n > self.max_batch:
             raise InvalidRequest(f"n must be <= {self.max_batch} (the batch size), got {params.n}", param="n")
@@ -170,25 +177,38 @@ class Scheduler:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the loop after its current step; every request still here ends with Unavailable
+        (none waits forever on a loop that is gone)."""
         self._stopping.set()
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join()
-            self._thread = None
+        self._fail_all(Unavailable("the server is shutting down", "model_unavailable"))
+
+    @property
+    def alive(self) -> bool:
+        """Whether the background loop is running (a server's /healthz)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
 
     def run_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                busy = self.step()
-            except Exception as e:  # a bug or an exhausted device: fail what is running, keep serving
-                self._fail_all(e)
-                busy = False
-            if not busy:
-                with self._lock:  # under the lock: a submit in between keeps it clear
-                    if not self.waiting:
-                        self.idle.set()
-                self._wakeup.wait()
-                self._wakeup.clear()
+        try:
+            while not self._stopping.is_set():
+                self.heartbeat = time.monotonic()
+                try:
+                    busy = self.step()
+                except Exception as e:  # a bug or an exhausted device: fail what is running, keep serving
+                    self._fail_all(e)
+                    busy = False
+                if not busy:
+                    with self._lock:  # under the lock: a submit in between keeps it clear
+                        if not self.waiting:
+                            self.idle.set()
+                    self._wakeup.wait()
+                    self._wakeup.clear()
+        except BaseException as e:  # the thread is ending abnormally: say so, and release every waiter
+            self.died = e
+            self._fail_all(Unavailable(f"the scheduler stopped: {type(e).__name__}: {e}", "model_unavailable"))
+            raise
 
     # --- one step ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -227,7 +247,7 @@ class Scheduler:
             logits = self.engine.model(torch.tensor([ids[start:end]], device=self.engine.device),
                                        self._chunk_images(request.prompt, start, end),
                                        cache=self.cache.view(request.slot, request.slot + 1), last_only=True)
-        except OpenGPT4Error as e:  # e.g. placeholders without images: this request's fault only
+        except Exception as e:  # one row's forward (e.g. placeholders without images): this request's failure only
             self._release_prefilling(request)
             request.handle._close(e)
             return
@@ -280,7 +300,17 @@ class Scheduler:
 
     def _sample(self, slot: int, logits: Tensor) -> None:
         entry = self.slots[slot]
-        delta = self.engine.step_row(entry.row, logits, self.stop_ids)
+        handle = entry.request.handle
+        if handle.cancelled:  # a sibling row failed this step, or the client left mid-step
+            self._remove_decoding(slot)
+            return
+        try:
+            delta = self.engine.step_row(entry.row, logits, self.stop_ids)
+        except Exception as e:  # this row's own sampling failed: its request ends, the batch goes on
+            handle._close(e)
+            handle.cancel()  # its other rows leave as the loop reaches them
+            self._remove_decoding(slot)
+            return
         entry.request.handle._put(delta)
         if delta.finish_reason is None:
             entry.next_id = delta.token_id
@@ -307,7 +337,6 @@ class Scheduler:
         self.reserved -= 1
         request.handle._open -= 1
         if request.handle._open == 0:
-            request.handle.completion_tokens = sum(r.generated for r in request.rows)
             request.handle._close()
 
     def _release_prefilling(self, request: _Request) -> None:
