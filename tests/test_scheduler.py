@@ -44,6 +44,12 @@ def run_until_done(scheduler, handles):
         scheduler.step()
 
 
+def assert_all_returned(scheduler):
+    """Nothing left running, no row or block still promised, no block still referenced."""
+    assert scheduler.num_decoding == 0 and scheduler.reserved == 0 and scheduler.outstanding == 0
+    assert not scheduler.prefilling and scheduler.pool.stats()["in_use"] == 0
+
+
 def test_requests_joining_mid_flight_equal_solo_greedy(engine, tiny_tokenizer):
     ps = prompts(tiny_tokenizer, 5)
     params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True) for m in (12, 5, 9, 7, 12)]
@@ -58,7 +64,7 @@ def test_requests_joining_mid_flight_equal_solo_greedy(engine, tiny_tokenizer):
         texts, ids, reasons = collect(h)
         assert ids[0] == expected.token_ids and texts[0] == expected.text and reasons[0] == "length"
         assert h.prompt_tokens == len(p) and h.completion_tokens == sp.max_tokens
-    assert scheduler.num_decoding == 0 and scheduler.reserved == 0 and not any(scheduler.slots)
+    assert_all_returned(scheduler)
 
 
 def test_long_prefill_does_not_stall_decoding_rows(engine, tiny_tokenizer):
@@ -88,15 +94,15 @@ def test_n_samples_share_one_prefill_and_seeds_reproduce(engine, tiny_tokenizer,
     p, other = prompts(tiny_tokenizer, 2)
     sampled = SamplingParams(max_tokens=10, temperature=1.0, seed=7, n=2, ignore_eos=True)
     scheduler = Scheduler(engine, max_batch=4, prefill_chunk=64)
-    forwards = []
-    model_call = type(engine.model).__call__
-    monkeypatch.setattr(type(engine.model), "__call__", lambda m, ids, *a, **k: forwards.append(ids.shape) or
-                        model_call(m, ids, *a, **k))
+    prefilled = []  # the prompt tokens of each forward
+    forward = type(engine.model).forward_flat
+    monkeypatch.setattr(type(engine.model), "forward_flat", lambda m, step, *a, **k:
+                        prefilled.append(step.ids[step.num_decoding:]) or forward(m, step, *a, **k))
     busy = scheduler.submit(other, GREEDY)
     scheduler.step()
     h = scheduler.submit(p, sampled)
     run_until_done(scheduler, [busy, h])
-    assert sum(1 for s in forwards if s == (1, len(p))) == 1  # one prefill for both samples
+    assert prefilled.count(p) == 1  # one prefill for both samples
     expected = solo(engine, p, sampled)
     _, ids, _ = collect(h)
     assert [ids[0], ids[1]] == [c.token_ids for c in expected] and ids[0] != ids[1]
@@ -113,9 +119,9 @@ def test_cancel_frees_the_row_and_others_finish(engine, tiny_tokenizer):
     assert not c._deltas.qsize()
     a.cancel()
     scheduler.step()
-    # Three steps made four tokens: a prompt's first step samples from its prefill and decodes once more.
-    assert a.done.is_set() and len(list(a.deltas())) == 4
-    assert c._deltas.qsize() == 2  # the freed row went to the waiting request in the same step
+    # One forward a step, one token a step: the first step's from the prompt's logits.
+    assert a.done.is_set() and len(list(a.deltas())) == 3
+    assert c._deltas.qsize() == 1  # the freed row went to the waiting request in the same step
     run_until_done(scheduler, [b, c])
     for p, h in zip(ps[1:], (b, c), strict=True):
         assert collect(h)[1][0] == solo(engine, p, params)[0].token_ids
@@ -191,4 +197,4 @@ def test_a_request_that_cannot_start_fails_alone(engine, tiny_tokenizer, monkeyp
     odd = scheduler.submit(p, SamplingParams(max_tokens=4, seed=666))
     run_until_done(scheduler, [ok, odd])
     assert collect(ok)[1][0] == solo(engine, p, GREEDY)[0].token_ids
-    assert scheduler.num_decoding == 0 and scheduler.reserved == 0 and not any(scheduler.slots)
+    assert_all_returned(scheduler)

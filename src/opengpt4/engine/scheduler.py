@@ -1,18 +1,20 @@
 """Continuous batching: many requests share one running batch and join or leave it at token boundaries.
 
-One KV cache is allocated up front with `max_batch` rows ("slots") of `max_context` positions.
-The rows that are decoding always occupy slots 0..d-1, so the decode step is ONE forward over
-a view of the first d rows, the same shape Engine.stream runs. A finished row is swapped with
-the last decoding slot (a copy of one row's filled prefix) instead of compacting the whole
-cache. Prompts are prefilled in separate single-row forwards of at most `prefill_chunk`
-tokens per step, written into their own slot: a long prompt costs the decoding rows one chunk
-of latency per step, never the whole prompt, and decoding rows are never advanced by it.
-`n` samples share one prefill: after it, the prompt's slot is copied into n-1 more slots.
+Every step is ONE forward over a flat batch of tokens: one for each decoding row, then chunks of
+the prompts being prefilled (`prefill_chunk` prompt tokens per step in all, oldest prompt first),
+so 64 arriving prompts are prefilled together instead of one forward each, and a long prompt
+costs the decoding rows one chunk of latency per step, never the whole prompt.
 
-Every step: admit waiting requests while slots are free, prefill one chunk of each admitted
-prompt, run one decode forward for all decoding rows, drop the rows that finished. Sampling,
-stop handling and text deltas are Engine's own (`Engine.step_row`, `IncrementalDecoder`), so a
-greedy request's output equals `Engine.generate` on its prompt alone.
+Keys and values live in a paged pool (engine/kv_cache.py): blocks are taken as tokens arrive and
+returned when a row ends, so memory follows the tokens actually live, not slots × context. A
+request is admitted when rows for its `n` choices are free and the pool can hold its worst case
+(prompt + max_tokens per choice, less its prefix-cache hits): the pool never runs dry mid-request,
+and a request that does not fit yet waits in line. Prompts sharing leading blocks with one seen
+before (a system prompt) reuse those blocks. `n` samples share one prefill: after it they share
+the prompt's full blocks and each copies its partial last one.
+
+Sampling, stop handling and text deltas are Engine's own (`Engine.step_row`, `IncrementalDecoder`),
+so a greedy request's output equals `Engine.generate` on its prompt alone.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import torch
 from torch import Tensor
 
 from opengpt4.engine.generate import Delta, Engine, Prompt, Row
+from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names, worst_case_blocks
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import InvalidRequest, QueueFull, Unavailable
-from opengpt4.model.transformer import KVCache
 
 
 class RequestHandle:
@@ -110,8 +112,8 @@ class _Request:
     prompt: Prompt
     params: SamplingParams
     handle: RequestHandle
-    slot: int = -1  # where its prompt is prefilled
-    prefilled: int = 0  # prompt tokens already in the cache
+    seq: Sequence | None = None  # the prompt's blocks, from admission until its samples take them
+    budget: int = 0  # blocks it may still allocate: reserved at admission, so the pool never runs dry
     rows: list[Row] = field(default_factory=list)
 
 
@@ -119,22 +121,29 @@ class _Request:
 class _Decoding:
     request: _Request
     row: Row
-    next_id: int  # sampled, not yet in the cache: the input of the next decode forward
+    seq: Sequence
+    next_id: int  # sampled, not yet in the cache: the input of the next forward
 
 
 class Scheduler:
     def __init__(self, engine: Engine, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
-                 max_context: int | None = None) -> None:
+                 max_context: int | None = None, kv_tokens: int | None = None, block_size: int = 16) -> None:
+        """max_batch: decoding rows at once. prefill_chunk: prompt tokens per step, shared by the
+        prompts being prefilled (first come first served). kv_tokens: the KV pool's bound in tokens
+        (default max_batch × max_context, what the old preallocated cache held; it is reached only
+        when that many tokens are live). A server never serves more context than the pool holds."""
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.max_context = min(max_context or engine.config.max_seq_len, engine.config.max_seq_len)
-        self.cache = KVCache(engine.config, max_batch, self.max_context, device=engine.device, dtype=engine.dtype)
-        # slots[i]: the decoding row (i < num_decoding), a prefilling request, or None (free).
-        self.slots: list[_Decoding | _Request | None] = [None] * max_batch
-        self.num_decoding = 0
+        kv_tokens = kv_tokens or max_batch * self.max_context
+        self.max_context = min(self.max_context, kv_tokens)
+        self.pool = BlockPool(engine.config, -(-kv_tokens // block_size), block_size=block_size,
+                              device=engine.device, dtype=engine.dtype)
+        self.decoding: list[_Decoding] = []
         self.prefilling: list[_Request] = []
-        self.reserved = 0  # slots promised to admitted requests: n each, from admission to their end
+        self.reserved = 0  # rows promised to admitted requests: n each, from admission to their end
+        self.outstanding = 0  # blocks promised to admitted requests and not yet allocated (their budgets)
         self.waiting: deque[_Request] = deque()
         self.stop_ids = set(self.tokenizer.stop_ids)
         self._lock = threading.Lock()  # guards `waiting` between submitting threads and the loop
@@ -145,6 +154,10 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()  # when the loop last started a step: a watchdog sees a stall
         self.died: BaseException | None = None  # what ended the loop's thread, if it did not stop cleanly
+
+    @property
+    def num_decoding(self) -> int:
+        return len(self.decoding)
 
     # --- the callers' side ---------------------------------------------------------------
     def submit(self, prompt: Prompt | list[int], params: SamplingParams,
@@ -159,6 +172,10 @@ class Scheduler:
         self.engine.check_prompt(prompt, params.max_tokens, self.max_context)  # a server may serve less context
         if params.n > self.max_batch:
             raise InvalidRequest(f"n must be <= {self.max_batch} (the batch size), got {params.n}", param="n")
+        if worst_case_blocks(len(prompt.ids), params.max_tokens, params.n, self.pool.block_size) > self.pool.max_blocks:
+            raise InvalidRequest(f"{params.n} choices of up to {len(prompt.ids) + params.max_tokens} tokens do not "
+                                 f"fit this server's KV cache ({self.pool.max_blocks * self.pool.block_size} tokens); "
+                                 "ask for fewer choices or tokens", param="n")
         if charge is not None:
             charge()
         request = _Request(prompt, params, RequestHandle(len(prompt.ids), params.n))
@@ -213,47 +230,97 @@ class Scheduler:
     # --- one step ------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> bool:
-        """Admit, prefill a chunk of each admitted prompt, decode one token for every decoding row.
-        Returns whether there is anything left to do."""
+        """Admit, then ONE forward: a token for every decoding row and the next chunk of the
+        prompts being prefilled. Returns whether there is anything left to do."""
         self._drop_cancelled()
         self._admit()
-        for request in list(self.prefilling):
-            self._prefill_chunk(request)
-        if self.num_decoding:
-            self._decode()
+        decoding, chunks = list(self.decoding), self._plan_chunks()
+        if decoding or chunks:
+            for entry in decoding:
+                self._grow(entry.request, entry.seq, 1)
+            logits, chunks = self._forward(decoding, chunks)
+            finished = [entry for i, entry in enumerate(decoding) if self._sample(entry, logits[i])]
+            for entry in finished:
+                self._remove_decoding(entry)
+            completed = [request for request, ids in chunks if request.seq.length == len(request.prompt.ids)]
+            for request, row_logits in zip(completed, logits[len(decoding):], strict=True):
+                self._start_decoding(request, row_logits)
         with self._lock:
-            return bool(self.num_decoding or self.prefilling or self.waiting)
+            return bool(self.decoding or self.prefilling or self.waiting)
 
     def _admit(self) -> None:
+        """First come, first served: a request waits until rows for its n choices are free and the
+        pool can hold its worst case (what is left after its prefix-cache hits)."""
+        bs, image_id = self.pool.block_size, self.tokenizer.image_id
         with self._lock:
-            # First come, first served: a request with a large n waits for room rather than being overtaken.
             while self.waiting and self.reserved + self.waiting[0].params.n <= self.max_batch:
-                request = self.waiting.popleft()
+                request = self.waiting[0]
                 if request.handle.cancelled:
+                    self.waiting.popleft()
                     request.handle._close()
                     continue
-                request.slot = self.slots.index(None)
-                self.slots[request.slot] = request
-                self.reserved += request.params.n
+                ids, sp = request.prompt.ids, request.params
+                names = block_names(ids[:-1], bs, stop_at=image_id)  # its last token is always computed: its logits
+                hits = self.pool.lookup(names)
+                need = worst_case_blocks(len(ids), sp.max_tokens, sp.n, bs, len(hits))
+                if need > self.pool.available - self.outstanding:
+                    for block in hits:
+                        self.pool.release(block)
+                    return
+                self.waiting.popleft()
+                request.seq = Sequence(self.pool, image_id=image_id)
+                request.seq.reuse(ids, names, hits)
+                request.budget = need
+                self.outstanding += need
+                self.reserved += sp.n
                 self.prefilling.append(request)
 
-    def _prefill_chunk(self, request: _Request) -> None:
-        ids, start = request.prompt.ids, request.prefilled
-        end = min(start + self.prefill_chunk, len(ids))
-        image_id = self.tokenizer.image_id
-        while 0 < end < len(ids) and ids[end - 1] == image_id and ids[end] == image_id:
-            end += 1  # an image's placeholders go through the model together with its pixels
+    def _plan_chunks(self) -> list[tuple[_Request, list[int]]]:
+        """This step's share of the prompts: `prefill_chunk` tokens in all, the oldest first."""
+        chunks, left, image_id = [], self.prefill_chunk, self.tokenizer.image_id
+        for request in self.prefilling:
+            if left <= 0:
+                break
+            ids, start = request.prompt.ids, request.seq.length
+            end = min(start + left, len(ids))
+            while 0 < end < len(ids) and ids[end - 1] == image_id and ids[end] == image_id:
+                end += 1  # an image's placeholders go through the model together with its pixels
+            self._grow(request, request.seq, end - start)
+            chunks.append((request, ids[start:end]))
+            left -= end - start
+        return chunks
+
+    def _forward(self, decoding: list[_Decoding], chunks: list[tuple[_Request, list[int]]]
+                 ) -> tuple[Tensor, list[tuple[_Request, list[int]]]]:
+        """Logits of every decoding row, then of each chunk that completes its prompt. A forward
+        that fails with prompt chunks in it (placeholders without images) is run again one chunk
+        at a time: a chunk that fails fails its request only. Returns the logits and the chunks that ran."""
         try:
-            logits = self.engine.model(torch.tensor([ids[start:end]], device=self.engine.device),
-                                       self._chunk_images(request.prompt, start, end),
-                                       cache=self.cache.view(request.slot, request.slot + 1), last_only=True)
-        except Exception as e:  # one row's forward (e.g. placeholders without images): this request's failure only
-            self._release_prefilling(request)
-            request.handle._close(e)
-            return
-        request.prefilled = end
-        if end == len(ids):
-            self._start_decoding(request, logits[0, -1])
+            return self._run(decoding, chunks), chunks
+        except Exception:
+            if not chunks:
+                raise
+        ran = []
+        for request, ids in chunks:
+            try:
+                self._run([], [(request, ids)], commit=False)
+                ran.append((request, ids))
+            except Exception as e:
+                self._release_prefilling(request)
+                request.handle._close(e)
+        return self._run(decoding, ran), ran  # recomputes the chunks that ran: same slots, same values
+
+    def _run(self, decoding: list[_Decoding], chunks: list[tuple[_Request, list[int]]], commit: bool = True) -> Tensor:
+        step = PagedStep(self.pool, [(e.seq, e.next_id) for e in decoding], [(r.seq, ids) for r, ids in chunks])
+        d = len(decoding)
+        logits_at = step.last[:d] + [step.last[d + i] for i, (r, ids) in enumerate(chunks)
+                                     if r.seq.length + len(ids) == len(r.prompt.ids)]
+        images = [self._chunk_images(r.prompt, r.seq.length, r.seq.length + len(ids)) for r, ids in chunks]
+        images = [i for i in images if i is not None]
+        logits = self.engine.model.forward_flat(step, logits_at, torch.cat(images) if images else None)
+        if commit:
+            step.commit()
+        return logits
 
     def _chunk_images(self, prompt: Prompt, start: int, end: int) -> Tensor | None:
         if prompt.images is None or not len(prompt.images):
@@ -265,112 +332,91 @@ class Scheduler:
         return prompt.images[first : first + count].to(self.engine.device, self.engine.dtype) if count else None
 
     def _start_decoding(self, request: _Request, logits: Tensor) -> None:
-        """The prompt is in its slot: move it to the end of the decoding block, copy it for each of
-        the n samples, and sample every sample's first token from the prompt's last logits."""
+        """The prompt is in the cache: its n samples decode from it (the first takes its blocks, the
+        others share its full blocks), each first token sampled from the prompt's last logits."""
         sp = request.params
-        try:  # before any slot moves: a row that cannot be made (a seed the generator refuses) fails
-            rows = [self._make_row(request, j) for j in range(sp.n)]  # this request alone, never the batch
+        try:  # a row that cannot be made (a seed the generator refuses) fails this request alone
+            rows = [self._make_row(request, j) for j in range(sp.n)]
         except Exception as e:
             self._release_prefilling(request)
             request.handle._close(e)
             return
         self.prefilling.remove(request)
-        targets = range(self.num_decoding, self.num_decoding + sp.n)
-        self._swap(request.slot, targets[0])
-        for t in targets[1:]:
-            if self.slots[t] is not None:  # another prompt's slot: move it out of the way
-                self._swap(t, next(i for i in range(targets[-1] + 1, self.max_batch) if self.slots[i] is None))
-            self._copy(targets[0], t)
-        for t, row in zip(targets, rows, strict=True):
-            request.rows.append(row)
-            self.slots[t] = _Decoding(request, row, -1)
-        self.num_decoding += sp.n
-        for t in reversed(targets):  # reversed: removing a finished row must not move an unsampled one
-            self._sample(t, logits)
+        seqs = [request.seq]
+        for _ in range(sp.n - 1):
+            child, allocated = request.seq.fork()
+            request.budget -= allocated
+            self.outstanding -= allocated
+            seqs.append(child)
+        request.seq = None
+        entries = [_Decoding(request, row, seq, -1) for row, seq in zip(rows, seqs, strict=True)]
+        request.rows += rows
+        self.decoding += entries
+        for entry in entries:
+            if self._sample(entry, logits):
+                self._remove_decoding(entry)
 
     def _make_row(self, request: _Request, j: int) -> Row:
         return self.engine.new_row(0, j, request.params, request.params.max_tokens)
 
-    def _decode(self) -> None:
-        d = self.num_decoding
-        ids = torch.tensor([[self.slots[i].next_id] for i in range(d)], device=self.engine.device)
-        logits = self.engine.model(ids, cache=self.cache.view(0, d))[:, -1]
-        for i in reversed(range(d)):  # reversed: a removal swaps in a row that was already sampled
-            self._sample(i, logits[i])
-
-    def _sample(self, slot: int, logits: Tensor) -> None:
-        entry = self.slots[slot]
+    def _sample(self, entry: _Decoding, logits: Tensor) -> bool:
+        """Sample the row's next token and hand it over; returns whether the row leaves the batch."""
         handle = entry.request.handle
         if handle.cancelled:  # a sibling row failed this step, or the client left mid-step
-            self._remove_decoding(slot)
-            return
+            return True
         try:
             delta = self.engine.step_row(entry.row, logits, self.stop_ids)
         except Exception as e:  # this row's own sampling failed: its request ends, the batch goes on
             handle._close(e)
             handle.cancel()  # its other rows leave as the loop reaches them
-            self._remove_decoding(slot)
-            return
-        entry.request.handle._put(delta)
-        if delta.finish_reason is None:
-            entry.next_id = delta.token_id
-        else:
-            self._remove_decoding(slot)
+            return True
+        handle._put(delta)
+        entry.next_id = delta.token_id
+        return delta.finish_reason is not None
+
+    def _grow(self, request: _Request, seq: Sequence, count: int) -> None:
+        allocated = seq.grow(count)
+        request.budget -= allocated
+        self.outstanding -= allocated
 
     # --- leaving the batch ---------------------------------------------------------------
     def _drop_cancelled(self) -> None:
-        for i in reversed(range(self.num_decoding)):
-            if self.slots[i].request.handle.cancelled:
-                self._remove_decoding(i)
+        for entry in [e for e in self.decoding if e.request.handle.cancelled]:
+            self._remove_decoding(entry)
         for request in [r for r in self.prefilling if r.handle.cancelled]:
             self._release_prefilling(request)
             request.handle._close()
 
-    def _remove_decoding(self, slot: int) -> None:
-        """Free a decoding row by swapping the last decoding row into its slot."""
-        request = self.slots[slot].request
-        last = self.num_decoding - 1
-        self._swap(slot, last)
-        self.slots[last] = None
-        self.cache.lengths[last] = 0
-        self.num_decoding -= 1
+    def _remove_decoding(self, entry: _Decoding) -> None:
+        """A row left: its blocks go back to the pool (its full ones stay named for the prefix cache)."""
+        request = entry.request
+        self.decoding.remove(entry)
+        entry.seq.free()
         self.reserved -= 1
         request.handle._open -= 1
         if request.handle._open == 0:
+            self._end(request)
             request.handle._close()
 
     def _release_prefilling(self, request: _Request) -> None:
         self.prefilling.remove(request)
-        self.slots[request.slot] = None
-        self.cache.lengths[request.slot] = 0
+        request.seq.free()
         self.reserved -= request.params.n
+        self._end(request)
+
+    def _end(self, request: _Request) -> None:
+        """Return what is left of the request's block reservation."""
+        self.outstanding -= request.budget
+        request.budget = 0
 
     def _fail_all(self, error: Exception) -> None:
         with self._lock:
             waiting, self.waiting = list(self.waiting), deque()
-        requests = {id(e.request): e.request for e in self.slots[: self.num_decoding]}
+        requests = {id(e.request): e.request for e in self.decoding}
         requests.update({id(r): r for r in self.prefilling + waiting})
         for request in requests.values():
             request.handle._close(error)
-        self.slots = [None] * self.max_batch
-        self.cache.lengths.zero_()
-        self.num_decoding, self.reserved, self.prefilling = 0, 0, []
-
-    # --- cache slots ---------------------------------------------------------------------
-    def _copy(self, src: int, dst: int) -> None:
-        n = int(self.cache.lengths[src])  # only the filled prefix: the rest is rewritten before it is read
-        self.cache.k[:, dst, :, :n] = self.cache.k[:, src, :, :n]
-        self.cache.v[:, dst, :, :n] = self.cache.v[:, src, :, :n]
-        self.cache.lengths[dst] = n
-
-    def _swap(self, a: int, b: int) -> None:
-        if a == b:
-            return
-        n = int(max(self.cache.lengths[a], self.cache.lengths[b]))
-        for t in (self.cache.k, self.cache.v):
-            t[:, [a, b], :, :n] = t[:, [b, a], :, :n]  # the right side is a copy (advanced indexing)
-        self.cache.lengths[[a, b]] = self.cache.lengths[[b, a]]
-        self.slots[a], self.slots[b] = self.slots[b], self.slots[a]
-        for i in (a, b):
-            if isinstance(self.slots[i], _Request):
-                self.slots[i].slot = i
+        for seq in [e.seq for e in self.decoding] + [r.seq for r in self.prefilling]:
+            seq.free()
+        self.decoding, self.prefilling = [], []
+        self.reserved, self.outstanding = 0, 0

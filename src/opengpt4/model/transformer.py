@@ -104,6 +104,26 @@ class CacheStep:
     causal: bool  # the cache was empty: a query sees the new tokens up to itself, nothing more
     uniform_at: int | None  # all rows start writing at this slot (equal lengths), else None
 
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Write the new keys and values, attend over the row's cache. q, k, v: (B, T, heads, D);
+        returns (B, T, H, D)."""
+        T = q.shape[1]
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
+        if self.uniform_at is not None:  # every row writes the same slots: a plain slice copy
+            k_cache[:, :, self.uniform_at : self.uniform_at + T] = k
+            v_cache[:, :, self.uniform_at : self.uniform_at + T] = v
+        else:
+            k_cache[self.rows, :, self.write_at] = k.transpose(1, 2).to(k_cache.dtype)
+            v_cache[self.rows, :, self.write_at] = v.transpose(1, 2).to(v_cache.dtype)
+        k_all, v_all = k_cache[:, :, : self.span].to(q.dtype), v_cache[:, :, : self.span].to(q.dtype)
+        if T == 1:
+            y = decode_attention(q, k_all, v_all, self.mask)
+        else:  # an empty cache needs only the plain causal mask, which SDPA computes fastest
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=self.mask, is_causal=self.causal,
+                                               enable_gqa=True)
+        return y.transpose(1, 2)
+
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention for one new token per row, grouped-query.
@@ -217,25 +237,14 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv = self.n_head, self.n_kv_head
         qkv = self.qkv_proj(x).view(B, T, H + 2 * Hkv, self.head_dim)
-        qk = apply_rope(qkv[:, :, : H + Hkv], cos, sin).transpose(1, 2)  # q and k rotated together
-        q, k, v = qk[:, :H], qk[:, H:], qkv[:, :, H + Hkv :].transpose(1, 2)
+        qk = apply_rope(qkv[:, :, : H + Hkv], cos, sin)  # q and k rotated together
+        q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + Hkv :]  # (B, T, heads, D)
         if step is None:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
-        else:
-            k_cache, v_cache = step.cache.k[layer], step.cache.v[layer]
-            if step.uniform_at is not None:  # every row writes the same slots: a plain slice copy
-                k_cache[:, :, step.uniform_at : step.uniform_at + T] = k
-                v_cache[:, :, step.uniform_at : step.uniform_at + T] = v
-            else:
-                k_cache[step.rows, :, step.write_at] = k.transpose(1, 2).to(k_cache.dtype)
-                v_cache[step.rows, :, step.write_at] = v.transpose(1, 2).to(v_cache.dtype)
-            k_all, v_all = k_cache[:, :, : step.span].to(q.dtype), v_cache[:, :, : step.span].to(q.dtype)
-            if T == 1:
-                y = decode_attention(q, k_all, v_all, step.mask)
-            else:  # an empty cache needs only the plain causal mask, which SDPA computes fastest
-                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=step.mask, is_causal=step.causal,
-                                                   enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, is_causal=mask is None, enable_gqa=True).transpose(1, 2)
+        else:  # the cache writes the new keys and values and attends over its own (a CacheStep or a PagedStep)
+            y = step.attend(layer, q, k, v)
+        return self.o_proj(y.reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -387,6 +396,19 @@ class Transformer(nn.Module):
             return logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                reduction=reduction)
+
+    def forward_flat(self, step, logits_at: list[int], images: Tensor | None = None) -> Tensor:
+        """Logits (len(logits_at), V) for one flat batch of tokens from several sequences, through a
+        cache that knows where each token belongs (engine/kv_cache.py's PagedStep: `ids`,
+        `positions` and `attend`). Only the positions in `logits_at` reach the norm and the head,
+        which costs more per token than a layer on a large vocabulary."""
+        input_ids = torch.tensor([step.ids], device=self.rope_cos.device)
+        x = self.embed(input_ids, images)
+        cos, sin = self.rope_cos[step.positions][None, :, None], self.rope_sin[step.positions][None, :, None]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, i, step)
+        return self.lm_head(self.model.norm(x[0, logits_at]))
 
     def _cache_step(self, cache: KVCache, num_valid: Tensor, T: int) -> CacheStep:
         lengths = cache.lengths.tolist()  # one host sync per forward instead of one per layer

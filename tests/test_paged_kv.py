@@ -1,0 +1,110 @@
+"""The paged KV cache: blocks as tokens arrive, shared prefixes, and logits equal to the unpaged path."""
+
+import pytest
+import torch
+
+from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names, worst_case_blocks
+
+ATOL = 1e-5
+
+
+def random_ids(n):
+    """Ordinary token ids (the special ones, the image placeholder among them, are ids 0-4)."""
+    return torch.randint(20, 300, (n,)).tolist()
+
+
+def reference_logits(model, ids):
+    """Every position's logits of `ids` alone, without a cache."""
+    with torch.inference_mode():
+        return model(torch.tensor([ids]))[0]
+
+
+def pool_for(model, max_blocks=64, block_size=4):
+    return BlockPool(model.config, max_blocks, block_size=block_size, initial_blocks=2)
+
+
+def run(model, pool, decoding, chunks):
+    """One flat forward; logits of each entry's last token. Allocates the blocks first, as the scheduler does."""
+    for seq, _ in decoding:
+        seq.grow(1)
+    for seq, ids in chunks:
+        seq.grow(len(ids))
+    step = PagedStep(pool, decoding, chunks)
+    with torch.inference_mode():
+        logits = model.forward_flat(step, step.last)
+    step.commit()
+    return logits
+
+
+def test_prompts_of_different_lengths_prefill_together_then_decode_as_alone(tiny_model):
+    torch.manual_seed(1)
+    prompts = [random_ids(n) for n in (3, 9, 17)]
+    pool = pool_for(tiny_model)
+    seqs = [Sequence(pool) for _ in prompts]
+    logits = run(tiny_model, pool, [], list(zip(seqs, prompts, strict=True)))
+    for p, row in zip(prompts, logits, strict=True):
+        torch.testing.assert_close(row, reference_logits(tiny_model, p)[-1], atol=ATOL, rtol=0)
+    # Decode rows of different lengths in one forward, next to the second chunk of a longer prompt.
+    long_prompt = random_ids(11)
+    late = Sequence(pool)
+    run(tiny_model, pool, [], [(late, long_prompt[:6])])
+    nexts = [70, 80, 90]
+    logits = run(tiny_model, pool, list(zip(seqs, nexts, strict=True)), [(late, long_prompt[6:])])
+    for p, t, row in zip(prompts, nexts, logits[:3], strict=True):
+        torch.testing.assert_close(row, reference_logits(tiny_model, p + [t])[-1], atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits[-1], reference_logits(tiny_model, long_prompt)[-1], atol=ATOL, rtol=0)
+    assert [s.length for s in seqs] == [4, 10, 18] and pool.capacity < pool.max_blocks  # grown, not preallocated
+
+
+def test_a_prefix_cache_hit_reuses_blocks_and_gives_the_same_logits(tiny_model):
+    torch.manual_seed(2)
+    system = random_ids(10)
+    a_ids, b_ids = system + [50, 60, 70], system + [80, 90]
+    pool = pool_for(tiny_model)
+    a = Sequence(pool)
+    run(tiny_model, pool, [], [(a, a_ids)])
+    names = block_names(b_ids, pool.block_size)
+    hits = pool.lookup(names)
+    assert hits == a.blocks[:2]  # the two full blocks of the shared 10 tokens (block size 4)
+    b = Sequence(pool)
+    b.reuse(b_ids, names, hits)
+    allocated_before = pool.capacity - len(pool.free)
+    [logits] = run(tiny_model, pool, [], [(b, b_ids[b.length:])])
+    torch.testing.assert_close(logits, reference_logits(tiny_model, b_ids)[-1], atol=ATOL, rtol=0)
+    assert pool.capacity - len(pool.free) == allocated_before + 1  # 12 tokens: one block of its own
+    assert all(pool.refs[block] == 2 for block in hits)
+    a.free()
+    b.free()
+    assert pool.stats()["in_use"] == 0 and len(pool.evictable) == len(pool.cached) > 0  # kept, unreferenced
+
+
+def test_freed_blocks_return_and_named_ones_are_evicted_least_recent_first(tiny_model):
+    pool = pool_for(tiny_model, max_blocks=4)
+    first, second = Sequence(pool), Sequence(pool)
+    run(tiny_model, pool, [], [(first, list(range(100, 108)))])  # two full, named blocks
+    first.free()
+    assert pool.available == 4 and len(pool.evictable) == 2
+    run(tiny_model, pool, [], [(second, list(range(120, 134)))])  # four blocks: both cached ones evicted
+    assert not pool.cached.keys() & set(block_names(list(range(100, 108)), 4))
+    with pytest.raises(RuntimeError, match="exhausted"):  # the scheduler's reservations keep this from happening
+        pool.allocate()
+    second.free()
+    assert pool.available == 4
+
+
+def test_fork_shares_full_blocks_and_copies_the_partial_one(tiny_model):
+    torch.manual_seed(3)
+    prompt = random_ids(6)
+    pool = pool_for(tiny_model)
+    parent = Sequence(pool)
+    run(tiny_model, pool, [], [(parent, prompt)])
+    child, allocated = parent.fork()
+    assert allocated == 1 and child.blocks[0] == parent.blocks[0] and child.blocks[1] != parent.blocks[1]
+    logits = run(tiny_model, pool, [(parent, 110), (child, 120)], [])
+    for t, row in zip((110, 120), logits, strict=True):
+        torch.testing.assert_close(row, reference_logits(tiny_model, prompt + [t])[-1], atol=ATOL, rtol=0)
+
+
+def test_worst_case_blocks_counts_samples_after_the_shared_prompt():
+    assert worst_case_blocks(prompt=10, max_new=6, n=1, block_size=4) == 4
+    assert worst_case_blocks(prompt=10, max_new=6, n=3, block_size=4, hits=2) == 2 + 2 * (4 - 2)
