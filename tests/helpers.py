@@ -100,6 +100,25 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 300
     assert wait_for(answers, timeout), f"{url} did not answer within {timeout} s"
 
 
+def endless_decoder(tokenizer, max_seq_len: int = 4096) -> Transformer:
+    """A `test`-preset decoder that never ends a reply by itself: its stop tokens' logits are 0
+    while the others spread wide (std ~5), so greedy and seeded decoding run to max_tokens and a
+    request lasts as long as a test needs (about 1 ms per token on one core)."""
+    import dataclasses
+
+    from opengpt4.config import get_preset
+
+    cfg = dataclasses.replace(get_preset("test"), vocab_size=tokenizer.vocab_size, image_token_id=tokenizer.image_id,
+                              max_seq_len=max_seq_len, tie_embeddings=False)
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    model.init_weights()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5.0 / (model.lm_head.weight.std() * cfg.n_embd**0.5))
+        model.lm_head.weight[tokenizer.stop_ids] = 0
+    return model
+
+
 def tiny_config(tie: bool) -> ModelConfig:
     """A text-only decoder small enough to build in milliseconds (vocabulary 300, 2 layers, width 64)."""
     return ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp_hidden=96,

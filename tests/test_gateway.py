@@ -1,6 +1,7 @@
 """The request pipeline without HTTP: each refusal is a typed error carrying its facts, raised
 before anything is charged or queued, and an admitted request runs and gets its ledger row."""
 
+import asyncio
 import math
 
 import pytest
@@ -106,7 +107,7 @@ def test_admit_run_account(gateway, store, engine):
     served = gateway.resolve("tiny", ticket)
     prompt = engine.chat_prompt(HELLO)
     [handle] = gateway.admit(served, [prompt], GREEDY, ticket)
-    [output] = gateway.run(handle, 1)
+    [output] = asyncio.run(gateway.collect(handle, 1))
     expected = engine.generate([Prompt(prompt.ids)], GREEDY)[0][0]
     assert output.text == expected.text and output.finish_reason == expected.finish_reason
     assert ticket.tokens() == (len(prompt.ids), len(expected.token_ids))

@@ -237,7 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.model and not args.registry:
         raise OpenGPT4Error("give --registry FILE or at least one --model")
     serve(args.model or [], registry_file=args.registry, host=args.host, port=args.port, no_auth=args.no_auth,
-          db=args.db, rate_limit_storage=args.rate_limit_storage, dtype=args.dtype)
+          db=args.db, rate_limit_storage=args.rate_limit_storage, dtype=args.dtype, drain_s=args.drain_timeout)
 
 
 def _database(args: argparse.Namespace):
@@ -369,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
     p.add_argument("--rate-limit-storage", default="memory://",
                    help="where rate-limit counters live: memory:// (default) or redis://HOST:PORT to share them")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, seconds running requests may finish before they are cancelled (default 30)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("keys", help="create, list and revoke API keys")

@@ -4,16 +4,29 @@ Routes are thin: parse the request, call the gateway's steps (gateway.py: authen
 resolve, admit, run, account), format the answer. Errors are typed (errors.py) and raised where
 the fact is known; `ERRORS` below is the one place that turns each type into OpenAI's envelope
 `{"error": {"message", "type", "param", "code"}}` and its HTTP status. Blocking work (decoding
-images, rendering the prompt, waiting for a whole completion) runs in worker threads, and a
-stream is read on the event loop, so the loop never runs the model.
+images, rendering the prompt, admission) runs in worker threads, and completions are awaited on
+the event loop, so the loop never runs the model and a waiting request holds no thread.
+
+One request cannot take the others down: a body over `max_body_bytes` is a 413 before it is
+parsed, every field is checked by its schema (400), text too long for any context is refused
+before it is tokenized, a failure inside generation fails its own request, and a client that
+hangs up stops its generation (streaming or not). `/healthz` is 503 when a model's scheduler
+thread is dead or stuck. On SIGTERM the server stops accepting, lets running requests finish
+for `drain_s`, then cancels the rest and exits.
+
+Statuses beyond OpenAI's usual: 413 `request_too_large`; 503 `server_busy` (the queue is
+full), `model_unavailable` (the scheduler stopped) and `rate_limit_storage_unavailable` (Redis
+is down: no request is served unlimited); 499 in the usage ledger only, for a client that left
+before its response was complete.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,6 +51,7 @@ from opengpt4.errors import (
     QueueFull,
     RateLimited,
     TokenizerError,
+    Unavailable,
 )
 from opengpt4.model.vision import load_image
 from opengpt4.serve.gateway import Gateway, Served, Ticket
@@ -68,6 +82,8 @@ from opengpt4.serve.schemas import (
 )
 
 SYSTEM_FINGERPRINT = "fp_opengpt4"
+MAX_BODY_BYTES = 16 * 2**20  # eight images as data URLs fit; a body is held whole only below this
+DRAIN_S = 30.0  # on SIGTERM: how long running requests may finish before they are cancelled
 STATIC_DIR = Path(__file__).parent / "static"  # the web chat UI: plain HTML/JS/CSS, no build step
 MAX_IMAGES = 8  # per request: each costs a ViT forward and tokens_per_image of context
 ACCOUNTED_PATHS = ("/v1/chat/completions", "/v1/completions")  # the endpoints with a ledger row
@@ -84,6 +100,7 @@ ERRORS: dict[type[OpenGPT4Error], tuple[int, str, str | None]] = {
     TokenizerError: (400, "invalid_request_error", None),
     RateLimited: (429, "requests", "rate_limit_exceeded"),  # the type is the limit hit: requests or tokens
     QueueFull: (503, "server_error", "server_busy"),
+    Unavailable: (503, "server_error", None),  # its code says which: model_unavailable, rate_limit_storage_...
     OpenGPT4Error: (500, "server_error", None),
 }
 
@@ -108,12 +125,27 @@ async def server_error(request: Request, e: Exception) -> JSONResponse:
 
 
 async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-    # OpenAI answers a malformed request with 400 naming the field, not FastAPI's 422.
-    err = e.errors()[0] if e.errors() else {}
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    message = f"{param}: {err.get('msg', 'invalid request')}" if param else err.get("msg", "invalid request")
+    # OpenAI answers a malformed request with 400 naming the field, not FastAPI's 422. A field
+    # with a union type fails once per branch: the error that is not "wrong type" says why.
+    errors = e.errors()
+    err = next((x for x in errors if not x.get("type", "").endswith("_type")), errors[0] if errors else {})
+    param = error_param(err.get("loc", ()))
+    msg = str(err.get("msg", "invalid request")).removeprefix("Value error, ")
+    message = f"{param}: {msg}" if param else msg
     return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+
+def error_param(loc: tuple[Any, ...]) -> str | None:
+    """A pydantic error location as OpenAI names a param (`messages[0].content[1].text`), without
+    the tags pydantic adds for a union's branches (`str`, `list[...]`, a discriminator's value)."""
+    out: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            out.append(f"[{p}]")
+        elif p != "body" and "[" not in p and p not in ("str", "int", "float", "bool", "list", "dict") \
+                and (not out or out[-1] != f".{p}"):
+            out.append(f".{p}")
+    return "".join(out).lstrip(".") or None
 
 
 async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -121,12 +153,54 @@ async def http_error(request: Request, e: StarletteHTTPException) -> JSONRespons
     return JSONResponse(error_body(str(e.detail), "invalid_request_error", None, code), status_code=e.status_code)
 
 
+class BodyLimit:
+    """Pure ASGI: a request body over `max_bytes` is answered 413 before any of it is parsed. The
+    body is read in chunks and held only up to the cap (a declared Content-Length over it is
+    refused unread), then handed to the app as it came."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self.too_large(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left while sending
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self.too_large(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:  # after the body: the client's disconnect, as the server reports it
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def too_large(self, scope: dict, receive: Any, send: Any) -> None:
+        response = JSONResponse(error_body(f"Request body too large: the limit is {self.max_bytes} bytes.",
+                                           "invalid_request_error", None, "request_too_large"), status_code=413)
+        await response(scope, receive, send)
+
+
 class TicketMiddleware:
     """Pure ASGI, around every request: gives it a `Ticket` (request.state.ticket), adds the
     ticket's rate-limit headers to whatever response goes out (success, error or stream) and,
     once the response is finished or the client went away, records the metrics and the ledger
     row. Doing it here rather than in the routes means no path (an early 400, a 429, a stream
-    cut off mid-way) forgets its row."""
+    cut off mid-way) forgets its row. A response that never completed is the client's leaving."""
 
     def __init__(self, app: Any, gateway: Gateway) -> None:
         self.app, self.gateway = app, gateway
@@ -136,20 +210,24 @@ class TicketMiddleware:
             return await self.app(scope, receive, send)
         ticket = Ticket()
         scope.setdefault("state", {})["ticket"] = ticket
-        start, status = time.perf_counter(), 500
+        start, status, complete = time.perf_counter(), 500, False
 
         async def send_with_headers(message: dict) -> None:
-            nonlocal status
+            nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = ticket.headers | ({"x-request-id": ticket.request_id} if ticket.request_id else {})
                 message["headers"] = list(message.get("headers", [])) + [
-                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in ticket.headers.items()]
+                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
             seconds = time.perf_counter() - start
+            ticket.disconnected |= not complete
             self.gateway.metrics.observe_request(scope["path"], status, seconds)
             if scope["method"] == "POST" and scope["path"] in ACCOUNTED_PATHS:
                 self.gateway.account(ticket, scope["path"], status, seconds)
@@ -180,8 +258,13 @@ v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 
 
 @root.get("/healthz")
-async def healthz(gateway: GatewayDep) -> dict[str, Any]:
-    return {"status": "ok", "models": list(gateway.served)}
+async def healthz(gateway: GatewayDep) -> JSONResponse:
+    """200 while every model's scheduler thread runs; 503 naming each that is dead or stuck."""
+    problems = gateway.health()
+    body: dict[str, Any] = {"status": "unavailable" if problems else "ok", "models": list(gateway.served)}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
 @root.get("/metrics")
@@ -204,6 +287,7 @@ async def retrieve_model(model_id: str, gateway: GatewayDep, ticket: TicketDep) 
 async def chat_completions(body: ChatCompletionRequest, request: Request, gateway: GatewayDep,
                            ticket: TicketDep) -> Any:
     served = gateway.resolve(body.model, ticket)
+    check_text_length(served, sum(len(t) for m in body.messages for t in message_texts(m)), "messages")
     messages = await run_in_threadpool(chat_messages, body.messages, served.accepts_images)
     json_mode = body.response_format is not None and body.response_format.type == "json_object"
     if json_mode and not mentions_json(body.messages):
@@ -218,12 +302,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gatewa
     max_tokens = body.max_completion_tokens or body.max_tokens or max(served.scheduler.max_context - len(prompt.ids), 1)
     params = sampling_params(body, max_tokens, logprobs=body.logprobs, top=body.top_logprobs or 0)
     params.json_mode = json_mode
-    [handle] = gateway.admit(served, [prompt], params, ticket)
-    meta = response_meta("chatcmpl", served)
+    [handle] = await run_in_threadpool(gateway.admit, served, [prompt], params, ticket,
+                                       max_tokens_given=bool(body.max_completion_tokens or body.max_tokens))
+    meta = response_meta("chatcmpl", served, ticket)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return event_stream(chat_chunks(handle, body.n, meta, include_usage, request, gateway.metrics))
-    outputs = await run_in_threadpool(gateway.run, handle, body.n)
+    outputs = await unless_disconnected(request, ticket, gateway.collect(handle, body.n))
     return ChatCompletion(choices=chat_choices(outputs, body.logprobs), usage=usage_of(handle), **meta).model_dump()
 
 
@@ -231,29 +316,37 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gatewa
 async def completions(body: CompletionRequest, request: Request, gateway: GatewayDep, ticket: TicketDep) -> Any:
     served = gateway.resolve(body.model, ticket)
     texts = completion_texts(body)
-    meta = response_meta("cmpl", served)
-    prompts = [served.engine.text_prompt(t) for t in texts]
+    for text in texts:
+        check_text_length(served, len(text), "prompt")
+    meta = response_meta("cmpl", served, ticket)
+    prompts = await run_in_threadpool(lambda: [served.engine.text_prompt(t) for t in texts])
     if body.max_tokens == 0:  # scoring only: echo the prompt with its logprobs, generate nothing
         return await score_text(gateway, served, texts[0], prompts[0], body.logprobs, meta, ticket)
     params = sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top=body.logprobs or 0)
-    handles = gateway.admit(served, prompts, params, ticket)
+    handles = await run_in_threadpool(gateway.admit, served, prompts, params, ticket)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return event_stream(text_chunks(handles[0], body.n, meta, request, include_usage))
-    choices: list[TextChoice] = []
-    for i, (text, prompt, handle) in enumerate(zip(texts, prompts, handles, strict=True)):
-        echo = None
-        if body.echo and body.logprobs is not None:
-            echo = await run_in_threadpool(echo_logprobs, served.engine, served.score_lock, text, prompt, body.logprobs)
-        outputs = await run_in_threadpool(gateway.run, handle, body.n)
-        choices += text_choices(outputs, i * body.n, text if body.echo else "", echo, body.logprobs)
+
+    async def every_choice() -> list[TextChoice]:
+        choices: list[TextChoice] = []
+        for i, (text, prompt, handle) in enumerate(zip(texts, prompts, handles, strict=True)):
+            echo = None
+            if body.echo and body.logprobs is not None:
+                echo = await run_in_threadpool(echo_logprobs, served.engine, served.score_lock, text, prompt,
+                                               body.logprobs)
+            outputs = await gateway.collect(handle, body.n)
+            choices += text_choices(outputs, i * body.n, text if body.echo else "", echo, body.logprobs)
+        return choices
+
+    choices = await unless_disconnected(request, ticket, every_choice())
     return TextCompletion(choices=choices, usage=usage_of(*handles), **meta).model_dump(exclude_none=True)
 
 
 async def score_text(gateway: Gateway, served: Served, text: str, prompt: Prompt, top: int | None,
                      meta: dict[str, Any], ticket: Ticket) -> dict[str, Any]:
     """max_tokens 0 + echo: the prompt's logprobs, nothing generated."""
-    gateway.admit_scoring(served, prompt, ticket)
+    await run_in_threadpool(gateway.admit_scoring, served, prompt, ticket)
     logprobs = None
     if top is not None:
         logprobs = await run_in_threadpool(echo_logprobs, served.engine, served.score_lock, text, prompt, top)
@@ -262,10 +355,51 @@ async def score_text(gateway: Gateway, served: Served, text: str, prompt: Prompt
     return TextCompletion(choices=[choice], usage=usage, **meta).model_dump(exclude_none=True)
 
 
+async def unless_disconnected(request: Request, ticket: Ticket, work: Awaitable[Any]) -> Any:
+    """Await `work` (collecting the ticket's choices). If the client hangs up first, or the server
+    is shutting down, the request stops generating: its rows leave the batch at the next step and
+    `work` returns what they produced, which is what the ledger bills."""
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(hang_up())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            ticket.disconnected = True
+            for handle in ticket.handles:
+                handle.cancel()
+        return await task
+    finally:
+        watcher.cancel()
+        if not task.done():  # cancelled from outside (shutdown): stop generating too
+            for handle in ticket.handles:
+                handle.cancel()
+            task.cancel()
+
+
 # --- parsing and formatting -------------------------------------------------------------------
-def response_meta(prefix: str, served: Served) -> dict[str, Any]:
-    return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.card.snapshot,
+def response_meta(prefix: str, served: Served, ticket: Ticket) -> dict[str, Any]:
+    ticket.request_id = f"{prefix}-{uuid.uuid4().hex}"
+    return {"id": ticket.request_id, "created": int(time.time()), "model": served.card.snapshot,
             "system_fingerprint": SYSTEM_FINGERPRINT}
+
+
+def message_texts(message: ChatMessage) -> list[str]:
+    if isinstance(message.content, str):
+        return [message.content]
+    return [p.text for p in message.content or [] if getattr(p, "text", None)]
+
+
+def check_text_length(served: Served, chars: int, param: str) -> None:
+    """Refuse text that cannot fit the context whatever it says, before tokenizing it (a 50 MB
+    prompt costs gigabytes to tokenize): no token is longer than the vocabulary's longest."""
+    limit = served.scheduler.max_context
+    if chars > limit * served.longest_token_chars:
+        raise InvalidRequest(f"This model's maximum context length is {limit} tokens. However, your {param} hold "
+                             f"{chars} characters, more than {limit} tokens can. Please reduce the length of the "
+                             f"{param}.", param=param, code="context_length_exceeded")
 
 
 def model_card(name: str, served: Served, created: int) -> ModelCard:
@@ -347,7 +481,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(models: dict[str, Engine], *, registry: Registry | None = None, keys: KeyStore | None = None,
-               ledger: UsageLedger | None = None, rate_limit_storage: str = "memory://") -> FastAPI:
+               ledger: UsageLedger | None = None, rate_limit_storage: str = "memory://",
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """models: engines by name. Without a registry each name is served as its own snapshot; with
     one, `models` maps each entry's `path` to its engine (entries sharing a path share weights).
     keys: None serves without authentication (--no-auth). The usage ledger defaults to the keys'
@@ -358,7 +493,8 @@ def create_app(models: dict[str, Engine], *, registry: Registry | None = None, k
     app.state.gateway = gateway
     app.state.schedulers = {snapshot: served.scheduler for snapshot, served in gateway.served.items()}
     app.state.metrics = gateway.metrics
-    app.add_middleware(TicketMiddleware, gateway=gateway)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(TicketMiddleware, gateway=gateway)  # added last: outermost, so a 413 gets its row too
     app.add_exception_handler(OpenGPT4Error, typed_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -372,9 +508,10 @@ def create_app(models: dict[str, Engine], *, registry: Registry | None = None, k
 
 def main(model_paths: list[str], registry_file: str | None = None, host: str = "127.0.0.1", port: int = 8000,
          no_auth: bool = False, db: str | None = None, rate_limit_storage: str = "memory://",
-         dtype: str = "auto") -> None:
+         dtype: str = "auto", drain_s: float = DRAIN_S) -> None:
     """Load every model of the registry (or each --model, its id the directory's name) and serve
-    them until interrupted."""
+    them until interrupted. SIGTERM or Ctrl-C: running requests get `drain_s` to finish, then
+    are cancelled, and the process exits."""
     import uvicorn
 
     from opengpt4.files import opengpt4_home
@@ -393,4 +530,4 @@ def main(model_paths: list[str], registry_file: str | None = None, host: str = "
               "(or serve with --no-auth for local use)", file=sys.stderr)
     app = create_app(engines, registry=registry, keys=keys, ledger=UsageLedger(database),
                      rate_limit_storage=rate_limit_storage)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=drain_s)

@@ -10,6 +10,7 @@ limits (OpenAI's defaults for GPT-4: 200 RPM, 40,000 TPM).
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import sqlite3
 import threading
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL,
     cost REAL NOT NULL,                 -- USD, from the registry's prices per 1k tokens
     latency_ms REAL NOT NULL,
-    status INTEGER NOT NULL
+    status INTEGER NOT NULL,            -- 499: the client went away before the response was complete
+    request_id TEXT                     -- the response's id (chatcmpl-…, cmpl-…; x-request-id)
 );
 CREATE INDEX IF NOT EXISTS usage_key_model ON usage (key_id, model);
 """
@@ -68,17 +70,26 @@ def hash_key(key: str) -> str:
 
 
 class Database:
-    """One connection shared by threads under a lock: writes are tiny, and WAL lets readers in."""
+    """One connection shared by threads under a lock: writes are tiny, and WAL lets readers in.
+    The file is created 0600 (SQLite gives its -wal and -shm files the same mode): it holds key
+    hashes and every key's usage."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # before sqlite creates it 0644
+        except OSError as e:
+            raise OpenGPT4Error(f"cannot open the key/usage database {self.path}: {e}") from None
         try:
             self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, not power loss
             self.conn.execute("PRAGMA busy_timeout=5000")
             self.conn.executescript(SCHEMA)
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(usage)")}
+            if "request_id" not in columns:  # a database from before request ids
+                self.conn.execute("ALTER TABLE usage ADD COLUMN request_id TEXT")
         except sqlite3.DatabaseError as e:
             raise OpenGPT4Error(f"cannot open the key/usage database {self.path}: {e}") from None
         self.lock = threading.Lock()

@@ -27,11 +27,13 @@ class UsageLedger:
         self.db = path if isinstance(path, Database) else Database(path)
 
     def record(self, *, key_id: int | None, endpoint: str, model: str | None, prompt_tokens: int,
-               completion_tokens: int, cost: float, latency_ms: float, status: int) -> None:
+               completion_tokens: int, cost: float, latency_ms: float, status: int,
+               request_id: str | None = None) -> None:
         self.db.execute(
             "INSERT INTO usage (time, key_id, endpoint, model, prompt_tokens, completion_tokens, cost, latency_ms, "
-            "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), key_id, endpoint, model, prompt_tokens, completion_tokens, cost, latency_ms, status))
+            "status, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), key_id, endpoint, model, prompt_tokens, completion_tokens, cost, latency_ms, status,
+             request_id))
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM usage")[0][0]

@@ -2,17 +2,51 @@
 
 Requests ignore unknown fields (clients send vendor extras we do not implement); responses are
 built by the app and serialized with `model_dump(exclude_none=...)` where OpenAI omits fields.
+Every bound a request can break is checked here, so it is a 400 naming the field before any
+work is done: numbers in OpenAI's ranges (a seed is an int64), list lengths, and text that is
+valid Unicode (JSON's `"\\ud800"` escape parses to a lone surrogate that no tokenizer, database
+or JSON encoder accepts).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+INT64 = 2**63
+MAX_MESSAGES = 2048  # OpenAI's own limit on a conversation's length
+MAX_PROMPTS = 16  # prompts in one /v1/completions call: each is a queued request
+MAX_STOP = 4
+
+
+def invalid_unicode(value: Any) -> str | None:
+    """Why `value` (a string, or strings nested in lists and dicts) is not valid Unicode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return f"is not valid Unicode: a lone surrogate at character {e.start}"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and (why := invalid_unicode(k)):
+            return why
+        if why := invalid_unicode(v):
+            return f"[{k!r}] {why}" if isinstance(k, str) else f"[{k}] {why}"
+    return None
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        # Every field of every request model; nested models check their own fields.
+        if why := invalid_unicode(value):
+            raise ValueError(why)
+        return value
 
 
 # --- request -------------------------------------------------------------------------------
@@ -32,6 +66,7 @@ class ImagePart(_Request):
 
 
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
 
 
 class ChatMessage(_Request):
@@ -55,8 +90,8 @@ class _Sampling(_Request):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
+    seed: int | None = Field(default=None, ge=-INT64, le=INT64 - 1)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     stream: bool = False
@@ -65,7 +100,7 @@ class _Sampling(_Request):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)  # the newer name for max_tokens
     logprobs: bool = False
@@ -77,7 +112,7 @@ class CompletionRequest(_Sampling):
     """The legacy /v1/completions: raw text in, no chat template. `echo` + `logprobs` with
     `max_tokens: 0` scores a text (how eval harnesses get log-likelihoods from an endpoint)."""
 
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)] = Field(min_length=1)
     max_tokens: int = Field(default=16, ge=0)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
