@@ -207,9 +207,10 @@ class Gateway:
             raise InvalidRequest(f"{count} prompts in one request; at most {cap} can be queued at once",
                                  param="prompt")
         if len(in_flight) + count > cap:
+            ticket.headers = ticket.headers | {"retry-after": "1"}
             raise RateLimited(f"Too many requests in flight for key {ticket.key.hint} on {served.card.snapshot}: "
                               f"{len(in_flight)} queued or running, at most {cap} per key. Retry when some finish.",
-                              kind="requests", retry_after=1, headers=ticket.headers | {"retry-after": "1"})
+                              kind="requests", retry_after=1, headers=ticket.headers)
         return in_flight
 
     def admit_scoring(self, served: Served, prompt: Prompt, ticket: Ticket) -> None:
