@@ -171,53 +171,6 @@ def test_bad_sampling_params_are_rejected():
         SamplingParams(stop=["a", "b", "c", "d", "e"])
 
 
-def test_json_mode_output_is_always_a_json_object_prefix(tiny_model, tiny_tokenizer):
-    """Even a random model, constrained, writes JSON: complete objects when it stops, valid prefixes when cut."""
-    import json
-
-    from opengpt4.engine.json_mode import JsonPrefix
-
-    engine = Engine(tiny_model, tiny_tokenizer, pack=False)
-    prompt = engine.chat_prompt([{"role": "user", "content": "the cat as json"}])
-    for seed in range(6):
-        params = SamplingParams(max_tokens=48, temperature=0.0 if seed == 0 else 1.0, seed=seed, json_mode=True)
-        c = engine.generate([prompt], params)[0][0]
-        assert c.text.startswith("{") and JsonPrefix().feed(c.text) is not None, c.text
-        if c.finish_reason == "stop":
-            assert isinstance(json.loads(c.text), dict)
-    free = engine.generate([prompt], SamplingParams(max_tokens=48, temperature=0.0))[0][0].text
-    assert not free.lstrip().startswith("{")  # the constraint, not the model, made it JSON
-
-
-def test_json_prefix_accepts_every_prefix_of_valid_objects_and_rejects_invalid():
-    import json
-    import random
-
-    from opengpt4.engine.json_mode import JsonPrefix
-
-    def accepts(s: str) -> bool:
-        state = JsonPrefix().feed(s)
-        return state is not None and state.complete
-
-    for s in ['{}', '{"a": [1, 2.5e-3, -0, true, false, null, "x\\u00e9\\n"], "b": {"c": {}}} ']:
-        assert accepts(s) and all(JsonPrefix().feed(s[:i]) is not None for i in range(len(s)))
-    for s in ['[]', '1', '{"a" 1}', '{"a":01}', '{"a":1,}', '{,}', '{"a":tru}', '{"a":"\x01"}', '{}}', '{"a":1.}',
-              '{"a":[1,]}']:
-        assert not accepts(s), s
-    rng = random.Random(0)
-
-    def value(depth=0):
-        kinds = [lambda: rng.randint(-999, 999), lambda: rng.random() * 1e3, lambda: rng.choice([True, False, None]),
-                 lambda: "".join(rng.choice('ab"\\é\n ') for _ in range(5))]
-        if depth < 3:
-            kinds += [lambda: [value(depth + 1) for _ in range(rng.randrange(3))],
-                      lambda: {str(i): value(depth + 1) for i in range(rng.randrange(3))}]
-        return rng.choice(kinds)()
-
-    for _ in range(300):
-        assert accepts(json.dumps({str(i): value() for i in range(rng.randrange(4))}, indent=rng.choice([None, 2])))
-
-
 def test_sampling_follows_the_distribution():
     """Inverse-CDF sampling: frequencies match softmax(logits / T); masked tokens never come out."""
     logits = torch.tensor([0.0, 1.0, 2.0, float("-inf"), 0.5])

@@ -241,7 +241,7 @@ def test_image_parts_expand_to_placeholders(tok):
 @pytest.mark.parametrize(
     "messages, match",
     [
-        ([{"role": "tool", "content": "x"}], "message 0 has unknown role 'tool'"),
+        ([{"role": "function", "content": "x"}], "message 0 has unknown role 'function'"),
         ([{"role": "user", "content": "x"}, {"content": "y"}], "message 1 has no 'role'"),
         ([{"role": "user"}], "message 0 has no 'content'"),
         (["hello"], "message 0 must be a dict"),

@@ -9,10 +9,18 @@ Chats are rendered as ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`). Contro
 inserted as ids and text is encoded with special-token parsing off, so nothing a user types
 can become a control token. The result equals what transformers' `apply_chat_template`
 produces with the same ChatML template, token for token.
+
+Tools follow SmolLM2-Instruct's function-calling format (its 1.7B model card; the 135M GGUF's
+template has no tools section): the function signatures as a JSON list inside `<tools>` in the
+system message, and the assistant's calls as one JSON list inside
+`<tool_call>[{"name": ..., "arguments": {...}}]</tool_call>`. Tool results go back as a user
+turn of `<tool_response>` blocks, as Qwen2.5's ChatML template does (SmolLM2 defines none).
+OpenAI's `developer` role is the system role.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +36,8 @@ if TYPE_CHECKING:
     import gguf
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image|>", "<|pad|>"]  # ids 0..4 when trained
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "developer", "tool")
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 # llama.cpp pre-tokenizer names whose regex isolates each \p{N} before GPT-2's split.
 _DIGIT_SPLIT_PRE = {"smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva"}
 _GPT2_PRE = {"gpt-2", "gpt2"}
@@ -272,11 +281,18 @@ class Tokenizer:
         return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)  # int(): tensors too
 
     # --- chat ---------------------------------------------------------------------------
-    def render_chat(self, messages: list[dict], *, add_generation_prompt: bool = False) -> ChatEncoding:
-        checked = [_check_message(i, m) for i, m in enumerate(messages)]
+    def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
+                    add_generation_prompt: bool = False) -> ChatEncoding:
+        """`tools`: OpenAI tool definitions (`{"type": "function", "function": {...}}`) the
+        assistant may call, described at the end of the system message."""
+        checked = _merge_tool_turns([_check_message(i, m) for i, m in enumerate(messages)])
         # Like SmolLM2's template: a conversation without a system message gets the default one.
-        if self.default_system is not None and checked and checked[0][0] != "system":
-            checked.insert(0, ("system", [("text", self.default_system)]))
+        if checked and checked[0][0] != "system" and (self.default_system is not None or tools):
+            checked.insert(0, ("system", [("text", self.default_system or "")]))
+        if tools:
+            role, parts = checked[0]
+            before = "\n\n" if any(kind != "text" or value for kind, value in parts) else ""
+            checked[0] = (role, [*parts, ("text", before + tools_system_prompt(tools))])
         out = ChatEncoding([], [])
         newline = self.encode("\n")
         for role, parts in checked:
@@ -314,17 +330,36 @@ class Tokenizer:
 
 
 def _check_message(i: int, message: Any) -> tuple[str, list[tuple[str, Any]]]:
-    """Validate one OpenAI-style message; returns (role, [("text", str) | ("image", source)])."""
+    """Validate one OpenAI-style message; returns (role, [("text", str) | ("image", source)]) in
+    ChatML's roles: developer is system, a tool result is a user turn, an assistant's tool calls
+    are text in its turn."""
     if not isinstance(message, dict):
         raise TokenizerError(f"message {i} must be a dict with 'role' and 'content', got {type(message).__name__}")
-    if "role" not in message or "content" not in message:
+    role = message.get("role")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if "role" not in message or ("content" not in message and not calls):
         missing = "role" if "role" not in message else "content"
         raise TokenizerError(f"message {i} has no '{missing}'")
-    role, content = message["role"], message["content"]
     if role not in ROLES:
         raise TokenizerError(f"message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    parts = _content_parts(i, message.get("content"))
+    if role == "developer":
+        return "system", parts
+    if role == "tool":
+        if any(kind != "text" for kind, _ in parts):
+            raise TokenizerError(f"message {i}: a tool result must be text")
+        return "tool", [("text", "<tool_response>\n" + "".join(v for _, v in parts) + "\n</tool_response>")]
+    if calls:
+        text = "".join(v for kind, v in parts if kind == "text")
+        return role, [("text", text + ("\n" if text else "") + format_tool_calls(_read_tool_calls(i, calls)))]
+    return role, parts
+
+
+def _content_parts(i: int, content: Any) -> list[tuple[str, Any]]:
+    if content is None:
+        return []
     if isinstance(content, str):
-        return role, [("text", content)]
+        return [("text", content)]
     if not isinstance(content, list):
         raise TokenizerError(f"message {i} content must be a string or a list of parts, got {type(content).__name__}")
     parts = []
@@ -346,7 +381,49 @@ def _check_message(i: int, message: Any) -> tuple[str, list[tuple[str, Any]]]:
                 "{'type': 'text', 'text': str}, {'type': 'image_url', 'image_url': {'url': str}} "
                 "or {'type': 'image', 'image': <PIL image>}"
             )
-    return role, parts
+    return parts
+
+
+def _merge_tool_turns(checked: list[tuple[str, list]]) -> list[tuple[str, list]]:
+    """Tool results become user turns; consecutive ones (the answers to one turn's parallel
+    calls) share a turn, one <tool_response> block each."""
+    out: list[tuple[str, list]] = []
+    for role, parts in checked:
+        if role == "tool" and out and out[-1][0] == "tool":
+            out[-1] = ("tool", [("text", out[-1][1][0][1] + "\n" + parts[0][1])])
+        else:
+            out.append((role, parts))
+    return [("user" if role == "tool" else role, parts) for role, parts in out]
+
+
+def _read_tool_calls(i: int, calls: Any) -> list[tuple[str, Any]]:
+    """An assistant message's OpenAI tool_calls as (name, arguments object)."""
+    out = []
+    for j, call in enumerate(calls if isinstance(calls, list) else [None]):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise TokenizerError(f"message {i} tool_calls[{j}] needs a function with a name")
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except (TypeError, json.JSONDecodeError):
+            raise TokenizerError(f"message {i} tool_calls[{j}].function.arguments is not a JSON string") from None
+        out.append((function["name"], arguments))
+    return out
+
+
+def format_tool_calls(calls: list[tuple[str, Any]]) -> str:
+    """The assistant's tool calls as the model writes them (the layout engine/grammar.py enforces)."""
+    return TOOL_CALL_OPEN + json.dumps([{"name": n, "arguments": a} for n, a in calls], ensure_ascii=False) \
+        + TOOL_CALL_CLOSE
+
+
+def tools_system_prompt(tools: list[dict]) -> str:
+    """What the system message says about the tools: their signatures and the format of a call."""
+    signatures = json.dumps([t.get("function", t) for t in tools], ensure_ascii=False)
+    example = format_tool_calls([("function_name", {"argument": "value"})])
+    return (f"You can call these functions:\n<tools>{signatures}</tools>\n\n"
+            "To call one or more of them, reply with only the list of calls, in this format:\n"
+            f"{example}\nIf no function fits, answer in plain text.")
 
 
 def template_default_system(template: str | None) -> str | None:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from opengpt4.engine import score
 from opengpt4.engine.detokenize import IncrementalDecoder
-from opengpt4.engine.json_mode import JsonPrefix, constrained_token
+from opengpt4.engine.grammar import GrammarTokenizer, Matcher
 from opengpt4.engine.sampling import SamplingParams, next_token, token_logprobs
 from opengpt4.errors import ContextLengthExceeded, InvalidRequest
 from opengpt4.model.precision import apply_precision, load_dtype, precision_of
@@ -71,7 +71,7 @@ class Row:
     generator: torch.Generator | None
     counts: Tensor | None  # generated-token counts, only when a penalty needs them
     generated: int = 0
-    json: JsonPrefix | None = None  # JSON mode: the text so far as a JSON-prefix automaton state
+    grammar: Matcher | None = None  # where the output is in its grammar (params.grammar)
 
 
 class Engine:
@@ -83,6 +83,7 @@ class Engine:
         if pack:
             model.pack_for_cpu_inference()
         self._token_texts: list[str] | None = None
+        self._grammar_tokenizer: GrammarTokenizer | None = None
 
     @classmethod
     def load(cls, model: str, precision: str = "auto") -> Engine:
@@ -104,10 +105,17 @@ class Engine:
 
     @property
     def token_texts(self) -> list[str]:
-        """Each token's text on its own (JSON mode checks candidates against it); built on first use."""
+        """Each token's text on its own; built on first use."""
         if self._token_texts is None:
             self._token_texts = [self.tokenizer.decode([i]) for i in range(self.config.vocab_size)]
         return self._token_texts
+
+    @property
+    def grammar_tokenizer(self) -> GrammarTokenizer:
+        """The vocabulary as constrained decoding sees it; built on first use."""
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = GrammarTokenizer(self.tokenizer, self.config.vocab_size)
+        return self._grammar_tokenizer
 
     @property
     def device(self) -> torch.device:
@@ -117,9 +125,10 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.model.model.embed_tokens.weight.dtype
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> Prompt:
-        """Render chat messages (OpenAI format, images included) into a prompt for the assistant's turn."""
-        encoding = self.tokenizer.render_chat(messages, add_generation_prompt=True)
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Prompt:
+        """Render chat messages (OpenAI format, images included) into a prompt for the assistant's
+        turn; `tools`: OpenAI tool definitions the assistant may call."""
+        encoding = self.tokenizer.render_chat(messages, tools=tools, add_generation_prompt=True)
         images = None
         if encoding.images:
             images = preprocess(encoding.images, self.config.vision)
@@ -231,19 +240,16 @@ class Engine:
         if params.presence_penalty or params.frequency_penalty:
             counts = torch.zeros(self.config.vocab_size)
         return Row(prompt_index, sample_index, params, max_new, IncrementalDecoder(self.tokenizer, params.stop),
-                   generator, counts, json=JsonPrefix() if params.json_mode else None)
+                   generator, counts, grammar=self.grammar_tokenizer.matcher(params.grammar) if params.grammar else None)
 
     def step_row(self, row: Row, logits: Tensor, stop_ids: set[int]) -> Delta:
         """Sample one token for `row` from its raw logits (V,) and say what it adds."""
         sp = row.params
         # A generated image placeholder would have no image behind it.
-        def sample(scores: Tensor) -> int:
-            return next_token(scores, sp, row.counts, row.generator, banned=self.tokenizer.image_id)
-
-        if row.json is not None:
-            token, row.json = constrained_token(logits, row.json, self.token_texts, stop_ids, sample)
-        else:
-            token = sample(logits)
+        allowed = row.grammar.allowed() if row.grammar is not None else None
+        token = next_token(logits, sp, row.counts, row.generator, banned=self.tokenizer.image_id, allowed=allowed)
+        if row.grammar is not None and token not in stop_ids:
+            row.grammar.consume(token)
         logprob = None
         if sp.logprobs:
             lp, top = token_logprobs(logits, token, sp.top_logprobs)

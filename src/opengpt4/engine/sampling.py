@@ -2,8 +2,10 @@
 
 The conventions are the OpenAI API's: temperature 0 is greedy, top_p is nucleus sampling,
 presence/frequency penalties subtract from the logits of tokens already generated
-(`logit -= frequency * count + presence * (count > 0)`), logprobs are log-softmax of the
-model's raw logits (before temperature, penalties and truncation), as OpenAI reports them.
+(`logit -= frequency * count + presence * (count > 0)`), logit_bias adds to a token's logit
+(-100 bans it, +100 all but forces it), logprobs are log-softmax of the model's raw logits
+(before temperature, penalties, bias and truncation), as OpenAI reports them. A grammar
+(engine/grammar.py) masks the tokens it does not allow after all of these.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class SamplingParams:
     n: int = 1
     stop_token_ids: list[int] = field(default_factory=list)  # extra ids that end a choice (vLLM's name)
     ignore_eos: bool = False  # keep going past the tokenizer's end-of-turn tokens (benchmarks)
-    json_mode: bool = False  # constrain the output to one JSON object (see json_mode.py)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    grammar: str | None = None  # llguidance grammar the output must follow (engine/grammar.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -45,6 +48,7 @@ class SamplingParams:
             (self.n >= 1, f"n must be >= 1, got {self.n}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop must be non-empty strings"),
             (len(self.stop) <= 4, f"at most 4 stop sequences, got {len(self.stop)}"),
+            (all(-100 <= b <= 100 for b in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -80,13 +84,18 @@ def truncate(logits: Tensor, top_k: int, top_p: float) -> Tensor:
 
 
 def next_token(logits: Tensor, params: SamplingParams, counts: Tensor | None, generator: torch.Generator | None,
-               banned: int | None = None) -> int:
-    """Choose one token from a row of raw logits (V,) under `params`; never the `banned` id."""
+               banned: int | None = None, allowed: Tensor | None = None) -> int:
+    """Choose one token from a row of raw logits (V,) under `params`; never the `banned` id, and
+    only where the bool mask `allowed` (a grammar's) is true."""
     logits = logits.to(torch.float32, copy=True)
     if banned is not None:
         logits[banned] = float("-inf")
     if counts is not None:
         logits = apply_penalties(logits, counts, params.presence_penalty, params.frequency_penalty)
+    if params.logit_bias:
+        logits[list(params.logit_bias)] += torch.tensor(list(params.logit_bias.values()))
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if params.greedy:
         return int(logits.argmax())
     logits = truncate(logits / params.temperature, params.top_k, params.top_p)

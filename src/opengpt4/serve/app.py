@@ -80,6 +80,7 @@ from opengpt4.serve.schemas import (
     Usage,
     error_body,
 )
+from opengpt4.serve.tools import check_logit_bias, plan_chat
 
 SYSTEM_FINGERPRINT = "fp_opengpt4"
 MAX_BODY_BYTES = 16 * 2**20  # eight images as data URLs fit; a body is held whole only below this
@@ -293,23 +294,25 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gatewa
     if json_mode and not mentions_json(body.messages):
         raise InvalidRequest("'messages' must contain the word 'json' in some form, to use "
                              "'response_format' of type 'json_object'.", param="messages")
+    plan = await run_in_threadpool(plan_chat, body, served.engine)  # tools, tool_choice, response_format
     try:
-        prompt = await run_in_threadpool(served.engine.chat_prompt, messages)
+        prompt = await run_in_threadpool(served.engine.chat_prompt, messages, plan.tools)
     except (ValueError, OpenGPT4Error) as e:  # malformed parts: nothing was generated yet
         raise InvalidRequest(str(e), param="messages") from None
     # OpenAI's default max_tokens is "whatever the context has left" (at least 1, so a full
     # prompt still gets the context_length_exceeded error).
     max_tokens = body.max_completion_tokens or body.max_tokens or max(served.scheduler.max_context - len(prompt.ids), 1)
-    params = sampling_params(body, max_tokens, logprobs=body.logprobs, top=body.top_logprobs or 0)
-    params.json_mode = json_mode
+    params = sampling_params(body, max_tokens, served, logprobs=body.logprobs, top=body.top_logprobs or 0)
+    params.grammar = plan.grammar
     [handle] = await run_in_threadpool(gateway.admit, served, [prompt], params, ticket,
                                        max_tokens_given=bool(body.max_completion_tokens or body.max_tokens))
     meta = response_meta("chatcmpl", served, ticket)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return event_stream(chat_chunks(handle, body.n, meta, include_usage, request, gateway.metrics))
+        return event_stream(chat_chunks(handle, body.n, meta, include_usage, request, gateway.metrics, plan.calls))
     outputs = await unless_disconnected(request, ticket, gateway.collect(handle, body.n))
-    return ChatCompletion(choices=chat_choices(outputs, body.logprobs), usage=usage_of(handle), **meta).model_dump()
+    return ChatCompletion(choices=chat_choices(outputs, body.logprobs, plan.calls), usage=usage_of(handle),
+                          **meta).model_dump()
 
 
 @v1.post("/completions")
@@ -322,7 +325,7 @@ async def completions(body: CompletionRequest, request: Request, gateway: Gatewa
     prompts = await run_in_threadpool(lambda: [served.engine.text_prompt(t) for t in texts])
     if body.max_tokens == 0:  # scoring only: echo the prompt with its logprobs, generate nothing
         return await score_text(gateway, served, texts[0], prompts[0], body.logprobs, meta, ticket)
-    params = sampling_params(body, body.max_tokens, logprobs=body.logprobs is not None, top=body.logprobs or 0)
+    params = sampling_params(body, body.max_tokens, served, logprobs=body.logprobs is not None, top=body.logprobs or 0)
     handles = await run_in_threadpool(gateway.admit, served, prompts, params, ticket)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -422,22 +425,21 @@ def completion_texts(body: CompletionRequest) -> list[str]:
     return texts
 
 
-def sampling_params(body: Any, max_tokens: int, *, logprobs: bool, top: int) -> SamplingParams:
+def sampling_params(body: Any, max_tokens: int, served: Served, *, logprobs: bool, top: int) -> SamplingParams:
+    logit_bias = check_logit_bias(body.logit_bias, served.engine.config.vocab_size)
     try:
         return SamplingParams(
             max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
             stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
             presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-            logprobs=logprobs, top_logprobs=top, n=body.n)
+            logprobs=logprobs, top_logprobs=top, n=body.n, logit_bias=logit_bias)
     except ValueError as e:
         raise InvalidRequest(str(e)) from None
 
 
 def mentions_json(messages: list[ChatMessage]) -> bool:
     """OpenAI's rule for JSON mode: some message must ask for JSON."""
-    return any("json" in m.content.lower() if isinstance(m.content, str) else
-               any(getattr(p, "text", "") and "json" in p.text.lower() for p in m.content)
-               for m in messages)
+    return any("json" in text.lower() for m in messages for text in message_texts(m))
 
 
 def chat_messages(messages: list[ChatMessage], accepts_images: bool) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from opengpt4.serve.schemas import (
     Usage,
     error_body,
 )
+from opengpt4.serve.tools import ToolCallReader
 
 
 def usage_of(*handles: RequestHandle) -> Usage:
@@ -48,10 +49,19 @@ def logprobs_out(lps: list[TokenLogprob]) -> ChoiceLogprobs:
         for lp in lps])
 
 
-def chat_choices(outputs: list[Output], logprobs: bool) -> list[Choice]:
-    return [Choice(index=i, message=ResponseMessage(content=o.text), finish_reason=o.finish_reason,
-                   logprobs=logprobs_out(o.logprobs) if logprobs else None)
-            for i, o in enumerate(outputs)]
+def chat_choices(outputs: list[Output], logprobs: bool, calls: bool = False) -> list[Choice]:
+    """calls: the replies may be tool calls (serve/tools.py), read into `tool_calls`."""
+    choices = []
+    for i, o in enumerate(outputs):
+        message, finish_reason = ResponseMessage(content=o.text), o.finish_reason
+        if calls:
+            reader = ToolCallReader()
+            reader.feed(o.text)
+            _, finish_reason = reader.finish(o.finish_reason)
+            message = ResponseMessage(content=reader.content, tool_calls=reader.calls or None)
+        choices.append(Choice(index=i, message=message, finish_reason=finish_reason,
+                              logprobs=logprobs_out(o.logprobs) if logprobs else None))
+    return choices
 
 
 def echo_logprobs(engine: Engine, lock: threading.Lock, text: str, prompt: Prompt, top: int) -> TextLogprobs:
@@ -113,26 +123,35 @@ async def read_deltas(handle: RequestHandle, request: Request) -> AsyncIterator[
 
 
 async def chat_chunks(handle: RequestHandle, n: int, meta: dict[str, Any], include_usage: bool,
-                      request: Request, metrics: Metrics) -> AsyncIterator[str]:
-    """Data-only SSE: role chunks, content deltas, a finish chunk per choice, [usage], [DONE]."""
+                      request: Request, metrics: Metrics, calls: bool = False) -> AsyncIterator[str]:
+    """Data-only SSE: role chunks, content or tool-call deltas, a finish chunk per choice, [usage],
+    [DONE]. calls: the replies may be tool calls (serve/tools.py), streamed as OpenAI does."""
     def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         return sse(ChatCompletionChunk(choices=choices, usage=usage, **meta).model_dump(exclude_none=True))
 
     start, first = time.perf_counter(), True
+    readers = [ToolCallReader() for _ in range(n)] if calls else None
     try:
         for i in range(n):
-            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=None if calls else ""))])
         # If the client goes away, Starlette cancels this generator and the finally below
         # cancels the generation.
         async for d in read_deltas(handle, request):
             if first and d.text:
                 metrics.ttft.labels(meta["model"]).observe(time.perf_counter() - start)
                 first = False
-            if d.text or d.logprob is not None:
+            text, tool_calls, finish_reason = d.text, [], d.finish_reason
+            if readers is not None:
+                text, tool_calls = readers[d.sample_index].feed(d.text)
+                if finish_reason is not None:
+                    held, finish_reason = readers[d.sample_index].finish(finish_reason)
+                    text += held
+            if text or tool_calls or d.logprob is not None:
                 lp = logprobs_out([d.logprob]) if d.logprob is not None else None
-                yield chunk([ChunkChoice(index=d.sample_index, delta=ChunkDelta(content=d.text), logprobs=lp)])
-            if d.finish_reason is not None:
-                yield chunk([ChunkChoice(index=d.sample_index, delta=ChunkDelta(), finish_reason=d.finish_reason)])
+                delta = ChunkDelta(content=text if text or readers is None else None, tool_calls=tool_calls or None)
+                yield chunk([ChunkChoice(index=d.sample_index, delta=delta, logprobs=lp)])
+            if finish_reason is not None:
+                yield chunk([ChunkChoice(index=d.sample_index, delta=ChunkDelta(), finish_reason=finish_reason)])
         if handle.cancelled:
             return
         if include_usage:
