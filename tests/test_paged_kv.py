@@ -3,7 +3,11 @@
 import pytest
 import torch
 
+from opengpt4.engine.generate import Engine
 from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names, worst_case_blocks
+from opengpt4.engine.sampling import SamplingParams
+from opengpt4.engine.scheduler import Scheduler
+from opengpt4.errors import ContextLengthExceeded, InvalidRequest
 
 ATOL = 1e-5
 
@@ -108,3 +112,73 @@ def test_fork_shares_full_blocks_and_copies_the_partial_one(tiny_model):
 def test_worst_case_blocks_counts_samples_after_the_shared_prompt():
     assert worst_case_blocks(prompt=10, max_new=6, n=1, block_size=4) == 4
     assert worst_case_blocks(prompt=10, max_new=6, n=3, block_size=4, hits=2) == 2 + 2 * (4 - 2)
+
+
+# --- through the scheduler ---------------------------------------------------------------------
+GREEDY = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_tokenizer):
+    return Engine(tiny_model, tiny_tokenizer, pack=False)
+
+
+def finish(scheduler, handles):
+    while not all(h.done.is_set() for h in handles):
+        scheduler.step()
+    return [[d.token_id for d in h.deltas()] for h in handles]
+
+
+def solo(engine, ids, params=GREEDY):
+    return engine.generate([ids], params)[0][0].token_ids
+
+
+def test_a_shared_system_prompt_is_prefilled_once(engine, monkeypatch):
+    torch.manual_seed(4)
+    system = random_ids(40)
+    first, second = system + random_ids(5), system + random_ids(7)
+    prefilled = []
+    forward = type(engine.model).forward_flat
+    monkeypatch.setattr(type(engine.model), "forward_flat", lambda m, step, *a, **k:
+                        prefilled.append(len(step.ids) - step.num_decoding) or forward(m, step, *a, **k))
+    scheduler = Scheduler(engine, max_batch=4, block_size=8)
+    [a] = finish(scheduler, [scheduler.submit(first, GREEDY)])
+    prefilled.clear()
+    [b] = finish(scheduler, [scheduler.submit(second, GREEDY)])
+    assert a == solo(engine, first) and b == solo(engine, second)
+    assert sum(prefilled) == len(second) - 40  # its 5 full blocks of 8 came from the cache
+    assert scheduler.pool.stats()["in_use"] == 0 and scheduler.pool.stats()["cached"] >= 5
+
+
+def test_a_cancelled_request_returns_its_blocks(engine):
+    torch.manual_seed(5)
+    scheduler = Scheduler(engine, max_batch=4, block_size=4)
+    keep = scheduler.submit(random_ids(9), SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+    gone = scheduler.submit(random_ids(30), SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True, n=2))
+    for _ in range(3):
+        scheduler.step()
+    assert scheduler.num_decoding == 3
+    gone.cancel()
+    scheduler.step()
+    [kept] = scheduler.decoding
+    assert gone.done.is_set() and scheduler.pool.stats()["in_use"] == len(kept.seq.blocks)
+    finish(scheduler, [keep])
+    assert scheduler.pool.stats()["in_use"] == 0 and scheduler.outstanding == 0 and scheduler.reserved == 0
+
+
+def test_a_full_pool_queues_requests_and_one_that_never_fits_is_refused(engine):
+    torch.manual_seed(6)
+    prompts = [random_ids(10) for _ in range(3)]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    scheduler = Scheduler(engine, max_batch=8, kv_tokens=32, block_size=4)  # two requests of 16 tokens at a time
+    assert scheduler.pool.nbytes == 0  # nothing allocated before the first request
+    handles = [scheduler.submit(p, params) for p in prompts]
+    scheduler.step()
+    assert len(scheduler.prefilling) + scheduler.num_decoding == 2 and len(scheduler.waiting) == 1
+    assert finish(scheduler, handles) == [solo(engine, p, params) for p in prompts]
+    assert scheduler.max_context == 32
+    with pytest.raises(ContextLengthExceeded):
+        scheduler.submit(random_ids(30), params)
+    with pytest.raises(InvalidRequest, match="KV cache"):
+        scheduler.submit(random_ids(10), SamplingParams(max_tokens=6, n=4))  # 4 blocks, 2 more per extra choice
+    assert scheduler.pool.capacity == 8 and scheduler.pool.stats()["in_use"] == 0

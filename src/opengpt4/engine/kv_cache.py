@@ -263,6 +263,7 @@ class PagedStep:
             if min(lengths) != self.decode_span:  # rows shorter than the longest read padding: masked
                 seen = torch.arange(self.decode_span, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
                 self.decode_mask = seen[:, None, None]  # (B, 1, 1, S)
+        self.buffers: dict[str, Tensor] = {}  # gather buffers, by what they hold
         self.chunk_reads = []  # per chunk: its block table (1, blocks), key span, and mask (None: plain causal)
         for seq, ids in chunks:
             start, span = seq.length, seq.length + len(ids)
@@ -277,10 +278,17 @@ class PagedStep:
         return torch.tensor([seq.blocks[:count] + [0] * (count - len(seq.blocks[:count])) for seq in seqs],
                             device=device)
 
-    def _gather(self, pool: Tensor, tables: Tensor, span: int) -> Tensor:
-        """(B, kv_heads, span, head_dim) keys or values of the sequences whose block tables are given."""
-        blocks = pool.view(-1, self.pool.block_size, *pool.shape[1:])[tables]  # (B, nb, bs, Hkv, D)
-        return blocks.flatten(1, 2)[:, :span].transpose(1, 2)
+    def _gather(self, pool: Tensor, tables: Tensor, span: int, buffer: str) -> Tensor:
+        """(B, kv_heads, span, head_dim) keys or values of the sequences whose block tables are given.
+
+        Into a buffer made once per step and reused by every layer: a fresh tensor of this size
+        costs its page faults again at each layer, 4x the copy itself (SmolLM2, 16 rows of 1k tokens)."""
+        bs, heads = self.pool.block_size, pool.shape[1:]
+        out = self.buffers.get(buffer)
+        if out is None:
+            out = self.buffers[buffer] = pool.new_empty(tables.numel(), bs, *heads)
+        torch.index_select(pool.view(-1, bs, *heads), 0, tables.flatten(), out=out)
+        return out.view(tables.shape[0], -1, *heads)[:, :span].transpose(1, 2)
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """q: (1, N, H, D), k and v: (1, N, H_kv, D) of the step's tokens; returns (1, N, H, D)."""
@@ -290,12 +298,12 @@ class PagedStep:
         out = torch.empty_like(q[0])
         d = self.num_decoding
         if d:
-            keys = self._gather(k_pool, self.decode_blocks, self.decode_span).to(q.dtype)
-            values = self._gather(v_pool, self.decode_blocks, self.decode_span).to(q.dtype)
+            keys = self._gather(k_pool, self.decode_blocks, self.decode_span, "k").to(q.dtype)
+            values = self._gather(v_pool, self.decode_blocks, self.decode_span, "v").to(q.dtype)
             out[:d] = decode_attention(q[0, :d, :, None], keys, values, self.decode_mask)[:, :, 0]
-        for (lo, hi), (tables, span, mask) in zip(self.bounds[d:], self.chunk_reads, strict=True):
-            keys = self._gather(k_pool, tables, span).to(q.dtype)
-            values = self._gather(v_pool, tables, span).to(q.dtype)
+        for i, ((lo, hi), (tables, span, mask)) in enumerate(zip(self.bounds[d:], self.chunk_reads, strict=True)):
+            keys = self._gather(k_pool, tables, span, f"k{i}").to(q.dtype)
+            values = self._gather(v_pool, tables, span, f"v{i}").to(q.dtype)
             y = F.scaled_dot_product_attention(q[:, lo:hi].transpose(1, 2), keys, values, attn_mask=mask,
                                                is_causal=mask is None, enable_gqa=True)
             out[lo:hi] = y[0].transpose(0, 1)
