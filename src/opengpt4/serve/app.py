@@ -235,11 +235,13 @@ class TicketMiddleware:
 
 
 # --- dependencies -------------------------------------------------------------------------------
-def _gateway(request: Request) -> Gateway:
+# The dependencies are coroutines: FastAPI runs a plain `def` one in a worker thread, and under
+# load those hops (three per request) were most of /v1/models' latency.
+async def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def _ticket(request: Request) -> Ticket:
+async def _ticket(request: Request) -> Ticket:
     return request.state.ticket
 
 
@@ -248,9 +250,13 @@ TicketDep = Annotated[Ticket, Depends(_ticket)]
 bearer = HTTPBearer(auto_error=False, description="an API key from `opengpt4 keys create`")
 
 
-def authenticate(gateway: GatewayDep, ticket: TicketDep,
-                 credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-    gateway.authenticate(credentials.credentials if credentials else None, ticket)
+async def authenticate(gateway: GatewayDep, ticket: TicketDep,
+                       credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    key = credentials.credentials if credentials else None
+    if gateway.limiter.remote:  # a Redis round trip may block: not on the event loop
+        await run_in_threadpool(gateway.authenticate, key, ticket)
+    else:  # a SQLite lookup and in-memory windows: microseconds
+        gateway.authenticate(key, ticket)
 
 
 # --- routes -------------------------------------------------------------------------------------

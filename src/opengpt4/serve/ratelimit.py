@@ -46,8 +46,9 @@ def _reset(seconds: float) -> str:
 
 class RateLimiter:
     def __init__(self, storage_uri: str = "memory://", window_s: int = 60) -> None:
+        self.remote = not storage_uri.startswith("memory")  # its calls go over the network
         options = {}
-        if not storage_uri.startswith("memory"):
+        if self.remote:
             options = {"socket_timeout": STORAGE_TIMEOUT_S, "socket_connect_timeout": STORAGE_TIMEOUT_S}
         self.storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
         self.limiter = MovingWindowRateLimiter(self.storage)
