@@ -107,6 +107,11 @@ class RequestHandle:
             self.done.set()
 
 
+# The KV pool's default bound: SmolLM2-135M in float32 takes 46 KB a token, so 4 GiB is 93k tokens
+# (eleven full 8k contexts, or 64 rows of 1.4k); the cache preallocated before paging was 6 GB.
+KV_MEMORY = 4 * 2**30
+
+
 @dataclass
 class _Request:
     prompt: Prompt
@@ -130,13 +135,16 @@ class Scheduler:
                  max_context: int | None = None, kv_tokens: int | None = None, block_size: int = 16) -> None:
         """max_batch: decoding rows at once. prefill_chunk: prompt tokens per step, shared by the
         prompts being prefilled (first come first served). kv_tokens: the KV pool's bound in tokens
-        (default max_batch × max_context, what the old preallocated cache held; it is reached only
-        when that many tokens are live). A server never serves more context than the pool holds."""
+        (default: what KV_MEMORY holds, at most max_batch full contexts, at least one). The pool
+        reaches it only while that many tokens are live. No request gets more context than it holds."""
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.max_context = min(max_context or engine.config.max_seq_len, engine.config.max_seq_len)
-        kv_tokens = kv_tokens or max_batch * self.max_context
+        if kv_tokens is None:
+            config = engine.config
+            per_token = 2 * config.n_layer * config.n_kv_head * config.head_dim * engine.dtype.itemsize
+            kv_tokens = max(self.max_context, min(max_batch * self.max_context, KV_MEMORY // per_token))
         self.max_context = min(self.max_context, kv_tokens)
         self.pool = BlockPool(engine.config, -(-kv_tokens // block_size), block_size=block_size,
                               device=engine.device, dtype=engine.dtype)
