@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test test-slow lint bench clean
+.PHONY: setup browser redis-server run test test-slow lint bench clean
 
 setup: $(STAMP)
 
@@ -36,7 +36,14 @@ browser:
 		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
 		echo "chromium not installed: the UI tests will be skipped"
 
-test: setup browser
+# The Redis rate-limit tests start Debian's redis-server on a free loopback port; without it
+# they are skipped, with the reason in the summary.
+redis-server:
+	@command -v redis-server >/dev/null || (apt-get install -y -q redis-server >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) || \
+		echo "redis-server not installed: the Redis rate-limit tests will be skipped"
+
+test: setup browser redis-server
 	$(PY) -m pytest -q
 
 test-slow: setup
