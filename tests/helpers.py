@@ -119,6 +119,23 @@ def endless_decoder(tokenizer, max_seq_len: int = 4096) -> Transformer:
     return model
 
 
+def chat_decoder(tokenizer, max_seq_len: int = 1024) -> Transformer:
+    """conftest's `tiny_model` with room for a tools system prompt (the `test` preset has 128
+    positions): random weights, so any structure in its output is a grammar's."""
+    import dataclasses
+
+    from opengpt4.config import get_preset
+
+    cfg = dataclasses.replace(get_preset("test"), vocab_size=tokenizer.vocab_size, image_token_id=tokenizer.image_id,
+                              max_seq_len=max_seq_len, tie_embeddings=False)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    model.init_weights()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5)
+    return model.eval()
+
+
 def tiny_config(tie: bool) -> ModelConfig:
     """A text-only decoder small enough to build in milliseconds (vocabulary 300, 2 layers, width 64)."""
     return ModelConfig(vocab_size=300, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, mlp_hidden=96,

@@ -2,23 +2,20 @@
 template, and reading tool calls back (serve/tools.py), with the tiny random model: its output
 is noise, so whatever structure it has comes from the grammar."""
 
-import dataclasses
 import json
 import random
 
 import pytest
-import torch
 from pydantic import BaseModel, Field
 
-from opengpt4.config import get_preset
 from opengpt4.engine import grammar
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.engine.scheduler import Scheduler
 from opengpt4.errors import InvalidRequest, TokenizerError
-from opengpt4.model.transformer import Transformer
 from opengpt4.serve.tools import ToolCallReader
 from opengpt4.tokenizer import TOOL_CALL_OPEN
+from tests.helpers import chat_decoder
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
                                             "unit": {"enum": ["C", "F"]}},
@@ -42,15 +39,7 @@ def strict_schema(model: type[BaseModel]) -> dict:
 
 @pytest.fixture(scope="module")
 def engine(tiny_tokenizer) -> Engine:
-    """The tiny random model with room for a tools system prompt (the test preset has 128 positions)."""
-    torch.manual_seed(0)
-    cfg = dataclasses.replace(get_preset("test"), vocab_size=tiny_tokenizer.vocab_size,
-                              image_token_id=tiny_tokenizer.image_id, tie_embeddings=False, max_seq_len=1024)
-    model = Transformer(cfg)
-    model.init_weights()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(5)
-    return Engine(model.eval(), tiny_tokenizer, pack=False)
+    return Engine(chat_decoder(tiny_tokenizer), tiny_tokenizer, pack=False)
 
 
 def complete(engine: Engine, params: SamplingParams, text: str = "the cat as json") -> list:
