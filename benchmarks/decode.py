@@ -1,16 +1,26 @@
-"""Decode speed of SmolLM2-135M: opengpt4's engine vs transformers' generate(), same weights, same run.
+"""Decode speed of SmolLM2-135M: opengpt4 vs transformers' generate() and llama.cpp, same run.
 
-    python benchmarks/decode.py [--prompt-tokens 128] [--new-tokens 64] [--batch 8] [--dtype float32 bfloat16]
+    python benchmarks/decode.py [--prompt-tokens 128] [--new-tokens 64] [--batch 16] [--dtype float32 bfloat16]
+                                [--threads N] [--peers transformers llama_cpp]
 
-Each side runs in its own subprocess (so peak memory is its own) on the same CPU threads, at
-each precision asked for (both sides at the same one): prefill tokens/s (one prompt), decode
-tokens/s at batch 1 and aggregate at batch N (greedy, EOS ignored, timed from the first
-generated token to the last), peak RSS. Prints one JSON object with both sides and the ratios.
+Each side runs in its own subprocess (so peak memory is its own) on the same number of CPU
+threads, at each precision asked for: prefill tokens/s (one prompt), decode tokens/s at batch 1
+and aggregate at batch N (greedy, EOS ignored, timed from the first generated token to the
+last), peak RSS. opengpt4 is measured twice: `Engine.stream` (one dense KV cache per call, what
+evals use) and the server's scheduler (paged KV cache, one flat forward per step).
+
+Peers: transformers' generate() on the same weights at the same precision; llama.cpp through
+llama-cpp-python's low-level batch API on the very GGUF `ensure_smollm2()` imports (Q4_1 weights:
+llama.cpp reads a quarter of float32's bytes per token, so the ratio is against a quantized
+peer). A peer that is not installed is skipped with the reason; llama-cpp-python compiles
+llama.cpp when pip installs it (many minutes): `pip install llama-cpp-python`. Prints one JSON
+object with every side and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -45,9 +55,11 @@ def run_ours(args) -> dict:
 
     from opengpt4.engine.generate import Engine
     from opengpt4.engine.sampling import SamplingParams
+    from opengpt4.engine.scheduler import Scheduler
     from opengpt4.model.checkpoint import load_checkpoint
     from opengpt4.model.transformer import KVCache
 
+    torch.set_num_threads(args.threads)
     model, tok = load_checkpoint(args.model, dtype=getattr(torch, args.dtype))
     engine = Engine(model, tok)
     ps = prompts(tok.encode, args.batch, args.prompt_tokens)
@@ -59,15 +71,31 @@ def run_ours(args) -> dict:
             model(torch.tensor([ps[0]]), cache=cache, last_only=True)
             return time.perf_counter() - start
 
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+
     def decode(batch: int) -> float:
-        params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
         stamps = []
         for d in engine.stream(ps[:batch], params):
             if d.prompt_index == 0:
                 stamps.append(time.perf_counter())
         return batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
-    return measure(prefill, decode, args)
+    def scheduled(batch: int) -> float:
+        """The server's path: all prompts submitted at once, stepped until done."""
+        scheduler = Scheduler(engine, max_batch=batch, prefill_chunk=batch * args.prompt_tokens)
+        handles = [scheduler.submit(p, params) for p in ps[:batch]]
+        stamps = []
+        while not handles[0].done.is_set():
+            scheduler.step()
+            stamps.append(time.perf_counter())
+        return batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    result = measure(prefill, decode, args)
+    scheduled(1)  # warm-up
+    result["scheduler_decode_tokens_per_s_batch1"] = statistics.median(scheduled(1) for _ in range(5))
+    result[f"scheduler_decode_tokens_per_s_batch{args.batch}"] = statistics.median(scheduled(args.batch)
+                                                                                  for _ in range(3))
+    return result
 
 
 def run_transformers(args) -> dict:
@@ -78,6 +106,7 @@ def run_transformers(args) -> dict:
     from opengpt4.model.checkpoint import read_config
     from opengpt4.tokenizer import Tokenizer
 
+    torch.set_num_threads(args.threads)
     model = LlamaForCausalLM.from_pretrained(args.hf_dir, dtype=getattr(torch, args.dtype)).eval()
     tok = Tokenizer.from_dir(args.model, read_config(args.model)["tokenizer"])  # the same ids as ours
     ps = prompts(tok.encode, args.batch, args.prompt_tokens)
@@ -109,6 +138,73 @@ def run_transformers(args) -> dict:
     return measure(prefill, decode, args)
 
 
+def run_llama_cpp(args) -> dict:
+    """llama.cpp on the GGUF, through llama-cpp-python's low-level API (its Llama class decodes one
+    sequence at a time): one llama_batch holds every row's token, each row its own sequence id."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from opengpt4.model.checkpoint import read_config
+    from opengpt4.model.convert import default_gguf_path
+    from opengpt4.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(args.model, read_config(args.model)["tokenizer"])  # the GGUF's own vocabulary
+    ps = prompts(tok.encode, args.batch, args.prompt_tokens)
+    vocab_size = read_config(args.model)["model"]["vocab_size"]
+    llama_cpp.llama_backend_init()
+    load = getattr(llama_cpp, "llama_model_load_from_file", None) or llama_cpp.llama_load_model_from_file
+    model = load(str(default_gguf_path()).encode(), llama_cpp.llama_model_default_params())
+    new_context = getattr(llama_cpp, "llama_init_from_model", None) or llama_cpp.llama_new_context_with_model
+
+    def run(rows: list[list[int]], steps: int) -> list[float]:
+        """Prefill every row in one batch, then `steps` greedy tokens per row; a timestamp after each."""
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = len(rows) * (args.prompt_tokens + steps + 8)
+        params.n_batch = params.n_ubatch = max(len(rows) * args.prompt_tokens, 512)
+        params.n_seq_max = len(rows)
+        params.n_threads = params.n_threads_batch = args.threads
+        ctx = new_context(model, params)
+        batch = llama_cpp.llama_batch_init(params.n_batch, 0, len(rows))
+        try:
+            def decode(entries: list[tuple[int, int, int, bool]]) -> list[int]:
+                """entries: (token, position, row, wants logits); returns each logits row's argmax."""
+                for i, (token, pos, row, logits) in enumerate(entries):
+                    batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+                    batch.seq_id[i][0] = row
+                batch.n_tokens = len(entries)
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise RuntimeError("llama_decode failed")
+                wanted = [i for i, e in enumerate(entries) if e[3]]
+                return [int(np.ctypeslib.as_array(ctypes.cast(llama_cpp.llama_get_logits_ith(ctx, i),
+                                                              ctypes.POINTER(ctypes.c_float)), (vocab_size,)).argmax())
+                        for i in wanted]
+
+            nexts = decode([(t, pos, r, pos == len(ids) - 1) for r, ids in enumerate(rows) for pos, t in enumerate(ids)])
+            stamps = [time.perf_counter()]
+            for step in range(steps - 1):
+                nexts = decode([(t, len(rows[r]) + step, r, True) for r, t in enumerate(nexts)])
+                stamps.append(time.perf_counter())
+            return stamps
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)
+
+    def prefill() -> float:
+        start = time.perf_counter()
+        run(ps[:1], 1)
+        return time.perf_counter() - start
+
+    def decode(batch: int) -> float:
+        stamps = run(ps[:batch], args.new_tokens)
+        return batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    result = measure(prefill, decode, args)
+    result["weights"] = "GGUF Q4_1 (as shipped)"
+    return result
+
+
 def measure(prefill, decode, args) -> dict:
     prefill()  # warm-up: allocator, thread pool, kernels
     decode(1)
@@ -121,57 +217,87 @@ def measure(prefill, decode, args) -> dict:
     }
 
 
+PEERS = {"transformers": "transformers", "llama_cpp": "llama_cpp"}  # peer -> the module it needs
+INSTALL = {"transformers": "pip install transformers",
+           "llama_cpp": "pip install llama-cpp-python (compiles llama.cpp: many minutes)"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="opengpt4 checkpoint (default: import SmolLM2 into a temp dir)")
+    p.add_argument("--model", default=None, help="opengpt4 checkpoint (default: SmolLM2, imported once)")
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
-                   help="precisions to compare at (both sides use the same one)")
-    p.add_argument("--worker", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+                   help="precisions to compare at (opengpt4 and transformers use the same one)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of every side (default: torch's)")
+    p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    p.add_argument("--worker", choices=["ours", *PEERS], help=argparse.SUPPRESS)
     p.add_argument("--hf-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    import torch
+
+    args.threads = args.threads or torch.get_num_threads()
     if args.worker:
         args.dtype = args.dtype[0]
-        print(json.dumps(run_ours(args) if args.worker == "ours" else run_transformers(args)))
+        worker = {"ours": run_ours, "transformers": run_transformers, "llama_cpp": run_llama_cpp}[args.worker]
+        print(json.dumps(worker(args)))
         return
 
     from opengpt4.model import convert
 
+    skipped = {peer: f"{PEERS[peer]} is not installed ({INSTALL[peer]})" for peer in args.peers
+               if importlib.util.find_spec(PEERS[peer]) is None}
+    peers = [peer for peer in args.peers if peer not in skipped]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(convert.ensure_smollm2())
-        hf_dir = convert.export_hf(model, Path(tmp) / "hf")
-        common = ["--model", model, "--hf-dir", str(hf_dir), "--prompt-tokens", str(args.prompt_tokens),
-                  "--new-tokens", str(args.new_tokens), "--batch", str(args.batch)]
+        common = ["--model", model, "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+                  "--batch", str(args.batch), "--threads", str(args.threads)]
+        if "transformers" in peers:
+            common += ["--hf-dir", str(convert.export_hf(model, Path(tmp) / "hf"))]
+
+        def side(name: str, dtype: str) -> dict:
+            out = subprocess.run([sys.executable, __file__, "--worker", name, "--dtype", dtype, *common],
+                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if out.returncode != 0:
+                if name == "ours":
+                    raise SystemExit(out.stderr)
+                return {"failed": out.stderr.strip()[-1500:]}  # a peer's failure is reported, not fatal
+            return json.loads(out.stdout.strip().splitlines()[-1])
+
+        llama = {"llama_cpp": side("llama_cpp", "float32")} if "llama_cpp" in peers else {}  # its GGUF's own precision
         runs = []
         for dtype in args.dtype:
-            sides = {}
-            for side in ("ours", "transformers"):
-                out = subprocess.run([sys.executable, __file__, "--worker", side, "--dtype", dtype, *common],
-                                     check=True, capture_output=True, text=True,
-                                     env={**os.environ, "HF_HUB_OFFLINE": "1"})
-                sides[side] = json.loads(out.stdout.strip().splitlines()[-1])
-            runs.append(compare(dtype, sides["ours"], sides["transformers"], args.batch))
-    import torch
-    import transformers
-
+            ours = side("ours", dtype)
+            theirs = {"transformers_generate": side("transformers", dtype)} if "transformers" in peers else {}
+            runs.append(compare(dtype, ours, theirs | llama, args.batch))
     print(json.dumps({
-        "model": "SmolLM2-135M-Instruct", "threads": torch.get_num_threads(), "prompt_tokens": args.prompt_tokens,
+        "model": "SmolLM2-135M-Instruct", "threads": args.threads, "prompt_tokens": args.prompt_tokens,
         "new_tokens": args.new_tokens, "batch": args.batch, "torch": torch.__version__,
-        "transformers": transformers.__version__, "runs": runs,
+        "versions": {peer: version(PEERS[peer]) for peer in peers}, "skipped": skipped, "runs": runs,
     }, indent=2))
 
 
-def compare(dtype: str, ours: dict, theirs: dict, batch: int) -> dict:
+def version(module: str) -> str | None:
+    return getattr(__import__(module), "__version__", None)
+
+
+def compare(dtype: str, ours: dict, peers: dict[str, dict], batch: int) -> dict:
+    """Ratios of opengpt4 (Engine.stream and the scheduler) to each peer that ran; above 1 is faster here."""
     b = f"decode_tokens_per_s_batch{batch}"
-    return {
-        "dtype": dtype, "opengpt4": ours, "transformers_generate": theirs,
-        "ratio_decode_batch1_vs_transformers": ours["decode_tokens_per_s_batch1"] / theirs["decode_tokens_per_s_batch1"],
-        f"ratio_decode_batch{batch}_vs_transformers": ours[b] / theirs[b],
-        "ratio_prefill_vs_transformers": ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"],
-        f"ours_batch{batch}_aggregate_vs_batch1": ours[b] / ours["decode_tokens_per_s_batch1"],
-    }
+    run = {"dtype": dtype, "opengpt4": ours, **peers,
+           f"ours_batch{batch}_aggregate_vs_batch1": ours[b] / ours["decode_tokens_per_s_batch1"]}
+    for name, theirs in peers.items():
+        if "prefill_tokens_per_s" not in theirs:
+            continue
+        run[f"ratios_vs_{name}"] = {
+            "decode_batch1": ours["decode_tokens_per_s_batch1"] / theirs["decode_tokens_per_s_batch1"],
+            f"decode_batch{batch}": ours[b] / theirs[b],
+            "scheduler_decode_batch1": ours["scheduler_decode_tokens_per_s_batch1"] / theirs["decode_tokens_per_s_batch1"],
+            f"scheduler_decode_batch{batch}": ours[f"scheduler_{b}"] / theirs[b],
+            "prefill": ours["prefill_tokens_per_s"] / theirs["prefill_tokens_per_s"],
+        }
+    return run
 
 
 if __name__ == "__main__":

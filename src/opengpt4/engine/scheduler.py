@@ -131,10 +131,12 @@ class _Decoding:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
+    def __init__(self, engine: Engine, *, max_batch: int = 64, max_queue: int = 64, prefill_chunk: int = 2048,
                  max_context: int | None = None, kv_tokens: int | None = None, block_size: int = 16) -> None:
-        """max_batch: decoding rows at once. prefill_chunk: prompt tokens per step, shared by the
-        prompts being prefilled (first come first served). kv_tokens: the KV pool's bound in tokens
+        """max_batch: decoding rows at once (a row costs no memory until its tokens arrive).
+        prefill_chunk: prompt tokens per step, shared by the prompts being prefilled (first come
+        first served): vLLM's default token budget; on a CPU, fewer steps for 64 arriving prompts
+        means fewer decode forwards in between, each of which streams all the weights. kv_tokens: the KV pool's bound in tokens
         (default: what KV_MEMORY holds, at most max_batch full contexts, at least one). The pool
         reaches it only while that many tokens are live. No request gets more context than it holds."""
         self.engine = engine

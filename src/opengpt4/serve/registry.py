@@ -9,7 +9,7 @@ A registry file is YAML:
         context_length: 8192                   # at most the model's own context
         pricing: {prompt: 0.03, completion: 0.06}   # USD per 1k tokens (optional)
         accepts_images: false                  # default: whether the model has a vision tower
-        max_batch: 16                          # continuous-batching slots (KV cache rows)
+        max_batch: 64                          # rows decoding at once (KV memory is paged: taken per token)
 
 Two entries may share a `path` (an 8k and a 2k variant of the same weights): the weights are
 loaded once, each entry gets its own scheduler and KV cache.
@@ -37,7 +37,7 @@ class ServedModel:
     prompt_price: float | None = None  # USD per 1k tokens
     completion_price: float | None = None
     accepts_images: bool | None = None  # None: whether the model has a vision tower
-    max_batch: int = 16
+    max_batch: int = 64
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return ((self.prompt_price or 0.0) * prompt_tokens + (self.completion_price or 0.0) * completion_tokens) / 1000
@@ -78,7 +78,7 @@ def _entry(i: int, raw: Any, where: str) -> ServedModel:
     context = raw.get("context_length")
     if context is not None and (not isinstance(context, int) or context < 2):
         raise ConfigError(f"{where}: models[{i}].context_length must be an integer >= 2, got {context!r}")
-    max_batch = raw.get("max_batch", 16)
+    max_batch = raw.get("max_batch", 64)
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"{where}: models[{i}].max_batch must be a positive integer, got {max_batch!r}")
     try:
