@@ -126,9 +126,12 @@ class ModelConfig:
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B)."""
+        """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B). N counts
+        the weight matrices, the LM head's included; the norms' gains are no matmul (scaling/family.py breaks
+        the count down by part and tests/test_scaling.py checks it against torch's FlopCounterMode)."""
         t = seq_len or self.max_seq_len
-        n = self.num_params(include_embeddings=False) + self.vocab_size * self.n_embd
+        gains = (2 * self.n_layer + 1) * self.n_embd
+        n = self.num_params(include_embeddings=False) - gains + self.vocab_size * self.n_embd
         return 6 * n + 12 * self.n_layer * self.n_embd * t
 
     def compute_optimal_tokens(self) -> int:
@@ -259,6 +262,7 @@ class LoopConfig:
     # unstable at the decoder's rate; at 3e-3 it learns little beyond answer priors in a 10-minute run)
     min_lr_ratio: float = 0.1  # the schedule ends at lr * min_lr_ratio
     warmup_steps: int = 30
+    warmup_fraction: float = 0.0  # > 0: warm up over this fraction of the step (or FLOP) budget instead
     schedule: str = "cosine"  # "cosine" or "wsd" (warmup-stable-decay)
     decay_fraction: float = 0.25  # wsd: the final fraction of training that decays
     weight_decay: float = 0.1
@@ -278,6 +282,7 @@ class LoopConfig:
         for name in ("batch_size", "lr"):
             _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         _require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _require(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
 
 
 @dataclass
@@ -347,7 +352,8 @@ def apply_overrides(obj: Any, assignments: list[str]) -> Any:
         current = getattr(target, name)
         if isinstance(current, float) and isinstance(value, int):
             value = float(value)
-        _require(current is None or isinstance(value, type(current)),
+        optional = value is None and "None" in str(next(f.type for f in dataclasses.fields(target) if f.name == name))
+        _require(current is None or optional or isinstance(value, type(current)),
                  f"setting {key!r} expects {type(current).__name__}, got {raw!r}")
         setattr(target, name, value)
         target.__post_init__()

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from opengpt4.config import LoopConfig, ModelConfig
-from opengpt4.errors import CheckpointError, OpenGPT4Error
+from opengpt4.errors import CheckpointError, ConfigError, OpenGPT4Error
 from opengpt4.model.checkpoint import save_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX, Transformer
 from opengpt4.tokenizer import Tokenizer
@@ -229,6 +229,13 @@ class Trainer:
         if max_steps is None and max_minutes is None:
             max_steps = objective.default_steps()
         self.max_steps, self.max_seconds = max_steps, (max_minutes * 60 if max_minutes else None)
+        self.warmup_steps = cfg.warmup_steps
+        if cfg.warmup_fraction:
+            if not self.max_steps or self.max_seconds:
+                raise ConfigError("warmup_fraction needs a step or FLOP budget (a time budget has no step count)")
+            self.warmup_steps = max(round(cfg.warmup_fraction * self.max_steps), 1)
+        if d.is_main:  # metrics.jsonl is appended as the run goes, before the first checkpoint makes `out`
+            out.mkdir(parents=True, exist_ok=True)
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.autocast = (torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32
                          else contextlib.nullcontext())
@@ -275,7 +282,7 @@ class Trainer:
         micro_batches = objective.next_batches()
         local = [sum(objective.count(b) for b in micro_batches), sum(objective.tokens(b) for b in micro_batches)]
         counted, tokens = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64), d).tolist()
-        lr = lr_at(cfg, self.step, self.schedule_progress)
+        lr = lr_at(cfg, self.step, self.schedule_progress, self.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         loss_sum = torch.zeros(())

@@ -45,10 +45,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Ada
     return optimizer, names
 
 
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
-    """Learning rate at `step` (0-based) when a fraction `progress` of the run is done."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+def lr_at(cfg: TrainConfig, step: int, progress: float, warmup_steps: int | None = None) -> float:
+    """Learning rate at `step` (0-based) when a fraction `progress` of the run is done; `warmup_steps`
+    replaces cfg.warmup_steps (the trainer's, from cfg.warmup_fraction of its budget)."""
+    warmup = cfg.warmup_steps if warmup_steps is None else warmup_steps
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     floor = cfg.lr * cfg.min_lr_ratio
     progress = min(max(progress, 0.0), 1.0)
     if cfg.schedule == "cosine":

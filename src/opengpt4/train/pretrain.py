@@ -1,6 +1,6 @@
 """Pretraining: next-token prediction on a data dir, one process or many (torchrun).
 
-    opengpt4 train --preset d6 --data DIR --out CKPT [--max-steps N | --max-minutes M] [--resume]
+    opengpt4 train --preset d6 --data DIR --out CKPT [--max-steps N | --max-flops F | --max-minutes M] [--resume]
     torchrun --nproc_per_node=2 -m opengpt4.cli train ...        # DDP (gloo on CPU), --fsdp for FSDP2
 
 The objective of the shared loop (train/loop.py): a model from a preset (or the checkpoint
@@ -8,6 +8,9 @@ being resumed), the data dir's packed batches, the next-token loss, and the eval
 per domain, the probes). The global batch of every step is fixed by the data seed and the
 step number, so a checkpoint's loader position is one number and a resumed run sees exactly
 the batches it would have seen.
+
+A FLOP budget (`--max-flops`, what scaling sweeps use) is a step budget: the steps whose
+tokens cost that many training FLOPs by the model config's count, rounded up.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 
 from opengpt4.config import ModelConfig, TrainConfig, apply_overrides, get_preset
 from opengpt4.data.loader import Batch, DataLoader, read_index
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import ConfigError, OpenGPT4Error
 from opengpt4.model.checkpoint import build_model, read_config
 from opengpt4.model.transformer import Transformer
 from opengpt4.tokenizer import Tokenizer
@@ -58,8 +61,9 @@ class Pretraining:
 
     name = "train"
 
-    def __init__(self, preset: str, data: Path, out: Path, cfg: TrainConfig, model_overrides: list[str],
+    def __init__(self, preset: str | ModelConfig, data: Path, out: Path, cfg: TrainConfig, model_overrides: list[str],
                  d: distributed.Dist, state: dict | None) -> None:
+        """`preset`: a preset's name, or the model config itself (its vocab_size must hold the data's)."""
         self.data, self.cfg = data, cfg
         self.index = read_index(data)
         vocabulary = Tokenizer.from_dir(data, self.index["tokenizer"])  # its size and image id shape the model
@@ -69,9 +73,13 @@ class Pretraining:
                                     "rebuild it with `opengpt4 data build --tokenizer CHECKPOINT`")
             model_config = ModelConfig.from_dict(read_config(out)["model"])
         else:
-            model_config = dataclasses.replace(
-                get_preset(preset), vocab_size=64 * math.ceil(vocabulary.vocab_size / 64),
-                image_token_id=vocabulary.image_id, max_seq_len=max(cfg.seq_len, get_preset(preset).max_seq_len))
+            given = isinstance(preset, ModelConfig)
+            base = preset if given else get_preset(preset)
+            vocab_size = base.vocab_size if given else 64 * math.ceil(vocabulary.vocab_size / 64)
+            if vocab_size < vocabulary.vocab_size:
+                raise ConfigError(f"the model's vocab_size {vocab_size} cannot hold {data}'s {vocabulary.vocab_size} tokens")
+            model_config = dataclasses.replace(base, vocab_size=vocab_size, image_token_id=vocabulary.image_id,
+                                               max_seq_len=max(cfg.seq_len, base.max_seq_len))
             apply_overrides(model_config, model_overrides)
         self.model_config = model_config
         vision = model_config.vision
@@ -104,6 +112,9 @@ class Pretraining:
         return (f"model {self.model_config.name}: {n / 1e6:.2f}M parameters, {cfg.batch_size * cfg.seq_len:,} "
                 f"tokens/step, mixture {self.weights}")
 
+    def steps_for_flops(self, flops: float) -> int:
+        return max(math.ceil(flops / (self.flops_per_token * self.cfg.batch_size * self.cfg.seq_len)), 1)
+
     def default_steps(self) -> int:
         """Chinchilla's compute-optimal token count."""
         return math.ceil(self.model_config.compute_optimal_tokens() / (self.cfg.batch_size * self.cfg.seq_len))
@@ -121,9 +132,10 @@ class Pretraining:
         return next_token_loss(model, batch)
 
     def evaluate(self, model: nn.Module, autocast: AbstractContextManager) -> dict[str, Any]:
-        """Val loss per domain and the probes (greedy answers, in float32: outside autocast)."""
+        """Val loss per domain and the probes (greedy answers, in float32: outside autocast; probe_size 0: none)."""
         val = val_losses(model, self.val_batches, autocast)
-        return {"val": val, "probe": self.probes.run(distributed.unwrap(model), self.tokenizer)}
+        probe = self.probes.run(distributed.unwrap(model), self.tokenizer) if self.cfg.probe_size else {}
+        return {"val": val, "probe": probe}
 
     def format_eval(self, result: dict[str, Any]) -> str:
         val = " ".join(f"{k} {v:.3f}" for k, v in result["val"].items())
@@ -137,13 +149,16 @@ class Pretraining:
         return {"loader": self.loader.state_dict(), "data": str(self.data)}
 
 
-def build_trainer(preset: str, data: Path, out: Path, cfg: TrainConfig, model_overrides: list[str],
-                  max_steps: int | None, max_minutes: float | None, resume: bool, fsdp: bool) -> Trainer:
+def build_trainer(preset: str | ModelConfig, data: Path, out: Path, cfg: TrainConfig, model_overrides: list[str],
+                  max_steps: int | None, max_minutes: float | None, resume: bool, fsdp: bool,
+                  max_flops: float | None = None) -> Trainer:
     d = distributed.init()
     state = read_state(out) if resume else None
     if state is not None:
         cfg = TrainConfig(**state["train_config"])
     objective = Pretraining(preset, data, out, cfg, model_overrides, d, state)
+    if max_flops is not None:
+        max_steps = objective.steps_for_flops(max_flops)
     return Trainer(objective, cfg, out, d, state, max_steps=max_steps, max_minutes=max_minutes, fsdp=fsdp)
 
 
@@ -153,4 +168,4 @@ def train_from_cli(args) -> None:
     model_sets = [s[len("model."):] for s in args.set if s.startswith("model.")]
     apply_overrides(cfg, train_sets)
     build_trainer(args.preset, Path(args.data), Path(args.out), cfg, model_sets, args.max_steps, args.max_minutes,
-                  args.resume, args.fsdp).run()
+                  args.resume, args.fsdp, max_flops=args.max_flops).run()
