@@ -425,9 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--max-minutes", type=float, default=None,
                       help="wall-clock budget from the command's start, the final eval and checkpoint included; "
                            "the learning-rate schedule follows time")
+    stop.add_argument("--max-flops", type=float, default=None,
+                      help="training FLOP budget (e.g. 3e13): the steps whose tokens cost that much by the model's "
+                           "FLOPs per token; the same experiment on any machine, unlike --max-minutes")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training or model setting, e.g. --set lr=3e-3 --set model.n_layer=4")
+                   help="override a training or model setting, e.g. --set lr=3e-3 --set model.n_layer=4 "
+                        "--set model.vision=null (text only) --set probe_size=0 (no probes)")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
     p.set_defaults(func=cmd_train)
 
@@ -482,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
 
     add_eval_parser(sub)
+
+    from opengpt4.scaling.cli import register as add_scaling_parser  # `opengpt4 scaling ...`
+
+    add_scaling_parser(sub)
 
     p = sub.add_parser("chat", help="multi-turn chat in the terminal")
     p.add_argument("--model", required=True, help="checkpoint dir or model name")

@@ -1,0 +1,165 @@
+"""`opengpt4 scaling sweep` and `target`: training runs at fixed FLOP budgets, each a process of its own.
+
+    sweep/plan.json             the plan (a resumed sweep must have the same)
+    sweep/runs/<id>/ckpt/       the run's checkpoint (metrics.jsonl written as it goes)
+    sweep/runs/<id>/log.txt     its output
+    sweep/runs/<id>/result.json written last, atomically: the run is finished when this exists
+    sweep/results.jsonl         every finished run's result, in plan order
+
+Runs go through the one trainer (`train.pretrain.build_trainer`, a FLOP budget, warmup as a
+fraction of it, WSD, no probes), `plan.jobs` at a time with `plan.threads` threads each,
+largest first so the last to finish are small. A killed sweep continues where it stopped:
+finished runs are skipped, unfinished ones start again from scratch (a worker dies with
+the sweep that started it, so none is left writing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from opengpt4.data.loader import read_index
+from opengpt4.errors import OpenGPT4Error
+from opengpt4.files import read_jsonl, write_jsonl, write_text
+from opengpt4.model.checkpoint import load_checkpoint
+from opengpt4.scaling import data as scaling_data
+from opengpt4.scaling.family import flops_per_token, model_config
+from opengpt4.scaling.measure import heldout_bpb
+from opengpt4.scaling.plan import Plan, Run
+
+RESULTS, PLAN, RESULT = "results.jsonl", "plan.json", "result.json"
+
+
+class SweepError(OpenGPT4Error):
+    """A sweep that cannot start or finish: another plan in its dir, or runs that failed."""
+
+
+def train_run(run: Run, plan: Plan, data: Path, run_dir: Path) -> dict:
+    """Train one run and measure it (in this process); returns its result, also written to run_dir."""
+    from opengpt4.train.pretrain import build_trainer  # the trainer's imports are heavy; the sweep parent needs none
+
+    cfg = plan.train_config(run)
+    cfg.mixture = scaling_data.mixture(read_index(data))
+    config = model_config(run.model, plan.seq_len)
+    start = time.perf_counter()
+    torch.manual_seed(run.seed)
+    trainer = build_trainer(config, data, run_dir / "ckpt", cfg, [], plan.steps(run), None, resume=False, fsdp=False)
+    trainer.run()
+    train_seconds = time.perf_counter() - start
+    model, _ = load_checkpoint(run_dir / "ckpt")
+    measured = heldout_bpb(model, data, plan.seq_len)
+    per_token = flops_per_token(config, plan.seq_len)["total"]
+    last = [m for m in trainer.metrics.lines if "loss" in m][-1]
+    result = {"id": run.id, "budget": run.budget, "model": run.model, "seed": run.seed,
+              "params": config.num_params(), "non_embedding_params": config.num_params(include_embeddings=False),
+              "steps": trainer.step, "tokens": trainer.tokens, "flops": per_token * trainer.tokens,
+              "lr": cfg.lr, "train_loss": last["loss"], "bpb": measured["bpb"], "heldout_bytes": measured["bytes"],
+              "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
+              "tokens_per_s": trainer.tokens / train_seconds, "threads": torch.get_num_threads()}
+    write_text(run_dir / RESULT, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when the sweep that started it dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call
+        os._exit(1)
+
+
+def _start(run: Run, plan: Plan, data: Path, run_dir: Path, threads: int) -> subprocess.Popen:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    spec = json.dumps({"run": run.__dict__, "plan": json.loads(plan.to_json()), "data": str(data),
+                       "run_dir": str(run_dir), "parent": os.getpid()})
+    with open(run_dir / "log.txt", "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "opengpt4.scaling.sweep", spec], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+
+
+def _check_plan(out: Path, plan: Plan) -> None:
+    file = out / PLAN
+    if file.is_file():
+        if dataclasses.replace(Plan.from_file(file), jobs=plan.jobs) != plan:  # --jobs may change on resume
+            raise SweepError(f"{out} holds a sweep with another plan ({file}); give another --out or the same plan")
+    else:
+        write_text(file, plan.to_json())
+
+
+def collect(out: Path, runs: list[Run]) -> list[dict]:
+    """The finished runs' results, in plan order; also written to results.jsonl."""
+    results = []
+    for run in runs:
+        file = out / "runs" / run.id / RESULT
+        if file.is_file():
+            results.append(json.loads(file.read_text()))
+    write_jsonl(out / RESULTS, results)
+    return results
+
+
+def sweep(out: Path, data: Path, plan: Plan, runs: list[Run] | None = None) -> list[dict]:
+    """Run every unfinished run of the plan (or `runs`, trained by the plan's rules); returns all results."""
+    out = Path(out)
+    read_index(data)
+    _check_plan(out, plan)
+    runs = plan.runs() if runs is None else runs
+    todo = [r for r in runs if not (out / "runs" / r.id / RESULT).is_file()]
+    todo.sort(key=lambda r: -r.budget)  # largest first: the stragglers at the end are the short runs
+    total = sum(r.budget for r in runs)
+    running: dict[subprocess.Popen, Run] = {}
+    failed: list[str] = []
+    columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        done_flops = total - sum(r.budget for r in todo)
+        task = progress.add_task("sweep", total=len(runs), completed=len(runs) - len(todo), info="")
+        while todo or running:
+            while todo and len(running) < plan.jobs:
+                run = todo.pop(0)
+                running[_start(run, plan, data, out / "runs" / run.id, plan.threads)] = run
+            progress.update(task, info=f"{done_flops / total:.0%} of the FLOPs; running "
+                                       + ", ".join(r.id for r in running.values()))
+            pid, status = os.wait()
+            proc = next(p for p in running if p.pid == pid)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            run = running.pop(proc)
+            if proc.returncode != 0 or not (out / "runs" / run.id / RESULT).is_file():
+                failed.append(run.id)
+            else:
+                done_flops += run.budget
+                progress.advance(task)
+            collect(out, runs)
+    results = collect(out, runs)
+    if failed:
+        raise SweepError(f"{len(failed)} run(s) failed: {', '.join(failed)} (see {out}/runs/<id>/log.txt); "
+                         "run the sweep again to retry them")
+    return results
+
+
+def read_results(out: Path) -> list[dict]:
+    file = Path(out) / RESULTS
+    if not file.is_file():
+        raise SweepError(f"{out}: no {RESULTS}; run `opengpt4 scaling sweep --out {out}` first")
+    return read_jsonl(file)
+
+
+def _worker(spec: dict) -> None:
+    _die_with_parent(spec["parent"])
+    train_run(Run(**spec["run"]), Plan(**spec["plan"]), Path(spec["data"]), Path(spec["run_dir"]))
+
+
+if __name__ == "__main__":
+    _worker(json.loads(sys.argv[1]))
