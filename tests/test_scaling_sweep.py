@@ -10,11 +10,12 @@ import sys
 import pytest
 
 from opengpt4.data.loader import read_index
+from opengpt4.errors import PredictionMissing, SweepError
 from opengpt4.scaling import data as scaling_data
 from opengpt4.scaling.capability import measure_runs, sweep_checkpoints
 from opengpt4.scaling.plan import Plan
-from opengpt4.scaling.predict import PredictionMissing, load_prediction, make_prediction, run_target, write_prediction
-from opengpt4.scaling.sweep import RESULT, SweepError, read_results, sweep
+from opengpt4.scaling.predict import load_prediction, make_prediction, run_target, write_prediction
+from opengpt4.scaling.sweep import RESULT, read_results, sweep
 from tests.helpers import wait_for
 
 # seq_len 256: the capability prompts (up to 149 bytes) and a body must fit the context

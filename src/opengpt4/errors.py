@@ -180,3 +180,12 @@ class UnsupportedEvalClass(EvalSpecError):
         self.cls, self.supported = cls, list(supported)
         super().__init__(f"OpenAI Evals class {cls} cannot run in opengpt4 (it needs OpenAI Evals' own code); "
                          f"the classes that can: {', '.join(self.supported)}", spec, file)
+
+
+# --- `opengpt4 scaling`: the sweep and its pre-registered prediction ---
+class SweepError(OpenGPT4Error):
+    """A sweep that cannot start or finish: another plan in its dir, or runs that failed."""
+
+
+class PredictionMissing(OpenGPT4Error):
+    """No usable pre-registered prediction for the target run: absent, made on other data, or not committed."""

@@ -29,7 +29,8 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 
 def _sweep_plan(sweep: Path) -> Plan:
-    from opengpt4.scaling.sweep import PLAN, SweepError
+    from opengpt4.errors import SweepError
+    from opengpt4.scaling.sweep import PLAN
 
     if not (sweep / PLAN).is_file():
         raise SweepError(f"{sweep}: no {PLAN}; is it a sweep dir from `opengpt4 scaling sweep`?")
@@ -187,9 +188,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = verb.add_parser("lr-check", help="the learning-rate rule checked: a few multiples of it at two widths")
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
-    c.add_argument("--models", nargs="+", default=["w32l2", "w128l3"])
-    c.add_argument("--scales", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0])
-    c.add_argument("--budget", type=float, default=1e12)
+    c.add_argument("--models", nargs="+", default=["w48l2", "w128l3"], help="two widths (default w48l2 w128l3)")
+    c.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 2.0],
+                   help="multiples of the rule's learning rate (default 0.5 1 2)")
+    c.add_argument("--budget", type=float, default=3e12,
+                   help="FLOPs per run (default 3e12: >= 146 steps at both widths; ~3.5 min on 2 idle cores)")
     c.add_argument("--jobs", type=int, default=None)
     c.set_defaults(func=cmd_lr_check)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from opengpt4.data.loader import read_index
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import PredictionMissing
 from opengpt4.files import write_text
 from opengpt4.scaling import fit as F
 from opengpt4.scaling.family import SHAPES, model_config
@@ -28,10 +28,6 @@ from opengpt4.scaling.sweep import read_results
 
 CAPABILITY = "capability.json"  # in the sweep dir: pass rates per run (`opengpt4 scaling capability`)
 TARGET = "target.json"
-
-
-class PredictionMissing(OpenGPT4Error):
-    """No usable pre-registered prediction for the target run."""
 
 
 def nearest_shape(n: float, seq_len: int) -> str:

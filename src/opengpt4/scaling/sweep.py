@@ -29,7 +29,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from opengpt4.data.loader import read_index
-from opengpt4.errors import OpenGPT4Error
+from opengpt4.errors import SweepError
 from opengpt4.files import read_jsonl, write_jsonl, write_text
 from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.scaling import data as scaling_data
@@ -38,10 +38,6 @@ from opengpt4.scaling.measure import heldout_bpb
 from opengpt4.scaling.plan import Plan, Run
 
 RESULTS, PLAN, RESULT = "results.jsonl", "plan.json", "result.json"
-
-
-class SweepError(OpenGPT4Error):
-    """A sweep that cannot start or finish: another plan in its dir, or runs that failed."""
 
 
 def train_run(run: Run, plan: Plan, data: Path, run_dir: Path) -> dict:
