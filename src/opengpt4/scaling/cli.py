@@ -66,17 +66,20 @@ def cmd_throughput(args: argparse.Namespace) -> None:
             row = measure(name, threads, args.seconds, plan)
             table[threads][name] = row
             print(f"{name:7s} {row['params']:>9,} params  {threads} thread(s): {row['tokens_per_s']:>9,.0f} tokens/s  "
-                  f"{row['gflops']:6.1f} GFLOP/s", flush=True)
-    if plan.threads in table and plan.target_threads in table:
-        speed = {n: r["tokens_per_s"] for n, r in table[plan.threads].items()}
-        target_speed = {n: r["tokens_per_s"] for n, r in table[plan.target_threads].items()}
-        if all(r.model in speed for r in plan.runs()):
-            for target_model in args.target_models:
-                if target_model in target_speed:
-                    p = predict_stages(plan, speed, target_speed, target_model)
-                    print(f"plan: {p['runs']} runs, {p['sweep_flops']:.2e} FLOPs: sweep {p['sweep_seconds'] / 60:.1f} min "
-                          f"on {plan.jobs} x {plan.threads} thread(s); target {target_model} at "
-                          f"{plan.target_budget:.0e}: {p['target_seconds'] / 60:.1f} min on {plan.target_threads}")
+                  f"{row['gflops']:6.1f} GFLOP/s wall; {row['tokens_per_cpu_s']:>9,.0f} tokens/s "
+                  f"{row['gflops_cpu']:6.1f} GFLOP/s per CPU-second ({100 * row['cpu_share']:.0f}% of the cores ours)",
+                  flush=True)
+    # One thread per run: its speed on a core of its own is tokens per CPU-second, whatever else runs now.
+    if 1 in table and all(r.model in table[1] for r in plan.runs()):
+        speed = {n: r["tokens_per_cpu_s"] for n, r in table[1].items()}
+        for threads in sorted(table):
+            target_speed = {n: r["tokens_per_cpu_s" if threads == 1 else "tokens_per_s"] for n, r in table[threads].items()}
+            for target_model in (m for m in args.target_models if m in target_speed):
+                p = predict_stages(plan, speed, target_speed, target_model)
+                print(f"plan: {p['runs']} runs, {p['sweep_flops']:.2e} FLOPs: sweep {p['sweep_seconds'] / 60:.1f} min "
+                      f"on {plan.jobs} x 1 thread; target {target_model} at {plan.target_budget:.3g} FLOPs: "
+                      f"{p['target_seconds'] / 60:.1f} min on {threads} thread(s)"
+                      + ("" if threads == 1 else " (wall-clock speed: only as good as the machine is idle)"))
     if args.out:
         Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
 
@@ -119,9 +122,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
     p = make_prediction(sweep_dir, Path(args.data), _sweep_plan(sweep_dir))
     write_prediction(Path(args.out), p)
     fit, (lo, hi) = p["fit"], p["interval_95"]
-    print(f"L(C) = {fit['a']:.4f} (C / {fit['c_ref']:.0e})^{fit['b']:.4f} + {fit['c']:.4f} from {p['runs']} runs; "
+    print(f"L(C) = {fit['a']:.4f} (C / {fit['c_ref']:.3g})^{fit['b']:.4f} + {fit['c']:.4f} from {p['runs']} runs; "
           f"seed-to-seed sd {p['seed_sd']['sd']:.4f} bpb ({p['seed_sd']['pairs']} pairs)")
-    print(f"prediction at {p['target_budget']:.0e} FLOPs with {p['target_model']} ({p['target_params']:,} params, "
+    print(f"prediction at {p['target_budget']:.3g} FLOPs with {p['target_model']} ({p['target_params']:,} params, "
           f"{p['target_tokens']:,} tokens): {p['predicted_bpb']:.4f} bpb, 95% interval [{lo:.4f}, {hi:.4f}]; "
           f"Chinchilla L(N, D) says {p['chinchilla']['predicted_bpb']:.4f}")
     if p["capability"]:

@@ -19,6 +19,7 @@ import ctypes
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _start(run: Run, plan: Plan, data: Path, run_dir: Path, threads: int) -> subprocess.Popen:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # what a killed attempt left (its metrics.jsonl would grow on)
+    run_dir.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     spec = json.dumps({"run": run.__dict__, "plan": json.loads(plan.to_json()), "data": str(data),
                        "run_dir": str(run_dir), "parent": os.getpid()})
