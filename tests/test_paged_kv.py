@@ -1,4 +1,7 @@
-"""The paged KV cache: blocks as tokens arrive, shared prefixes, and logits equal to the unpaged path."""
+"""The paged KV cache: blocks as tokens arrive, shared prefixes, and logits equal to the unpaged path;
+and a served model's packed weights held once."""
+
+import copy
 
 import pytest
 import torch
@@ -8,6 +11,7 @@ from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.engine.scheduler import Scheduler
 from opengpt4.errors import ContextLengthExceeded, InvalidRequest
+from opengpt4.model.transformer import Linear
 
 ATOL = 1e-5
 
@@ -182,3 +186,19 @@ def test_a_full_pool_queues_requests_and_one_that_never_fits_is_refused(engine):
     with pytest.raises(InvalidRequest, match="KV cache"):
         scheduler.submit(random_ids(10), SamplingParams(max_tokens=6, n=4))  # 4 blocks, 2 more per extra choice
     assert scheduler.pool.capacity == 8 and scheduler.pool.stats()["in_use"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_held_once_keep_logits_and_state_dict(tiny_tokenizer, tiny_model, dtype):
+    model = copy.deepcopy(tiny_model).to(dtype)
+    ids = torch.randint(20, 300, (2, 9))
+    with torch.no_grad():
+        plain, state = model(ids), {k: v.clone() for k, v in model.state_dict().items()}
+        if model.pack_for_cpu_inference(only_if_faster=False, release_plain=True) == 0:
+            pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU")
+        released = [m for m in model.modules() if isinstance(m, Linear) and m.released]
+        assert released and all(m.weight.untyped_storage().nbytes() == dtype.itemsize for m in released)
+        torch.testing.assert_close(model(ids), plain, atol=1e-4 if dtype == torch.float32 else 0.1, rtol=0)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # weights come back whole
+    with pytest.raises(RuntimeError, match="inference only"):
+        model(ids, targets=ids)

@@ -144,12 +144,18 @@ class Linear(nn.Linear):
     1.5-2x faster than the plain layout (the weights stream from memory once per token, so
     their layout is the speed) — on some CPUs and dtypes: see `pack_for_cpu_inference`. `pack()` makes the copy; it is used only outside autograd,
     and only while the weight is the very tensor, unmodified, that was packed. Training and
-    state dicts never see it."""
+    state dicts never see it.
+
+    An inference-only model can `release_plain()` after packing, so the weights are held once,
+    not twice: the plain weight becomes a one-element stand-in of the same shape and dtype, and
+    state dicts get it back from the packed copy (`to_dense`)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.packed: Tensor | None = None
         self._packed_from: tuple[int, int] = (0, -1)  # (data_ptr, version) of the packed weight
+        self.released = False
+        self._register_state_dict_hook(_plain_weight_from_packed)
 
     def pack(self) -> bool:
         w = self.weight.detach()
@@ -167,8 +173,19 @@ class Linear(nn.Linear):
         self._packed_from = (w.data_ptr(), w._version)
         return True
 
+    def release_plain(self) -> None:
+        """Keep only the packed copy (call after a successful `pack()`); inference only from here on."""
+        assert self.packed is not None, "pack() first"
+        self.weight.data = self.weight.new_zeros(()).expand(self.weight.shape)
+        self._packed_from = (self.weight.data_ptr(), self.weight._version)
+        self.released = True
+
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
+        if self.released:
+            if torch.is_grad_enabled():
+                raise RuntimeError("this Linear keeps only its oneDNN-packed weight (inference only): no autograd")
+            return torch.ops.mkldnn._linear_pointwise(x.to(w.dtype), self.packed, None, "none", [None], "").to(x.dtype)
         if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
             # Mixed inference precision: low-precision weights, float32 activations around them.
             return self.forward(x.to(w.dtype)).to(x.dtype)
@@ -176,6 +193,11 @@ class Linear(nn.Linear):
                 and (w.data_ptr(), w._version) == self._packed_from):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [None], "")
         return F.linear(x, w)
+
+
+def _plain_weight_from_packed(module: Linear, state: dict, prefix: str, _meta) -> None:
+    if module.released:
+        state[f"{prefix}weight"] = module.packed.to_dense()
 
 
 def packing_pays(linear: Linear, reps: int = 10) -> bool:
@@ -430,8 +452,10 @@ class Transformer(nn.Module):
         rows = torch.arange(cache.batch_size, device=positions.device)[:, None]
         return CacheStep(cache, write_at, rows, mask, span, causal, lengths[0] if uniform else None)
 
-    def pack_for_cpu_inference(self, only_if_faster: bool = True) -> int:
+    def pack_for_cpu_inference(self, only_if_faster: bool = True, release_plain: bool = False) -> int:
         """Prepack the decoder's weights for oneDNN (see `Linear`); returns how many were packed.
+        release_plain: hold each packed weight once (`Linear.release_plain`) — for a model loaded
+        only to serve; the head's weight stays when it is the embedding's (the lookup reads it).
 
         Whether the blocked layout pays depends on the CPU and the dtype: SmolLM2's float32
         decoding ran 1.4x *slower* packed on an Intel Xeon (AMX) while bfloat16 ran 1.2x faster,
@@ -445,7 +469,11 @@ class Transformer(nn.Module):
         for group in by_dtype.values():
             if only_if_faster and not packing_pays(max(group, key=lambda m: m.weight.numel())):
                 continue
-            packed += sum(m.pack() for m in group)
+            for m in group:
+                if m.pack():
+                    packed += 1
+                    if release_plain and m.weight is not self.model.embed_tokens.weight:
+                        m.release_plain()
         return packed
 
     def num_params(self) -> int:
