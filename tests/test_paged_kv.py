@@ -71,11 +71,10 @@ def test_a_prefix_cache_hit_reuses_blocks_and_gives_the_same_logits(tiny_model):
     pool = pool_for(tiny_model)
     a = Sequence(pool)
     run(tiny_model, pool, [], [(a, a_ids)])
-    names = block_names(b_ids, pool.block_size)
-    hits = pool.lookup(names)
-    assert hits == a.blocks[:2]  # the two full blocks of the shared 10 tokens (block size 4)
     b = Sequence(pool)
-    b.reuse(b_ids, names, hits)
+    assert b.reuse(b_ids, block_names(b_ids, pool.block_size)) == 2
+    hits = list(b.blocks)
+    assert hits == a.blocks[:2]  # the two full blocks of the shared 10 tokens (block size 4)
     allocated_before = pool.capacity - len(pool.free)
     [logits] = run(tiny_model, pool, [], [(b, b_ids[b.length:])])
     torch.testing.assert_close(logits, reference_logits(tiny_model, b_ids)[-1], atol=ATOL, rtol=0)
@@ -154,6 +153,27 @@ def test_a_shared_system_prompt_is_prefilled_once(engine, monkeypatch):
     assert scheduler.pool.stats()["in_use"] == 0 and scheduler.pool.stats()["cached"] >= 5
 
 
+def test_prompts_arriving_together_share_the_blocks_computed_before_their_turn(engine, monkeypatch):
+    torch.manual_seed(7)
+    system = random_ids(16)
+    prompts = [system + random_ids(3) for _ in range(3)]
+    prefilled = []
+    forward = type(engine.model).forward_flat
+    monkeypatch.setattr(type(engine.model), "forward_flat", lambda m, step, *a, **k:
+                        prefilled.append(len(step.ids) - step.num_decoding) or forward(m, step, *a, **k))
+    scheduler = Scheduler(engine, max_batch=4, block_size=4, prefill_chunk=12)
+    handles = [scheduler.submit(p, GREEDY) for p in prompts]  # all admitted at once: none is cached yet
+    assert finish(scheduler, handles) == [solo(engine, p) for p in prompts]
+    # The first prompt's 4 blocks of the shared 16 tokens are computed once; the second started
+    # in the first step (before they existed) and took what was there at its second chunk.
+    assert sum(prefilled) < sum(map(len, prompts)) - 16
+    assert_returned(scheduler)
+
+
+def assert_returned(scheduler):
+    assert scheduler.pool.stats()["in_use"] == 0 and scheduler.outstanding == 0 and scheduler.reserved == 0
+
+
 def test_a_cancelled_request_returns_its_blocks(engine):
     torch.manual_seed(5)
     scheduler = Scheduler(engine, max_batch=4, block_size=4)
@@ -167,7 +187,7 @@ def test_a_cancelled_request_returns_its_blocks(engine):
     [kept] = scheduler.decoding
     assert gone.done.is_set() and scheduler.pool.stats()["in_use"] == len(kept.seq.blocks)
     finish(scheduler, [keep])
-    assert scheduler.pool.stats()["in_use"] == 0 and scheduler.outstanding == 0 and scheduler.reserved == 0
+    assert_returned(scheduler)
 
 
 def test_a_full_pool_queues_requests_and_one_that_never_fits_is_refused(engine):

@@ -168,10 +168,18 @@ class Sequence:
     def length(self) -> int:
         return len(self.tokens)
 
-    def reuse(self, ids: list[int], names: list[bytes], hits: list[int]) -> None:
-        """Start from prefix-cache hits: blocks already holding ids[: len(hits) × block_size]."""
-        self.blocks, self.names = list(hits), names[: len(hits)]
-        self.tokens = ids[: len(hits) * self.pool.block_size]
+    def reuse(self, ids: list[int], names: list[bytes]) -> int:
+        """Take the blocks of the prefix cache that continue this sequence along `ids` (whose full
+        blocks are called `names`): at the start, or later while every block it holds is full
+        (another request may have computed the next ones since). Returns how many it took."""
+        bs = self.pool.block_size
+        if self.length != len(self.blocks) * bs or self.names != names[: len(self.blocks)]:
+            return 0
+        hits = self.pool.lookup(names[len(self.blocks) :])
+        self.blocks += hits
+        self.names = names[: len(self.blocks)]
+        self.tokens = ids[: len(self.blocks) * bs]
+        return len(hits)
 
     def slots(self, count: int) -> list[int]:
         """The pool slots of the next `count` positions (their blocks allocated by `grow`)."""
