@@ -134,11 +134,16 @@ def sweep(out: Path, data: Path, plan: Plan, runs: list[Run] | None = None) -> l
             proc = next(p for p in running if p.pid == pid)
             proc.returncode = os.waitstatus_to_exitcode(status)
             run = running.pop(proc)
-            if proc.returncode != 0 or not (out / "runs" / run.id / RESULT).is_file():
+            result_file = out / "runs" / run.id / RESULT
+            if proc.returncode != 0 or not result_file.is_file():
                 failed.append(run.id)
+                progress.console.print(f"{run.id}: failed (exit status {proc.returncode}), see its log.txt")
             else:
                 done_flops += run.budget
                 progress.advance(task)
+                r = json.loads(result_file.read_text())
+                progress.console.print(f"{run.id}: {r['bpb']:.4f} bpb, {r['params']:,} params, {r['steps']} steps, "
+                                       f"{r['seconds'] / 60:.1f} min")
             collect(out, runs)
     results = collect(out, runs)
     if failed:
