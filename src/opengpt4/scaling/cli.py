@@ -1,19 +1,20 @@
-"""`opengpt4 scaling ...`: the predictable-scaling experiment, stage by stage.
+"""`opengpt4 scaling ...`: the predictable-scaling experiment, stage by stage (data/ and runs/ are gitignored).
 
-    opengpt4 scaling data --out scaling-data            # byte corpus, decontamination, gzip/xz floors
-    opengpt4 scaling throughput                         # tokens/s per size; the plan's predicted wall time
-    opengpt4 scaling lr-check --data scaling-data --out runs/lr-check
-    opengpt4 scaling sweep --data scaling-data --out runs/scaling
+    opengpt4 scaling data --out data/scaling             # byte corpus, decontamination, gzip/xz floors
+    opengpt4 scaling throughput                          # tokens/s per size; the plan's predicted wall time
+    opengpt4 scaling lr-check --data data/scaling --out runs/lr-check
+    opengpt4 scaling sweep --data data/scaling --out runs/scaling
     opengpt4 scaling capability --sweep runs/scaling
-    opengpt4 scaling fit --sweep runs/scaling --data scaling-data --out scaling/prediction.json
-    git add scaling/prediction.json && git commit -m "scaling: pre-registered prediction"
-    opengpt4 scaling target --sweep runs/scaling --data scaling-data --prediction scaling/prediction.json
-    opengpt4 scaling plot --sweep runs/scaling --prediction scaling/prediction.json --out scaling/
+    opengpt4 scaling fit --sweep runs/scaling --data data/scaling --out results/scaling/prediction.json
+    git add results/scaling/prediction.json && git commit -m "scaling: prediction" -- results/scaling/prediction.json
+    opengpt4 scaling target --sweep runs/scaling --data data/scaling --prediction results/scaling/prediction.json
+    opengpt4 scaling plot --sweep runs/scaling --prediction results/scaling/prediction.json --out results/scaling
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,9 +24,7 @@ from opengpt4.scaling.plan import DEFAULT_PLAN, Plan, Run
 
 def _plan(args: argparse.Namespace) -> Plan:
     plan = Plan.from_file(Path(args.plan)) if getattr(args, "plan", None) else DEFAULT_PLAN
-    if getattr(args, "jobs", None):
-        plan.jobs = args.jobs
-    return plan
+    return dataclasses.replace(plan, jobs=args.jobs) if getattr(args, "jobs", None) else plan
 
 
 def _sweep_plan(sweep: Path) -> Plan:
@@ -154,7 +153,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     sweep_dir, out = Path(args.sweep), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [r for r in read_results(sweep_dir)]
+    results = read_results(sweep_dir)
     plots.plot_isoflop(results, out / "isoflop.png")
     written = ["isoflop.png"]
     if args.prediction:
