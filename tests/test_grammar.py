@@ -196,6 +196,11 @@ def test_tools_render_in_the_system_message_and_results_as_user_turns(tiny_token
     encoding = tiny_tokenizer.render_chat(messages[1:3])
     trained = tiny_tokenizer.decode([t for t, m in zip(encoding.ids, encoding.loss_mask, strict=True) if m])
     assert trained.startswith("<tool_call>[") and trained.endswith("</tool_call><|im_end|>")
+    # a response_format schema is stated in the system message too (after the tools, if any)
+    told = tiny_tokenizer.decode(tiny_tokenizer.render_chat(messages[1:2], response_schema=ADD).ids)
+    assert told.startswith(f"<|im_start|>system\nReply with JSON that follows this schema:\n{json.dumps(ADD)}<|im_end|>")
+    both = tiny_tokenizer.decode(tiny_tokenizer.render_chat(messages[:2], tools=tools, response_schema=ADD).ids)
+    assert f"If no function fits, answer in plain text.\n\nReply with JSON that follows this schema:\n{json.dumps(ADD)}" in both
     with pytest.raises(TokenizerError, match="arguments"):
         tiny_tokenizer.render_chat([{"role": "assistant", "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "add", "arguments": "{not json"}}]}])

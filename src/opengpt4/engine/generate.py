@@ -128,10 +128,13 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.model.model.embed_tokens.weight.dtype
 
-    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Prompt:
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    response_schema: dict[str, Any] | None = None) -> Prompt:
         """Render chat messages (OpenAI format, images included) into a prompt for the assistant's
-        turn; `tools`: OpenAI tool definitions the assistant may call."""
-        encoding = self.tokenizer.render_chat(messages, tools=tools, add_generation_prompt=True)
+        turn; `tools`: OpenAI tool definitions the assistant may call; `response_schema`: the JSON
+        schema its reply must follow (see Tokenizer.render_chat)."""
+        encoding = self.tokenizer.render_chat(messages, tools=tools, response_schema=response_schema,
+                                              add_generation_prompt=True)
         images = None
         if encoding.images:
             images = preprocess(encoding.images, self.config.vision)

@@ -302,7 +302,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, gatewa
                              "'response_format' of type 'json_object'.", param="messages")
     plan = await run_in_threadpool(plan_chat, body, served.engine)  # tools, tool_choice, response_format
     try:
-        prompt = await run_in_threadpool(served.engine.chat_prompt, messages, plan.tools)
+        prompt = await run_in_threadpool(served.engine.chat_prompt, messages, plan.tools, plan.response_schema)
     except (ValueError, OpenGPT4Error) as e:  # malformed parts: nothing was generated yet
         raise InvalidRequest(str(e), param="messages") from None
     # OpenAI's default max_tokens is "whatever the context has left" (at least 1, so a full

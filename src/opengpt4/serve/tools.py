@@ -30,6 +30,7 @@ class ChatPlan:
     """How a chat request is generated and read back."""
 
     tools: list[dict[str, Any]] | None = None  # described in the system message
+    response_schema: dict[str, Any] | None = None  # stated in the system message too
     grammar: str | None = None  # the reply's grammar (SamplingParams.grammar)
     calls: bool = False  # whether the reply may be tool calls (read with ToolCallReader)
 
@@ -43,7 +44,7 @@ def plan_chat(body: ChatCompletionRequest, engine: Engine) -> ChatPlan:
     if choice != "none" and not body.tools:
         raise InvalidRequest("'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice")
     if choice == "none":  # the tools are not described: the model cannot call them anyway
-        return ChatPlan(grammar=json_schema_grammar(schema) if schema is not None else None)
+        return ChatPlan(response_schema=schema, grammar=json_schema_grammar(schema) if schema is not None else None)
     functions: dict[str, dict[str, Any]] = {}
     for i, tool in enumerate(body.tools):
         if tool.function.name in functions:
@@ -55,9 +56,11 @@ def plan_chat(body: ChatCompletionRequest, engine: Engine) -> ChatPlan:
         if name not in functions:
             raise InvalidRequest(f"tool_choice names {name!r}, which is not among the tools", param="tool_choice")
         functions, parallel = {name: functions[name]}, False
-    grammar = tool_call_grammar(functions, required=choice != "auto", parallel=parallel, otherwise=schema)
+    required = choice != "auto"
+    grammar = tool_call_grammar(functions, required=required, parallel=parallel, otherwise=schema)
     engine.grammar_tokenizer.check(grammar, "tools")
-    return ChatPlan([t.model_dump(exclude_none=True) for t in body.tools], grammar, calls=True)
+    return ChatPlan([t.model_dump(exclude_none=True) for t in body.tools], None if required else schema, grammar,
+                    calls=True)
 
 
 def response_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
