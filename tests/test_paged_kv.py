@@ -5,12 +5,13 @@ import copy
 
 import pytest
 import torch
+from PIL import Image
 
-from opengpt4.engine.generate import Engine
+from opengpt4.engine.generate import Engine, Prompt
 from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names, worst_case_blocks
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.engine.scheduler import Scheduler
-from opengpt4.errors import ContextLengthExceeded, InvalidRequest
+from opengpt4.errors import ContextLengthExceeded, ImageError, InvalidRequest
 from opengpt4.model.transformer import Linear
 
 ATOL = 1e-5
@@ -168,6 +169,29 @@ def test_prompts_arriving_together_share_the_blocks_computed_before_their_turn(e
     # in the first step (before they existed) and took what was there at its second chunk.
     assert sum(prefilled) < sum(map(len, prompts)) - 16
     assert_returned(scheduler)
+
+
+def test_image_prompts_batch_together_and_a_broken_one_fails_alone(engine):
+    """Images of several prompts go through one flat forward in order; blocks holding image
+    placeholders are never named (the ids do not say which picture); a prompt whose placeholders
+    have no pixels fails alone, the others in its step run on."""
+    def chat(color, text):
+        return engine.chat_prompt([{"role": "user", "content": [
+            {"type": "image", "image": Image.new("RGB", (20, 20), color)}, {"type": "text", "text": text}]}])
+
+    red, blue = chat("red", "the cat"), chat("blue", "the cat")
+    broken = Prompt(list(red.ids))  # placeholders, no pixels
+    scheduler = Scheduler(engine, max_batch=4, block_size=4)
+    handles = [scheduler.submit(p, GREEDY) for p in (red, broken, blue)]
+    while not all(h.done.is_set() for h in handles):
+        scheduler.step()
+    with pytest.raises(ImageError):
+        list(handles[1].deltas())
+    for prompt, handle in ((red, handles[0]), (blue, handles[2])):
+        assert [d.token_id for d in handle.deltas()] == solo(engine, prompt)
+    assert_returned(scheduler)
+    image_id = engine.tokenizer.image_id
+    assert len(scheduler.pool.cached) == red.ids.index(image_id) // 4  # only the blocks before the image
 
 
 def assert_returned(scheduler):
