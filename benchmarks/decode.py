@@ -158,8 +158,9 @@ def run_llama_cpp(args) -> dict:
     model = load(str(default_gguf_path()).encode(), llama_cpp.llama_model_default_params())
     new_context = getattr(llama_cpp, "llama_init_from_model", None) or llama_cpp.llama_new_context_with_model
 
-    def run(rows: list[list[int]], steps: int) -> list[float]:
-        """Prefill every row in one batch, then `steps` greedy tokens per row; a timestamp after each."""
+    def run(rows: list[list[int]], steps: int) -> tuple[float, list[float]]:
+        """Prefill every row in one batch, then `steps` greedy tokens per row: the prefill's seconds
+        and a timestamp after each token."""
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = len(rows) * (args.prompt_tokens + steps + 8)
         params.n_batch = params.n_ubatch = max(len(rows) * args.prompt_tokens, 512)
@@ -181,27 +182,26 @@ def run_llama_cpp(args) -> dict:
                                                               ctypes.POINTER(ctypes.c_float)), (vocab_size,)).argmax())
                         for i in wanted]
 
+            start = time.perf_counter()
             nexts = decode([(t, pos, r, pos == len(ids) - 1) for r, ids in enumerate(rows) for pos, t in enumerate(ids)])
             stamps = [time.perf_counter()]
             for step in range(steps - 1):
                 nexts = decode([(t, len(rows[r]) + step, r, True) for r, t in enumerate(nexts)])
                 stamps.append(time.perf_counter())
-            return stamps
+            return stamps[0] - start, stamps
         finally:
             llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_free(ctx)
 
     def prefill() -> float:
-        start = time.perf_counter()
-        run(ps[:1], 1)
-        return time.perf_counter() - start
+        return run(ps[:1], 1)[0]
 
     def decode(batch: int) -> float:
-        stamps = run(ps[:batch], args.new_tokens)
+        _, stamps = run(ps[:batch], args.new_tokens)
         return batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
     result = measure(prefill, decode, args)
-    result["weights"] = "GGUF Q4_1 (as shipped)"
+    result["weights"] = default_gguf_path().name  # quantized as shipped
     return result
 
 
