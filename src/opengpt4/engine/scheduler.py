@@ -107,9 +107,11 @@ class RequestHandle:
             self.done.set()
 
 
-# The KV pool's default bound: SmolLM2-135M in float32 takes 46 KB a token, so 4 GiB is 93k tokens
-# (eleven full 8k contexts, or 64 rows of 1.4k); the cache preallocated before paging was 6 GB.
-KV_MEMORY = 4 * 2**30
+# The KV pool's default bound, in full contexts: as many as the cache preallocated before paging
+# held (16 rows), so requests without max_tokens (each reserves the rest of the context) are
+# admitted as many at once as before, while short ones fill up to max_batch rows. It bounds the
+# memory, it does not take it: SmolLM2 in float32 reaches its 6 GB only with 131k tokens live.
+FULL_CONTEXTS = 16
 
 
 @dataclass
@@ -138,17 +140,14 @@ class Scheduler:
         prefill_chunk: prompt tokens per step, shared by the prompts being prefilled (first come
         first served). A CPU's prefill is compute-bound from a few hundred tokens a forward: a
         larger budget only delays every prompt's first token to the end of a longer step (SmolLM2,
-        64 prompts: TTFT p50 17.6 s at 2048 on one busy thread). kv_tokens: the KV pool's bound in tokens
-        (default: what KV_MEMORY holds, at most max_batch full contexts, at least one). The pool
-        reaches it only while that many tokens are live. No request gets more context than it holds."""
+        64 prompts: TTFT p50 17.6 s at 2048 on one busy thread). kv_tokens: the KV pool's bound in
+        tokens (default: FULL_CONTEXTS full contexts, or max_batch if fewer). No request gets more context
+        than it holds."""
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.max_context = min(max_context or engine.config.max_seq_len, engine.config.max_seq_len)
-        if kv_tokens is None:
-            config = engine.config
-            per_token = 2 * config.n_layer * config.n_kv_head * config.head_dim * engine.dtype.itemsize
-            kv_tokens = max(self.max_context, min(max_batch * self.max_context, KV_MEMORY // per_token))
+        kv_tokens = kv_tokens or min(max_batch, FULL_CONTEXTS) * self.max_context
         self.max_context = min(self.max_context, kv_tokens)
         self.pool = BlockPool(engine.config, -(-kv_tokens // block_size), block_size=block_size,
                               device=engine.device, dtype=engine.dtype)
