@@ -135,7 +135,7 @@ def main() -> None:
     for lv in sides["ours"]["levels"]:
         if one and one["output_tokens_per_s"]:
             lv["speedup_vs_1_client"] = round(lv["output_tokens_per_s"] / one["output_tokens_per_s"], 2)
-    result = {"model": args.model, "ref_commit": commits["ref"], "ours": commits["ours"], "max_tokens": args.max_tokens,
+    result = {"model": args.model, "ref_commit": commits["ref"], "ours_commit": commits["ours"], "max_tokens": args.max_tokens,
               "requests_per_client": args.requests, "max_batch": args.max_batch, "context": args.context,
               "cpu_threads": os.cpu_count(), **sides, "ratios": ratios}
     text = json.dumps(result, indent=1)
