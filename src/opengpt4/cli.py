@@ -491,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_scaling_parser(sub)
 
+    from opengpt4.vision.cli import register as add_vision_parser  # `opengpt4 vision {data,align}`
+
+    add_vision_parser(sub)
+
     p = sub.add_parser("chat", help="multi-turn chat in the terminal")
     p.add_argument("--model", required=True, help="checkpoint dir or model name")
     p.add_argument("--system", default=None, help="system message")

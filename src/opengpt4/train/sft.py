@@ -149,6 +149,7 @@ class PackedChats:
         n = len(encoded)
         order = np.random.default_rng(seed).permutation(n) if seed is not None else np.arange(n)
         rows = best_fit(lengths, order, seq_len)
+        self.sources = [[encoded[i][0] for i in members] for members in rows]  # each row's conversations, in order
         self.input_ids = np.full((len(rows), seq_len), pad_id, dtype=np.int32)
         self.targets = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int32)
         self.segments = np.full((len(rows), seq_len), -1, dtype=np.int32)

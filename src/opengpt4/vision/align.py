@@ -1,0 +1,269 @@
+"""Giving a pretrained language model eyes, LLaVA's way (Liu et al., 2023; LLaVA-1.5's recipe).
+
+    opengpt4 vision align --lm smollm2-135m-instruct --out DIR [--vision CKPT] [--data DIR]
+                          [--stage 1|2|both] [--steps1 N] [--steps2 N] [--lora R | --full]
+
+    DIR/stage1   stage 1: the projector alone learns to caption (the LM frozen, the ViT frozen)
+    DIR/stage2   stage 2: projector + LM (LoRA, merged when saved, or full) on visual instruction
+                 chats with text-only chats mixed in: the model, a normal checkpoint with a vision
+                 config that Engine, `opengpt4 eval` and the server load
+
+The vision encoder is our ViT, taken from `--vision CKPT` (a checkpoint whose tower was
+pretrained on the synthetic image corpus: the from-scratch mini model), frozen as LLaVA freezes
+CLIP; without one, stage 1 trains a fresh ViT along with the projector (`train_vision`). No
+pretrained encoder ships with weights inside a PyPI package that fits here: torchvision, timm,
+open_clip and the CLIP packages fetch theirs from a hub at run time, which is not reachable.
+
+The LM's tokenizer gets an <|image|> token (a new id, its embedding row the mean of the others:
+the placeholders are overwritten by image features, and Engine never samples it). Both stages
+are objectives of the one loop (train/loop.py) and reuse SFT's packing: whole conversations
+best-fit into rows, the assistant-only loss, attention kept within each conversation; each
+row also carries its conversations' images, in placeholder order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import AddedToken
+from torch import nn
+
+from opengpt4.config import LORA_LR, LoopConfig, SFTConfig, VisionConfig
+from opengpt4.data.chat_io import Conversation
+from opengpt4.errors import ConfigError
+from opengpt4.model import lora
+from opengpt4.model.checkpoint import (
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    build_model,
+    load_checkpoint,
+    load_model_config,
+    read_safetensors,
+    resolve_model,
+    weights_state_dict,
+)
+from opengpt4.model.multimodal import Projector
+from opengpt4.model.transformer import Transformer
+from opengpt4.model.vision import VisionEncoder, load_image, preprocess
+from opengpt4.tokenizer import Tokenizer, read_backend
+from opengpt4.train import distributed
+from opengpt4.train.loop import SeededEpochs, Trainer, micro_batches, read_state
+from opengpt4.train.sft import ADAPTER_FILE, SFT, ChatBatch, PackedChats
+from opengpt4.vision.data import iter_images, read_eval, read_visual_chats
+from opengpt4.vision.templates import CAPTION_REQUESTS, TASKS
+
+IMAGE_TOKEN = "<|image|>"
+HELDOUT_CONVERSATIONS = 256  # held-out questions packed for the held-out loss (eval_rows rows of them are used)
+
+
+@dataclass
+class AlignConfig(LoopConfig):
+    """One stage's settings (`--set1 name=value`, `--set2 name=value`); `stage_config` gives each stage's defaults."""
+
+    batch_size: int = 16  # packed rows per step
+    micro_batch_size: int = 4
+    lr: float = 1e-3  # stage 1: LLaVA-1.5's projector rate
+    vision_lr_scale: float = 1.0  # the projector (and a trained ViT) at lr x this
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    eval_every: int = 50
+    eval_at_start: bool = True
+    ckpt_every: int = 50
+    seq_len: int = 512
+    epochs: float = 1.0
+    eval_rows: int = 8
+    lora_rank: int = 0  # stage 2: 0 trains the whole LM, r > 0 LoRA adapters of rank r
+    lora_alpha: float = 32.0
+    train_vision: bool = False  # train the ViT too (on when there is no pretrained one)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("seq_len", "epochs", "eval_rows"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) -> AlignConfig:
+    if stage == 1:
+        return AlignConfig(train_vision=train_vision)
+    if lora_rank:  # the projector keeps a tenth of the adapters' rate, as LLaVA-1.5's LoRA run (2e-4, 2e-5)
+        return AlignConfig(lr=LORA_LR, vision_lr_scale=0.1, lora_rank=lora_rank)
+    return AlignConfig(lr=SFTConfig.lr)  # full fine-tuning: SFT's rate, projector included
+
+
+def resolve_lm(name: str) -> Path:
+    """A checkpoint dir or imported model; SmolLM2-135M-Instruct is imported on first use."""
+    from opengpt4.model.convert import DEFAULT_GGUF_NAME, ensure_smollm2
+
+    return ensure_smollm2() if name == DEFAULT_GGUF_NAME and not Path(name).is_dir() else resolve_model(name)
+
+
+def attach_vision(lm_dir: Path, vision_from: Path | None, seed: int = 0) -> tuple[Transformer, Tokenizer]:
+    """The LM at `lm_dir` with a ViT (from `vision_from`'s checkpoint, or fresh) and a fresh projector,
+    and its tokenizer with an <|image|> token."""
+    config = load_model_config(lm_dir)
+    if config.vision is not None:
+        raise ConfigError(f"{lm_dir} already has a vision tower: stage 1 starts from a text-only LM")
+    lm, tokenizer = load_checkpoint(lm_dir)
+    torch.manual_seed(seed)
+    if vision_from is not None:
+        vision_dir = resolve_model(vision_from)
+        vision_cfg = load_model_config(vision_dir).vision
+        if vision_cfg is None:
+            raise ConfigError(f"--vision {vision_from}: that checkpoint has no vision tower")
+        weights = read_safetensors(vision_dir / WEIGHTS_FILE)
+        tower = {k: v for k, v in weights.items() if k.startswith("vision.")}
+    else:
+        vision_cfg = VisionConfig()
+        tower = {f"vision.{k}": v for k, v in VisionEncoder(vision_cfg).state_dict().items()}
+    projector = {f"projector.{k}": v for k, v in Projector(vision_cfg, config.n_embd).state_dict().items()}
+
+    backend = read_backend(lm_dir / TOKENIZER_FILE)
+    if backend.token_to_id(IMAGE_TOKEN) is None:
+        backend.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)])
+    meta = {**tokenizer.metadata(), "image_token": IMAGE_TOKEN, "tokens_per_image": vision_cfg.tokens_per_image}
+    tokenizer = Tokenizer(backend, **meta)
+    vocab = max(config.vocab_size, tokenizer.vocab_size)
+    config = dataclasses.replace(config, vocab_size=vocab, vision=vision_cfg, image_token_id=tokenizer.image_id)
+    state = weights_state_dict(lm)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in state and len(state[name]) < vocab:  # new rows: the mean, a typical embedding (HF's choice too)
+            w = state[name]
+            state[name] = torch.cat([w, w.mean(0, keepdim=True).expand(vocab - len(w), -1)])
+    return build_model(config, {**state, **tower, **projector}, str(lm_dir), torch.float32), tokenizer
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+@dataclass
+class VisualBatch(ChatBatch):
+    images: torch.Tensor | None = None  # (N, 3, S, S): the rows' images, row by row, in placeholder order
+
+
+class PackedVisualChats(PackedChats):
+    """SFT's packed rows, each with the images of its conversations (kept as uint8 pixels at the
+    model's image size, normalised per batch by the one `preprocess`)."""
+
+    def __init__(self, conversations: list[Conversation], tokenizer: Tokenizer, seq_len: int, seed: int | None,
+                 vision: VisionConfig) -> None:
+        super().__init__(conversations, tokenizer, seq_len, seed, tokenizer.pad_id)
+        self.vision = vision
+        images = {c.source: list(iter_images([c])) for c in conversations}
+        paths = sorted({p for found in images.values() for p in found})
+        index = {p: i for i, p in enumerate(paths)}
+        s = vision.image_size
+        self.pixels = np.stack([np.asarray(load_image(p).resize((s, s), Image.Resampling.BICUBIC)) for p in paths]) \
+            if paths else np.zeros((0, s, s, 3), np.uint8)
+        self.row_images = [[index[p] for source in row for p in images[source]] for row in self.sources]
+
+    def batch(self, rows: list[int]) -> VisualBatch:
+        b = super().batch(rows)
+        images = [self.pixels[i] for r in rows for i in self.row_images[r]]
+        return VisualBatch(b.input_ids, b.targets, b.segments, preprocess(images, self.vision) if images else None)
+
+
+def heldout_conversations(data_dir: Path, stage: int) -> list[Conversation]:
+    """Stage 1: captions of held-out synthetic images; stage 2: the evals' held-out questions."""
+    rows = [r for task in TASKS for r in read_eval(data_dir, task)]
+    rows = rows[:: max(len(rows) // HELDOUT_CONVERSATIONS, 1)]
+    if stage == 1:
+        rows = list({r["image"]: r for r in rows if r["caption"]}.values())
+    return [Conversation([{"role": "user", "content": [{"type": "image", "image": r["image"]},
+                                                        {"type": "text", "text": CAPTION_REQUESTS[0] if stage == 1
+                                                         else r["question"]}]},
+                          {"role": "assistant", "content": r["caption"] if stage == 1 else r["answer"]}],
+                         f"{data_dir}/eval/{r['task']}.jsonl: {r['id']}") for r in rows]
+
+
+# --- the objective ---------------------------------------------------------------------------
+
+
+class VisualAlign(SFT):
+    """One stage (see the module docstring): SFT's batches, evals and checkpoints, with images."""
+
+    def __init__(self, stage: int, lm: str, vision: str | None, data_dir: Path, out: Path, cfg: AlignConfig,
+                 d: distributed.Dist, state: dict | None) -> None:
+        self.stage, self.cfg, self.dist, self.name = stage, cfg, d, f"vision stage {stage}"
+        resumed = state["vision_align"] if state is not None else None
+        torch.manual_seed(cfg.seed)
+        if stage == 1:
+            self.base = resolve_lm(lm)
+            self.model, self.tokenizer = load_checkpoint(out) if resumed else attach_vision(self.base, vision, cfg.seed)
+            self.model.requires_grad_(False)
+        else:
+            self.base = resolve_model(lm)
+            if load_model_config(self.base).vision is None:
+                raise ConfigError(f"{self.base} has no vision tower: stage 2 starts from a stage-1 checkpoint")
+            self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base)
+            if cfg.lora_rank:
+                lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)  # freezes the rest
+                if resumed:
+                    lora.load_adapters(self.model, read_safetensors(out / ADAPTER_FILE), str(out / ADAPTER_FILE))
+                    towers = {k: v for k, v in read_safetensors(out / WEIGHTS_FILE).items()
+                              if k.startswith(("projector.", "vision."))}
+                    self.model.load_state_dict(towers, strict=False)
+            else:
+                self.model.requires_grad_(True)
+        self.model.projector.requires_grad_(True)
+        self.model.vision.requires_grad_(cfg.train_vision)
+        self.model.train()
+        config = self.model_config = self.model.config
+        if cfg.seq_len > config.max_seq_len:
+            raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
+
+        self.data_file = Path(data_dir) / f"stage{stage}.json"
+        self.train = PackedVisualChats(read_visual_chats(self.data_file), self.tokenizer, cfg.seq_len, cfg.seed,
+                                       config.vision)
+        self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
+                                         None, config.vision)
+        self.n_micro = micro_batches(cfg, d)
+        self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
+        self.step = resumed["step"] if resumed is not None else 0
+        self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
+        flops = config.flops_per_token(cfg.seq_len)
+        if stage == 1 or cfg.lora_rank:  # the LM's frozen weights get no weight gradients: ~4N, not 6N
+            flops -= 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
+        self.flops_per_token = flops
+
+    def describe(self) -> str:
+        trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        parts = ["projector"] + (["ViT"] if self.cfg.train_vision else [])
+        if self.stage == 2:
+            parts.append(f"LoRA rank {self.cfg.lora_rank}" if self.cfg.lora_rank else "the whole LM")
+        return (f"vision stage {self.stage} from {self.base.name}: {' + '.join(parts)} trained "
+                f"({trained / 1e6:.2f}M parameters); train ({self.data_file.name}): "
+                f"{self.train.stats.describe(self.cfg.seq_len)}, {len(self.train.pixels):,} images; "
+                f"{self.cfg.batch_size} rows/step, {self.steps_for(1.0):,} steps/epoch; "
+                f"held-out: {self.heldout.stats.describe(self.cfg.seq_len)}")
+
+    def loss(self, model: nn.Module, batch: VisualBatch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        images = batch.images.to(device) if batch.images is not None else None
+        return model(batch.input_ids.to(device), images, targets=batch.targets.to(device),
+                     segments=batch.segments.to(device), reduction="sum")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vision_align": {"stage": self.stage, "step": self.step, "base": str(self.base),
+                                 "data": str(self.data_file), "train": vars(self.train.stats),
+                                 "heldout": vars(self.heldout.stats)}}
+
+
+def build_trainer(stage: int, lm: str, data_dir: Path, out: Path, cfg: AlignConfig, *, vision: str | None = None,
+                  max_steps: int | None = None, epochs: float | None = None, max_minutes: float | None = None,
+                  resume: bool = False) -> Trainer:
+    d = distributed.init()
+    state = read_state(out) if resume else None
+    if state is not None:
+        cfg = AlignConfig(**state["train_config"])
+    objective = VisualAlign(stage, lm, vision, data_dir, out, cfg, d, state)
+    if epochs is not None:
+        max_steps = objective.steps_for(epochs)
+    return Trainer(objective, cfg, out, d, state, max_steps=max_steps, max_minutes=max_minutes, fsdp=False)

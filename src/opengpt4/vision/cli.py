@@ -1,0 +1,83 @@
+"""`opengpt4 vision data` and `opengpt4 vision align` (see vision/data.py and vision/align.py)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from opengpt4.config import apply_overrides
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from opengpt4.vision.data import build_visual_data
+
+    out = build_visual_data(args.out, args.preset, args.seed, args.pretrain_data)
+    print((out / "manifest.json").read_text())
+
+
+def _stage_argv(args: argparse.Namespace, stage: int) -> list[str]:
+    """The command line of one stage of a `--stage both` run."""
+    argv = ["vision", "align", "--lm", args.lm, "--out", args.out, "--stage", str(stage), "--data", str(args.data)]
+    for flag in ("vision", "steps1", "steps2", "epochs1", "epochs2", "minutes1", "minutes2"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    argv += ["--lora", str(args.lora)] + (["--train-vision"] if args.train_vision else [])
+    argv += [x for s in args.set1 for x in ("--set1", s)] + [x for s in args.set2 for x in ("--set2", s)]
+    return argv + (["--resume"] if args.resume else [])
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from opengpt4.train.loop import STATE_FILE
+    from opengpt4.vision.align import build_trainer, stage_config
+    from opengpt4.vision.data import default_data_dir
+
+    if args.data is None:
+        args.data = default_data_dir()
+    if args.stage == "both":
+        # Each stage in a process of its own: the loop's clock (time budgets, elapsed) starts with its
+        # process, and stage 1's model and images are freed before stage 2 loads its own.
+        for stage in (1, 2):
+            if subprocess.run([sys.executable, "-m", "opengpt4.cli", *_stage_argv(args, stage)]).returncode:
+                raise SystemExit(1)
+        return
+    stage = int(args.stage)
+    cfg = stage_config(stage, args.lora, args.train_vision or (stage == 1 and args.vision is None))
+    apply_overrides(cfg, args.set1 if stage == 1 else args.set2)
+    out = Path(args.out) / f"stage{stage}"
+    lm = args.lm if stage == 1 else str(Path(args.out) / "stage1")
+    build_trainer(stage, lm, Path(args.data), out, cfg, vision=args.vision,
+                  max_steps=getattr(args, f"steps{stage}"), epochs=getattr(args, f"epochs{stage}"),
+                  max_minutes=getattr(args, f"minutes{stage}"),
+                  resume=args.resume and (out / STATE_FILE).is_file()).run()  # both: stage 2 may not have begun
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vision", help="vision on a pretrained LM (LLaVA's two stages) and its data")
+    verb = p.add_subparsers(dest="vision_command", required=True, metavar="VERB")
+    d = verb.add_parser("data", help="caption data, visual instruction chats and held-out visual evals")
+    d.add_argument("--out", required=True, help="the visual data dir to write")
+    d.add_argument("--preset", choices=["test", "mini"], default="mini", help="sizes (default mini)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--pretrain-data", default=None,
+                   help="a pretraining data dir whose training images eval images must not repeat")
+    d.set_defaults(func=cmd_data)
+
+    a = verb.add_parser("align", help="stage 1 (projector on captions) and stage 2 (visual instruction tuning)")
+    a.add_argument("--lm", default="smollm2-135m-instruct", help="the text-only LM (default smollm2-135m-instruct)")
+    a.add_argument("--out", required=True, help="run dir: OUT/stage1, OUT/stage2 (the model)")
+    a.add_argument("--vision", default=None,
+                   help="a checkpoint whose pretrained ViT to use, frozen (default: a fresh ViT trained in stage 1)")
+    a.add_argument("--train-vision", action="store_true", help="train the ViT too (default: only without --vision)")
+    a.add_argument("--data", default=None, help="visual data dir (default: built once under $OPENGPT4_HOME)")
+    a.add_argument("--stage", choices=["1", "2", "both"], default="both")
+    a.add_argument("--lora", type=int, default=16, help="stage 2's LoRA rank; 0 trains the whole LM (default 16)")
+    for stage in (1, 2):
+        a.add_argument(f"--steps{stage}", type=int, default=None, help=f"stage {stage}'s optimizer steps")
+        a.add_argument(f"--epochs{stage}", type=float, default=None, help=f"stage {stage}'s epochs (default 1)")
+        a.add_argument(f"--minutes{stage}", type=float, default=None, help=f"stage {stage}'s wall-clock budget")
+        a.add_argument(f"--set{stage}", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"a stage-{stage} setting (vision/align.py AlignConfig), repeatable")
+    a.add_argument("--resume", action="store_true", help="continue the stage(s) from their checkpoints")
+    a.set_defaults(func=cmd_align)

@@ -1,0 +1,169 @@
+"""Vision alignment (LLaVA's two stages) on tiny models: stage 1 lowers the caption loss and leaves
+the LM bit-identical; stage 2's LoRA merges into a plain checkpoint that gives the adapted logits;
+the checkpoint answers about an image through Engine; the <|image|> token added to a real
+tokenizer (SmolLM2) leaves its text predictions as they were; the CLI runs both stages."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from opengpt4.engine.generate import Engine
+from opengpt4.engine.sampling import SamplingParams
+from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpoint
+from opengpt4.vision import align
+from opengpt4.vision.data import build_visual_data
+
+DIGIT = "images/train/000060.png"  # the test preset's first digit (after 60 synthetic images)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return build_visual_data(tmp_path_factory.mktemp("visual") / "data", "test")
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """A tiny text-only LM (what SmolLM2 is to stage 1): the tiny model's decoder, with room for
+    256-token rows (its sharpened head gives image tokens something to steer; a flat one would not)."""
+    config = dataclasses.replace(tiny_model.config, vision=None, image_token_id=None, max_seq_len=256)
+    text_only = {k: v for k, v in tiny_model.state_dict().items() if not k.startswith(("vision.", "projector."))}
+    model = build_model(config, text_only, "tiny_model", torch.float32)
+    return save_checkpoint(tmp_path_factory.mktemp("lm") / "lm", model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tower(tmp_path_factory, tiny_model, tiny_tokenizer):
+    """A checkpoint whose ViT stage 1 takes (the tiny 32-pixel one)."""
+    return save_checkpoint(tmp_path_factory.mktemp("tower") / "tower", tiny_model, tiny_tokenizer)
+
+
+def small(cfg: align.AlignConfig, **changes) -> align.AlignConfig:
+    return dataclasses.replace(cfg, seq_len=256, batch_size=8, micro_batch_size=4, warmup_steps=2, eval_every=0,
+                               ckpt_every=0, eval_rows=4, **changes)
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, lm, tower, data_dir):
+    out = tmp_path_factory.mktemp("run") / "stage1"
+    cfg = small(align.stage_config(1), lr=1e-2)
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        align.build_trainer(1, str(lm), data_dir, out, cfg, vision=str(tower), max_steps=20).run()
+    return out
+
+
+def evals(out):
+    return [m["val"]["heldout"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "val" in m]
+
+
+def test_stage1_lowers_the_caption_loss_with_the_lm_and_vit_bit_identical(stage1, lm, tower):
+    losses = evals(stage1)
+    assert losses[-1] < losses[0] - 0.02, losses
+    trained, before, vit = (load_file(str(p / "model.safetensors")) for p in (stage1, lm, tower))
+    for name, tensor in before.items():  # every LM tensor, bit for bit
+        assert torch.equal(trained[name], tensor), name
+    for name in [k for k in vit if k.startswith("vision.")]:
+        assert torch.equal(trained[name], vit[name]), name
+    projector = [k for k in trained if k.startswith("projector.")]
+    assert projector and set(trained) == set(before) | {k for k in vit if k.startswith("vision.")} | set(projector)
+    config = json.loads((stage1 / "config.json").read_text())
+    assert config["model"]["vision"]["image_size"] == 32 and config["tokenizer"]["tokens_per_image"] == 4
+
+
+def test_stage2_lora_merges_into_a_plain_checkpoint_with_the_adapted_logits(stage1, data_dir, tmp_path):
+    out = tmp_path / "stage2"
+    cfg = small(align.stage_config(2, lora_rank=4))
+    trainer = align.build_trainer(2, str(stage1), data_dir, out, cfg, max_steps=6)
+    trainer.run()
+    objective = trainer.objective
+    assert any(".lora_A" in k for k, _ in objective.model.named_parameters())
+    saved = load_file(str(out / "model.safetensors"))
+    assert not any("lora" in k for k in saved)
+    assert (out / "adapter.safetensors").is_file()
+    start = load_file(str(stage1 / "model.safetensors"))
+    assert not torch.equal(saved["projector.fc1.weight"], start["projector.fc1.weight"])
+    assert torch.equal(saved["vision.patch_embed.weight"], start["vision.patch_embed.weight"])
+    assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"],
+                           start["model.layers.0.self_attn.q_proj.weight"])
+
+    batch = objective.heldout.batch([0])
+    model, _ = load_checkpoint(out)
+    objective.model.eval()
+    with torch.no_grad():
+        adapted = objective.model(batch.input_ids, batch.images, segments=batch.segments)
+        merged = model(batch.input_ids, batch.images, segments=batch.segments)
+    assert batch.images is not None and len(batch.images) > 0
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_the_checkpoint_answers_about_an_image_through_engine(stage1, data_dir):
+    model, tokenizer = load_checkpoint(stage1)
+    engine = Engine(model, tokenizer, pack=False)
+    prompt = engine.chat_prompt([{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": str(data_dir / DIGIT)}}, {"type": "text", "text": "What digit?"}]}])
+    assert prompt.images.shape == (1, 3, 32, 32)
+    assert prompt.ids.count(tokenizer.image_id) == tokenizer.tokens_per_image
+    [[reply]] = engine.generate([prompt], SamplingParams(max_tokens=4, temperature=0.0))
+    assert len(reply.token_ids) > 0
+
+
+def test_packed_rows_carry_their_conversations_images_in_placeholder_order(stage1, data_dir):
+    model, tokenizer = load_checkpoint(stage1)
+    from opengpt4.vision.data import read_visual_chats
+
+    chats = read_visual_chats(data_dir / "stage2.json")
+    packed = align.PackedVisualChats(chats, tokenizer, 256, 0, model.config.vision)
+    for row in range(len(packed)):
+        batch = packed.batch([row])
+        slots = int((batch.input_ids == tokenizer.image_id).sum())
+        assert slots == (0 if batch.images is None else len(batch.images)) * tokenizer.tokens_per_image
+    assert any(packed.batch([r]).images is None for r in range(len(packed))) or len(packed.row_images[0]) > 0
+
+
+def test_adding_the_image_token_leaves_smollm2s_text_predictions_as_they_were(smollm2, tower):
+    lm, tokenizer = load_checkpoint(smollm2)
+    model, vision_tokenizer = align.attach_vision(smollm2, tower)
+    assert vision_tokenizer.image_id == tokenizer.vocab_size == 49152 and model.config.vocab_size == 49153
+    text = tokenizer.render_chat([{"role": "user", "content": "What is the capital of France?"}],
+                                 add_generation_prompt=True).ids
+    assert vision_tokenizer.render_chat([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True).ids == text
+    ids = torch.tensor([text])
+    with torch.no_grad():
+        before, after = lm(ids), model(ids)
+    torch.testing.assert_close(after[..., :49152], before, rtol=1e-5, atol=1e-5)
+    assert model.model.embed_tokens.weight[49152].norm() > 0
+
+
+def test_cli_runs_both_stages_into_a_vision_checkpoint(lm, tower, data_dir, tmp_path):
+    fast = ["--set1", "seq_len=256", "--set1", "batch_size=4", "--set2", "seq_len=256", "--set2", "batch_size=4",
+            "--set1", "eval_at_start=false", "--set2", "eval_at_start=false"]
+    run = subprocess.run([sys.executable, "-m", "opengpt4.cli", "vision", "align", "--lm", str(lm), "--vision",
+                          str(tower), "--data", str(data_dir), "--out", str(tmp_path), "--steps1", "2", "--steps2", "2",
+                          "--lora", "4", *fast], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    for stage in (1, 2):
+        state = json.loads((tmp_path / f"stage{stage}" / "trainer_state.json").read_text())
+        assert state["step"] == 2 and state["vision_align"]["stage"] == stage
+    model, tokenizer = load_checkpoint(tmp_path / "stage2")
+    assert model.config.vision is not None and tokenizer.image_id == model.config.image_token_id
+    bad = subprocess.run([sys.executable, "-m", "opengpt4.cli", "vision", "align", "--lm", str(tower), "--data",
+                          str(data_dir), "--out", str(tmp_path / "again"), "--stage", "1"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert bad.returncode == 1 and "already has a vision tower" in bad.stderr and len(bad.stderr.splitlines()) == 1
