@@ -81,11 +81,17 @@ class ToolCall(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    # null only beside an assistant's tool_calls (OpenAI's way); absent is empty
-    content: str | list[ContentPart] | None = ""
+    content: str | list[ContentPart] | None = ""  # null beside an assistant's tool_calls (OpenAI's way)
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's calls, sent back in the next turn
     tool_call_id: str | None = None  # a tool result: the call it answers (the template does not need it)
+
+    @model_validator(mode="after")
+    def _null_is_empty(self) -> ChatMessage:
+        # Lenient where it costs nothing: null content without tool_calls is an empty message.
+        if self.content is None and not self.tool_calls:
+            self.content = ""
+        return self
 
 
 class FunctionDefinition(_Request):
@@ -147,7 +153,8 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     user: str | None = None
     # token id -> bias; bounded in number because it is applied at every step of every choice
-    logit_bias: Annotated[dict[int, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=1024)] | None = None
+    logit_bias: Annotated[dict[int, Annotated[float, Field(ge=-100, le=100)]], Field(
+        max_length=1024, json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,9}$"}})] | None = None
 
 
 class ChatCompletionRequest(_Sampling):
