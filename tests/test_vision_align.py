@@ -87,9 +87,11 @@ def test_stage1_lowers_the_caption_loss_with_the_lm_and_vit_bit_identical(stage1
 
 def test_stage2_lora_merges_into_a_plain_checkpoint_with_the_adapted_logits(stage1, data_dir, tmp_path):
     out = tmp_path / "stage2"
-    cfg = small(align.stage_config(2, lora_rank=4))
+    cfg = small(align.stage_config(2, lora_rank=4), probe_size=2)
     trainer = align.build_trainer(2, str(stage1), data_dir, out, cfg, max_steps=6)
     trainer.run()
+    probe = [m["probe"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "probe" in m]
+    assert len(probe) == 2 and set(probe[-1]) == {"shapes", "charts", "ocr", "digits"}  # at step 0 and at the end
     objective = trainer.objective
     assert any(".lora_A" in k for k, _ in objective.model.named_parameters())
     saved = load_file(str(out / "model.safetensors"))

@@ -24,6 +24,7 @@ row also carries its conversations' images, in placeholder order.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,10 @@ from torch import nn
 
 from opengpt4.config import LORA_LR, LoopConfig, SFTConfig, VisionConfig
 from opengpt4.data.chat_io import Conversation
+from opengpt4.engine.generate import Engine
+from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import ConfigError
+from opengpt4.evals.benchmarks.visual_qa import score
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import (
     TOKENIZER_FILE,
@@ -82,9 +86,12 @@ class AlignConfig(LoopConfig):
     lora_rank: int = 0  # stage 2: 0 trains the whole LM, r > 0 LoRA adapters of rank r
     lora_alpha: float = 32.0
     train_vision: bool = False  # train the ViT too (on when there is no pretrained one)
+    probe_size: int = 16  # stage 2: held-out questions per eval task answered greedily at each eval; 0: none
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.probe_size < 0:
+            raise ConfigError(f"probe_size must be >= 0, got {self.probe_size}")
         for name in ("seq_len", "epochs", "eval_rows"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -183,6 +190,23 @@ def heldout_conversations(data_dir: Path, stage: int) -> list[Conversation]:
                          f"{data_dir}/eval/{r['task']}.jsonl: {r['id']}") for r in rows]
 
 
+@torch.no_grad()
+def visual_probe(model: Transformer, tokenizer: Tokenizer, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Greedy answers to held-out eval questions, scored by the evals' own metrics, by task: how
+    the run is doing on what `opengpt4 eval run visual_*` will measure."""
+    was_training = model.training
+    engine = Engine(model, tokenizer, pack=False)
+    prompts = [engine.chat_prompt([{"role": "user", "content": [{"type": "image", "image": r["image"]},
+                                                                {"type": "text", "text": r["question"]}]}])
+               for r in rows]
+    replies = [c[0].text for c in engine.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0))]
+    model.train(was_training)
+    scores: dict[str, list[float]] = {}
+    for r, reply in zip(rows, replies, strict=True):
+        scores.setdefault(r["task"], []).append(score(r["task"], reply, r["answer"])[1])
+    return {task: float(np.mean(v)) for task, v in scores.items()}
+
+
 # --- the objective ---------------------------------------------------------------------------
 
 
@@ -224,6 +248,9 @@ class VisualAlign(SFT):
                                        config.vision)
         self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
                                          None, config.vision)
+        # Stage 1 only captions: its model cannot answer questions yet.
+        self.probe_rows = [r for task in TASKS for r in read_eval(data_dir, task)[: cfg.probe_size]] \
+            if stage == 2 else []
         self.n_micro = micro_batches(cfg, d)
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = resumed["step"] if resumed is not None else 0
@@ -249,6 +276,17 @@ class VisualAlign(SFT):
         images = batch.images.to(device) if batch.images is not None else None
         return model(batch.input_ids.to(device), images, targets=batch.targets.to(device),
                      segments=batch.segments.to(device), reduction="sum")
+
+    def evaluate(self, model: nn.Module, autocast: AbstractContextManager) -> dict[str, Any]:
+        """The held-out loss, and the probe in float32 (outside autocast, as generation runs)."""
+        result = super().evaluate(model, autocast)
+        if self.probe_rows:
+            result["probe"] = visual_probe(distributed.unwrap(model), self.tokenizer, self.probe_rows)
+        return result
+
+    def format_eval(self, result: dict[str, Any]) -> str:
+        probe = " ".join(f"{task} {value:.2f}" for task, value in result.get("probe", {}).items())
+        return super().format_eval(result) + (f" | probe {probe}" if probe else "")
 
     def state_dict(self) -> dict[str, Any]:
         return {"vision_align": {"stage": self.stage, "step": self.step, "base": str(self.base),
