@@ -86,6 +86,22 @@ def test_a_prefix_cache_hit_reuses_blocks_and_gives_the_same_logits(tiny_model):
     assert pool.stats()["in_use"] == 0 and len(pool.evictable) == len(pool.cached) > 0  # kept, unreferenced
 
 
+def test_an_idle_pool_shrinks_to_its_most_recent_cached_blocks_which_still_hit(tiny_model):
+    pool = pool_for(tiny_model)
+    seqs = [Sequence(pool) for _ in range(3)]
+    prompts = [random_ids(17) for _ in seqs]
+    run(tiny_model, pool, [], list(zip(seqs, prompts, strict=True)))
+    for seq in seqs:
+        seq.free()
+    assert pool.capacity == 16 and len(pool.cached) == 12
+    pool.trim(4)
+    assert pool.capacity == 4 and all(t.shape[0] == 4 * 4 for t in pool.k + pool.v)  # the memory went back
+    again = Sequence(pool)  # the last prompt's 4 blocks were the most recent: all kept
+    assert again.reuse(prompts[2], block_names(prompts[2][:-1], 4)) == 4
+    [logits] = run(tiny_model, pool, [], [(again, prompts[2][16:])])
+    torch.testing.assert_close(logits, reference_logits(tiny_model, prompts[2])[-1], atol=ATOL, rtol=0)
+
+
 def test_freed_blocks_return_and_named_ones_are_evicted_least_recent_first(tiny_model):
     pool = pool_for(tiny_model, max_blocks=4)
     first, second = Sequence(pool), Sequence(pool)

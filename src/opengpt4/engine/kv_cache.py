@@ -128,6 +128,22 @@ class BlockPool:
             self.cached[name] = block
             self.names[block] = name
 
+    def trim(self, keep: int) -> None:
+        """Shrink an idle pool (no block referenced) to its `keep` most recently used named blocks,
+        moved to the front: after a burst the memory goes back, the prefix cache's best stays."""
+        assert not any(self.refs), "trim() is for a pool nobody reads"
+        if self.capacity <= keep:
+            return
+        kept = list(self.evictable)[len(self.evictable) - keep :] if keep else []
+        index = torch.tensor(kept, dtype=torch.long, device=self.k[0].device)
+        for pool in (self.k, self.v):
+            for i, t in enumerate(pool):
+                pool[i] = t.view(-1, self.block_size, *self.shape)[index].flatten(0, 1)
+        self.names = [self.names[b] for b in kept]
+        self.refs, self.free = [0] * len(kept), []
+        self.cached = {name: i for i, name in enumerate(self.names)}
+        self.evictable = OrderedDict.fromkeys(range(len(kept)))
+
     def copy_block(self, src: int, dst: int) -> None:
         a, b = src * self.block_size, dst * self.block_size
         for pool in (self.k, self.v):

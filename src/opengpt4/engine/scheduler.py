@@ -112,6 +112,9 @@ class RequestHandle:
 # admitted as many at once as before, while short ones fill up to max_batch rows. It bounds the
 # memory, it does not take it: SmolLM2 in float32 reaches its 6 GB only with 131k tokens live.
 FULL_CONTEXTS = 16
+# When nothing runs, the pool shrinks back to this many tokens of the prefix cache (a long system
+# prompt; 47 MB for SmolLM2 in float32), so a burst's memory does not stay.
+IDLE_CACHED_TOKENS = 1024
 
 
 @dataclass
@@ -256,6 +259,8 @@ class Scheduler:
             completed = [request for request, ids in chunks if request.seq.length == len(request.prompt.ids)]
             for request, row_logits in zip(completed, logits[len(decoding):], strict=True):
                 self._start_decoding(request, row_logits)
+        if not (self.decoding or self.prefilling):
+            self.pool.trim(IDLE_CACHED_TOKENS // self.pool.block_size)
         with self._lock:
             return bool(self.decoding or self.prefilling or self.waiting)
 
