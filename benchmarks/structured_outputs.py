@@ -1,11 +1,12 @@
 """Structured outputs and tool calls from SmolLM2-135M-Instruct through real clients (issue #14).
 
-    python benchmarks/structured_outputs.py [--prompts 40] [--max-tokens 120] [--out result.json]
+    python benchmarks/structured_outputs.py [--prompts 40] [--max-tokens 120] [--temperature 0] [--out result.json]
 
 Starts `opengpt4 serve --no-auth` on the imported SmolLM2 (a subprocess, loopback) and measures:
 
 - structured outputs: LangChain's `ChatOpenAI(...).with_structured_output(Person)` (method
-  json_schema: OpenAI's strict response_format) on `--prompts` extraction prompts, greedy. Valid:
+  json_schema: OpenAI's strict response_format) on `--prompts` extraction prompts, greedy unless
+  --temperature says otherwise (seeded per prompt; 1.0 is what a client that sends none gets). Valid:
   the call returned a `Person` instance (a reply cut by max_tokens raises in LangChain and counts
   as invalid). Also how many fields equal the ones the prompt states, which the grammar does
   not give: the model must read them.
@@ -84,16 +85,15 @@ def start_server(model: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
 
 
-def structured(base: str, model: str, n: int, max_tokens: int) -> dict:
+def structured(base: str, model: str, n: int, max_tokens: int, temperature: float) -> dict:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=base + "/v1", api_key="unused", model=model, temperature=0, max_tokens=max_tokens,
-                     max_retries=0, timeout=300)
-    extract = llm.with_structured_output(Person)  # method json_schema, strict
     valid, fields_right, failures, start = 0, 0, [], time.perf_counter()
-    for prompt, expected in cases(n):
+    for i, (prompt, expected) in enumerate(cases(n)):
+        llm = ChatOpenAI(base_url=base + "/v1", api_key="unused", model=model, temperature=temperature,
+                         max_tokens=max_tokens, seed=i, max_retries=0, timeout=300)
         try:
-            person = extract.invoke(prompt)
+            person = llm.with_structured_output(Person).invoke(prompt)  # method json_schema, strict
         except Exception as e:  # noqa: BLE001 - what LangChain raises for a cut or unparsable reply is the measurement
             failures.append({"prompt": prompt, "error": f"{type(e).__name__}: {e}"[:300]})
             continue
@@ -102,7 +102,7 @@ def structured(base: str, model: str, n: int, max_tokens: int) -> dict:
             fields_right += sum(getattr(person, f) == getattr(expected, f) for f in ("name", "age", "city"))
         else:
             failures.append({"prompt": prompt, "error": f"returned {person!r}"[:300]})
-    return {"prompts": n, "valid": valid, "valid_rate": valid / n, "fields_right_rate": fields_right / (3 * n),
+    return {"prompts": n, "temperature": temperature, "valid": valid, "valid_rate": valid / n, "fields_right_rate": fields_right / (3 * n),
             "seconds": round(time.perf_counter() - start, 1), "failures": failures[:5]}
 
 
@@ -173,6 +173,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=40)
     p.add_argument("--max-tokens", type=int, default=120)
+    p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--mask-tokens", type=int, default=64)
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = p.parse_args()
@@ -184,7 +185,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server, base = start_server(model, Path(tmp))
         try:
-            result["structured_output"] = structured(base, model.name, args.prompts, args.max_tokens)
+            result["structured_output"] = structured(base, model.name, args.prompts, args.max_tokens, args.temperature)
             result["agent_loop"] = agent_loop(base, model.name)
         finally:
             server.terminate()
