@@ -335,10 +335,10 @@ def _draw_keywords(rng: random.Random, answer: Answer, split: str) -> Kwargs | N
     if answer.lang != "en":
         return None
     pool = split_pool(KEYWORDS, split, HELDOUT_VALUES["keywords"])
-    words = set(rng.sample(pool, rng.choice((1, 2))))
-    if split == "train" and rng.random() < 0.5:
-        words = {coined_word(rng) if rng.random() < 0.7 else w for w in words}
-    return {"keywords": sorted(words)}
+    words = rng.sample(pool, rng.choice((1, 2)))
+    if split == "train" and rng.random() < 0.5:  # a list, not a set: set order varies with PYTHONHASHSEED
+        words = [coined_word(rng) if rng.random() < 0.7 else w for w in words]
+    return {"keywords": sorted(set(words))}
 
 
 def _check_keywords(kwargs: Kwargs, response: str) -> bool:
