@@ -20,7 +20,6 @@ from opengpt4.data.chat.constraints import (
     HELDOUT_VALUES,
     KEYWORDS,
     check,
-    contains,
 )
 from opengpt4.data.chat.conversations import (
     SYSTEM_PROMPTS,
@@ -30,6 +29,7 @@ from opengpt4.data.chat.conversations import (
     heldout_constraint_samples,
     question_text,
 )
+from opengpt4.data.chat.text import contains
 from opengpt4.data.world import World
 from opengpt4.engine.generate import Engine
 from opengpt4.errors import DataFileError

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from opengpt4.data.chat.constraints import CONSTRAINTS, HELDOUT_TEMPLATES, check, detect_language
+from opengpt4.data.chat.constraints import CONSTRAINTS, HELDOUT_TEMPLATES, check
 from opengpt4.data.chat.conversations import ChatWorld
+from opengpt4.data.chat.text import detect_language
 from opengpt4.data.world import World
 from opengpt4.errors import UnknownConstraint
 

@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opengpt4.data.chat.constraints import CONSTRAINTS, Answer, Constraint, contains, split_pool
+from opengpt4.data.chat.constraints import CONSTRAINTS, Constraint, split_pool
+from opengpt4.data.chat.text import Answer, contains
 from opengpt4.data.tasks import Function, MathProblem
 from opengpt4.data.world import LANGUAGES, PHRASES, TEMPLATES, Fact, World
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from opengpt4.data.chat.constraints import check, contains
+from opengpt4.data.chat.constraints import check
 from opengpt4.data.chat.conversations import heldout_constraint_samples
+from opengpt4.data.chat.text import contains
 from opengpt4.data.world import SIZES, World
 from opengpt4.errors import DataFileError, InvalidEvalArgument
 from opengpt4.evals.api import Decoding, Eval, SampleResult
