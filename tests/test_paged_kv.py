@@ -116,6 +116,16 @@ def test_freed_blocks_return_and_named_ones_are_evicted_least_recent_first(tiny_
     assert pool.available == 4
 
 
+def test_the_pool_reuses_cached_blocks_past_its_cache_share_instead_of_growing(tiny_model):
+    pool = BlockPool(tiny_model.config, 64, block_size=4, initial_blocks=2, cached_blocks=1)
+    for start in range(100, 180, 8):  # ten finished requests of two full, named blocks each
+        seq = Sequence(pool)
+        run(tiny_model, pool, [], [(seq, list(range(start, start + 8)))])
+        seq.free()
+    assert pool.capacity == 4  # the working set (2 blocks) and its doubling, not 20 blocks
+    assert pool.cached.keys() & set(block_names(list(range(172, 180)), 4))  # the most recent stays cached
+
+
 def test_fork_shares_full_blocks_and_copies_the_partial_one(tiny_model):
     torch.manual_seed(3)
     prompt = random_ids(6)

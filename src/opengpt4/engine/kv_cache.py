@@ -38,11 +38,14 @@ class BlockPool:
     allocator: reference counts, the free list and the prefix cache's names.
 
     `max_blocks` bounds it (the memory budget); below the bound it grows by doubling, copying one
-    layer at a time, so growing costs one layer's worth of extra memory, not the pool's."""
+    layer at a time, so growing costs one layer's worth of extra memory, not the pool's. It grows
+    only for live tokens: once the prefix cache holds `cached_blocks` unreferenced blocks, a new
+    block is the least recently used of them. (Growing first kept every finished request's blocks:
+    a 10-minute soak of 1,600 short requests took SmolLM2's server from 1.2 to 7.7 GB.)"""
 
     def __init__(self, config: ModelConfig, max_blocks: int, *, block_size: int = 16, device=None,
-                 dtype=torch.float32, initial_blocks: int = 16) -> None:
-        self.block_size, self.max_blocks = block_size, max_blocks
+                 dtype=torch.float32, initial_blocks: int = 16, cached_blocks: int = 64) -> None:
+        self.block_size, self.max_blocks, self.cached_blocks = block_size, max_blocks, cached_blocks
         self.shape = (config.n_kv_head, config.head_dim)
         self.k = [torch.zeros(0, *self.shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(0, *self.shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
@@ -72,7 +75,7 @@ class BlockPool:
                 "bytes": self.nbytes}
 
     def allocate(self) -> int:
-        if not self.free and self.capacity < self.max_blocks:
+        if not self.free and len(self.evictable) <= self.cached_blocks and self.capacity < self.max_blocks:
             self._grow()
         if self.free:
             block = self.free.pop()

@@ -112,8 +112,9 @@ class RequestHandle:
 # admitted as many at once as before, while short ones fill up to max_batch rows. It bounds the
 # memory, it does not take it: SmolLM2 in float32 reaches its 6 GB only with 131k tokens live.
 FULL_CONTEXTS = 16
-# When nothing runs, the pool shrinks back to this many tokens of the prefix cache (a long system
-# prompt; 47 MB for SmolLM2 in float32), so a burst's memory does not stay.
+# The prefix cache's unreferenced blocks: past this many tokens the pool reuses the least recently
+# used rather than grow, and when nothing runs it shrinks back to them (a long system prompt; 47 MB
+# for SmolLM2 in float32), so a burst's memory does not stay.
 IDLE_CACHED_TOKENS = 1024
 
 
@@ -153,7 +154,7 @@ class Scheduler:
         kv_tokens = kv_tokens or min(max_batch, FULL_CONTEXTS) * self.max_context
         self.max_context = min(self.max_context, kv_tokens)
         self.pool = BlockPool(engine.config, -(-kv_tokens // block_size), block_size=block_size,
-                              device=engine.device, dtype=engine.dtype)
+                              device=engine.device, dtype=engine.dtype, cached_blocks=IDLE_CACHED_TOKENS // block_size)
         self.decoding: list[_Decoding] = []
         self.prefilling: list[_Request] = []
         self.reserved = 0  # rows promised to admitted requests: n each, from admission to their end
