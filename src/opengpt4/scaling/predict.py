@@ -150,6 +150,9 @@ def _last_commit(path: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+TARGET_CKPT_EVERY = 500  # steps: about 4 minutes of the target on 2 cores
+
+
 def run_target(sweep_dir: Path, data_dir: Path, prediction_path: Path, require_commit: bool = True) -> dict:
     """Train the prediction's target (in this process, on plan.target_threads threads; a finished one is
     reused), measure it as the sweep measured its runs, and write <sweep>/target.json."""
@@ -158,6 +161,7 @@ def run_target(sweep_dir: Path, data_dir: Path, prediction_path: Path, require_c
     from opengpt4.model.checkpoint import load_checkpoint
     from opengpt4.scaling.measure import neg_mean_log_pass_rate, pass_rates, problems
     from opengpt4.scaling.sweep import RESULT, train_run
+    from opengpt4.train.loop import STATE_FILE
 
     prediction = load_prediction(prediction_path, data_dir, require_commit)
     plan = Plan(**prediction["plan"])
@@ -166,7 +170,9 @@ def run_target(sweep_dir: Path, data_dir: Path, prediction_path: Path, require_c
     if (run_dir / RESULT).is_file():
         result = json.loads((run_dir / RESULT).read_text())
     else:
-        result = train_run(Run(plan.target_budget, prediction["target_model"], 0), plan, data_dir, run_dir)
+        resume = (run_dir / "ckpt" / STATE_FILE).is_file()  # a killed target continues where it stopped
+        result = train_run(Run(plan.target_budget, prediction["target_model"], 0), plan, data_dir, run_dir,
+                           ckpt_every=TARGET_CKPT_EVERY, resume=resume)
     capability = None
     if prediction.get("capability"):
         model, tokenizer = load_checkpoint(run_dir / "ckpt")

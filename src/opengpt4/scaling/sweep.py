@@ -41,16 +41,20 @@ from opengpt4.scaling.plan import Plan, Run
 RESULTS, PLAN, RESULT = "results.jsonl", "plan.json", "result.json"
 
 
-def train_run(run: Run, plan: Plan, data: Path, run_dir: Path) -> dict:
-    """Train one run and measure it (in this process); returns its result, also written to run_dir."""
+def train_run(run: Run, plan: Plan, data: Path, run_dir: Path, *, ckpt_every: int = 0, resume: bool = False) -> dict:
+    """Train one run and measure it (in this process); returns its result, also written to run_dir.
+    ckpt_every / resume: the target's hour-long run checkpoints as it goes and continues after a kill
+    (the trainer's resume is exact); a sweep's runs are minutes long and restart instead."""
     from opengpt4.train.pretrain import build_trainer  # the trainer's imports are heavy; the sweep parent needs none
 
     cfg = plan.train_config(run)
+    cfg.ckpt_every = ckpt_every
     cfg.mixture = scaling_data.mixture(read_index(data))
     config = model_config(run.model, plan.seq_len)
     start = time.perf_counter()
     torch.manual_seed(run.seed)
-    trainer = build_trainer(config, data, run_dir / "ckpt", cfg, [], plan.steps(run), None, resume=False, fsdp=False)
+    trainer = build_trainer(config, data, run_dir / "ckpt", cfg, [], plan.steps(run), None, resume=resume, fsdp=False)
+    tokens_before = trainer.tokens  # a resumed run's earlier legs
     trainer.run()
     train_seconds = time.perf_counter() - start
     model, _ = load_checkpoint(run_dir / "ckpt")
@@ -62,7 +66,8 @@ def train_run(run: Run, plan: Plan, data: Path, run_dir: Path) -> dict:
               "steps": trainer.step, "tokens": trainer.tokens, "flops": per_token * trainer.tokens,
               "lr": cfg.lr, "train_loss": last["loss"], "bpb": measured["bpb"], "heldout_bytes": measured["bytes"],
               "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
-              "tokens_per_s": trainer.tokens / train_seconds, "threads": torch.get_num_threads()}
+              "tokens_per_s": (trainer.tokens - tokens_before) / train_seconds, "threads": torch.get_num_threads(),
+              "resumed": resume}  # then train_seconds covers the last leg only
     write_text(run_dir / RESULT, json.dumps(result, indent=2) + "\n")
     return result
 
