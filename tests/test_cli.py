@@ -132,7 +132,9 @@ def test_chat_ctrl_c_stops_the_reply_not_the_chat_and_twice_at_the_prompt_quits(
         proc.kill()
         proc.wait()
     answer = out.data[second:cleared - len(b"(conversation cleared)\n")]
-    assert answer.strip() and b"(stopped)" not in answer  # the turn after the stop was answered in full
+    # The turn after the stop ran to its end. (Its text may be empty: the random model's greedy reply
+    # depends on how much of the stopped one made it into the conversation, which is timing.)
+    assert b"(stopped)" not in answer
     assert out.data.count(b"(stopped)") == 1
 
 

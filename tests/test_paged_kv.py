@@ -1,7 +1,6 @@
 """The paged KV cache: blocks as tokens arrive, shared prefixes, and logits equal to the unpaged path;
 and a served model's packed weights held once."""
 
-import copy
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.engine.scheduler import Scheduler
 from opengpt4.errors import ContextLengthExceeded, ImageError, InvalidRequest
-from opengpt4.model.transformer import Linear
+from opengpt4.model.transformer import Linear, Transformer
 
 ATOL = 1e-5
 
@@ -260,7 +259,9 @@ def test_a_full_pool_queues_requests_and_one_that_never_fits_is_refused(engine):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_weights_held_once_keep_logits_and_state_dict(tiny_tokenizer, tiny_model, dtype):
-    model = copy.deepcopy(tiny_model).to(dtype)
+    # A model of its own, not a copy: the session's tiny_model may carry an engine's packed weights.
+    model = Transformer(tiny_model.config).to(dtype).eval()
+    model.load_state_dict(tiny_model.state_dict())
     ids = torch.randint(20, 300, (2, 9))
     with torch.no_grad():
         plain, state = model(ids), {k: v.clone() for k, v in model.state_dict().items()}

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from opengpt4.engine.generate import Engine
+from opengpt4.engine.scheduler import Scheduler
 from opengpt4.serve.app import create_app
 from tests.helpers import live_server
 
@@ -104,19 +105,18 @@ def page(browser) -> Iterator[Page]:
 
 @contextmanager
 def scripted_replies(model, tokenizer, *replies: str, seconds_per_token: float = 0) -> Iterator[None]:
-    """Make the model write exactly `replies`, one per chat request, in order: a forward hook
-    puts all the probability on the script's next token. Everything else is real (engine,
-    scheduler, detokenizer, SSE stream, the page): the tiny random model cannot be prompted
-    into a Markdown code fence, and a canned HTTP response would skip the streaming path.
-    Assumes one request at a time, each prompt prefilled in one forward (the scheduler's
-    256-token prefill chunk is more than the tiny model's whole context). seconds_per_token
-    slows the model down, so a stream surely spans many of the page's animation frames."""
+    """Make the model write exactly `replies`, one per chat request, in order: a hook on the LM head
+    puts all the probability on the script's next token, and each request the scheduler takes
+    starts the next reply. Everything else is real (engine, scheduler, detokenizer, SSE stream,
+    the page): the tiny random model cannot be prompted into a Markdown code fence, and a canned
+    HTTP response would skip the streaming path. Assumes one request at a time, each prompt
+    prefilled in one step (the tiny model's whole context is less than a step's prompt chunk), so
+    the head runs once per generated token. seconds_per_token slows the model down, so a stream
+    surely spans many of the page's animation frames."""
     scripts = [tokenizer.encode(text) + [tokenizer.im_end_id] for text in replies]
     at = {"reply": -1, "token": 0}
 
-    def force(module, args, kwargs, logits):
-        if kwargs.get("last_only"):  # a prompt's prefill: the next request has started
-            at["reply"], at["token"] = at["reply"] + 1, 0
+    def force(module, args, logits):
         script = scripts[min(at["reply"], len(scripts) - 1)]
         token = script[min(at["token"], len(script) - 1)]
         at["token"] += 1
@@ -125,10 +125,17 @@ def scripted_replies(model, tokenizer, *replies: str, seconds_per_token: float =
         forced[..., token] = 1e4
         return forced
 
-    hook = model.register_forward_hook(force, with_kwargs=True)
+    def submit(self, *args, **kwargs):
+        at["reply"], at["token"] = at["reply"] + 1, 0
+        return real_submit(self, *args, **kwargs)
+
+    real_submit = Scheduler.submit
+    hook = model.lm_head.register_forward_hook(force)
+    Scheduler.submit = submit
     try:
         yield
     finally:
+        Scheduler.submit = real_submit
         hook.remove()
 
 
