@@ -293,8 +293,9 @@ def test_attached_image_shows_inline_and_is_posted_as_an_image_url_part(page, se
 
 def test_stop_button_aborts_generation(page, server, app, tiny_model):
     """Stop aborts the fetch; the server cancels the generation; the partial reply stays; chat goes on."""
-    # Hold the model at its 6th forward (prefill + 5 tokens) so the stream is surely mid-way when
-    # Stop is clicked; released afterwards, an uncancelled request would run all its tokens.
+    # Hold the model at its 6th step (prefill + 5 tokens) so the stream is surely mid-way when
+    # Stop is clicked; released afterwards, an uncancelled request would run all its tokens. The
+    # hook is on the LM head: the scheduler's steps go through forward_flat, not forward.
     release, forwards = threading.Event(), []
 
     def gate(module, args, output):
@@ -302,7 +303,7 @@ def test_stop_button_aborts_generation(page, server, app, tiny_model):
         if len(forwards) >= 6:
             release.wait(timeout=TIMEOUT_MS / 1000)
 
-    hook = tiny_model.register_forward_hook(gate)
+    hook = tiny_model.lm_head.register_forward_hook(gate)
     try:
         open_chat(page, server, max_tokens=100)  # greedy: no early end-of-text
         send(page, "hello")
