@@ -110,9 +110,12 @@ def chatty_ckpt(tmp_path_factory, tiny_tokenizer):
 
 
 def test_chat_ctrl_c_stops_the_reply_not_the_chat_and_twice_at_the_prompt_quits(chatty_ckpt):
+    # SIGINT back to its default in the child: a test run started in the background (`make test &`)
+    # ignores SIGINT, the child would inherit that, and Python then installs no KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "chat", "--model", str(chatty_ckpt),
                              "--max-tokens", "300", "--dtype", "float32"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # The next lines wait in the pipe: the chat reads each once the reply before it is over.
         proc.stdin.write(b"hello\nthe cat sat\n/reset\n")
@@ -132,9 +135,7 @@ def test_chat_ctrl_c_stops_the_reply_not_the_chat_and_twice_at_the_prompt_quits(
         proc.kill()
         proc.wait()
     answer = out.data[second:cleared - len(b"(conversation cleared)\n")]
-    # The turn after the stop ran to its end. (Its text may be empty: the random model's greedy reply
-    # depends on how much of the stopped one made it into the conversation, which is timing.)
-    assert b"(stopped)" not in answer
+    assert answer.strip() and b"(stopped)" not in answer  # the turn after the stop was answered in full
     assert out.data.count(b"(stopped)") == 1
 
 
