@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+from server_ready import wait_until_ready
 
 PROMPTS = ["Write a long story about a lighthouse keeper and a storm.",
            "Explain in detail how a steam engine works.",
@@ -337,17 +338,8 @@ def start_server(model_path: Path, db: Path, log: Path) -> tuple[subprocess.Pope
     server = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "serve", "--model", str(model_path), "--port",
                                str(port), "--db", str(db)], stdout=subprocess.DEVNULL, stderr=log.open("w"))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:  # the server loads the model first; poll until it answers
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+    wait_until_ready(server, base, log, 300)
+    return server, base
 
 
 def main() -> None:

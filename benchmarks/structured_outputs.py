@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from pydantic import BaseModel
+from server_ready import wait_until_ready
 
 NAMES = ["Alice", "Bob", "Carmen", "David", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas"]
 CITIES = ["Paris", "Berlin", "Madrid", "Rome", "London", "Tokyo", "Lisbon", "Oslo"]
@@ -72,17 +72,8 @@ def start_server(model: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
                                "--port", str(port), "--db", str(workdir / "serve.db")],
                               stdout=subprocess.DEVNULL, stderr=log.open("w"))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:  # the server loads the model first
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+    wait_until_ready(server, base, log, 300)
+    return server, base
 
 
 def structured(base: str, model: str, n: int, max_tokens: int, temperature: float) -> dict:

@@ -24,13 +24,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_load import free_port, run_level, tiny_checkpoint  # noqa: E402
+from server_ready import wait_until_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,17 +51,8 @@ def start(source: Path, model: Path, registry: Path | None, log: Path) -> tuple[
     env = {**os.environ, "PYTHONPATH": str(source / "src")}
     server = subprocess.Popen(command, cwd=source, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while True:  # the server loads the model first
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return server, base
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"server from {source} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+    wait_until_ready(server, base, log, 600)
+    return server, base
 
 
 def measure(source: Path, model: Path, registry: Path | None, args, log: Path) -> dict:
