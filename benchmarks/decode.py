@@ -155,7 +155,11 @@ def run_llama_cpp(args) -> dict:
     vocab_size = read_config(args.model)["model"]["vocab_size"]
     llama_cpp.llama_backend_init()
     load = getattr(llama_cpp, "llama_model_load_from_file", None) or llama_cpp.llama_load_model_from_file
-    model = load(str(default_gguf_path()).encode(), llama_cpp.llama_model_default_params())
+    model_params = llama_cpp.llama_model_default_params()
+    # Extra buffer types are llama.cpp's repacked weight layouts (AMX tiles on a Xeon with AMX).
+    # The parent turns them off only after a run with them crashed (see `side`).
+    model_params.use_extra_bufts = not args.no_extra_bufts
+    model = load(str(default_gguf_path()).encode(), model_params)
     new_context = getattr(llama_cpp, "llama_init_from_model", None) or llama_cpp.llama_new_context_with_model
 
     def run(rows: list[list[int]], steps: int) -> tuple[float, list[float]]:
@@ -202,6 +206,7 @@ def run_llama_cpp(args) -> dict:
 
     result = measure(prefill, decode, args)
     result["weights"] = default_gguf_path().name  # quantized as shipped
+    result["extra_buffer_types"] = not args.no_extra_bufts
     return result
 
 
@@ -234,6 +239,7 @@ def main() -> None:
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
     p.add_argument("--worker", choices=["ours", *PEERS], help=argparse.SUPPRESS)
     p.add_argument("--hf-dir", help=argparse.SUPPRESS)
+    p.add_argument("--no-extra-bufts", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     import torch
 
@@ -256,9 +262,15 @@ def main() -> None:
         if "transformers" in peers:
             common += ["--hf-dir", str(convert.export_hf(model, Path(tmp) / "hf"))]
 
-        def side(name: str, dtype: str) -> dict:
-            out = subprocess.run([sys.executable, __file__, "--worker", name, "--dtype", dtype, *common],
+        def side(name: str, dtype: str, *extra: str) -> dict:
+            out = subprocess.run([sys.executable, __file__, "--worker", name, "--dtype", dtype, *common, *extra],
                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if out.returncode < 0 and name == "llama_cpp" and not extra:
+                # Seen on an Intel Xeon with AMX: llama-cpp-python 0.3.36 built with GGML_NATIVE segfaults
+                # in llama_decode on the AMX-repacked Q4_1 weights. Rerun on its plain AVX-512 kernels
+                # (what a CPU without AMX runs) and say so in the result.
+                result = side(name, dtype, "--no-extra-bufts")
+                return {**result, "crashed_with_extra_buffer_types": f"signal {-out.returncode}"}
             if out.returncode != 0:
                 if name == "ours":
                     raise SystemExit(out.stderr)
