@@ -200,6 +200,8 @@ def test_load_image_makes_grayscale_rgb_and_composites_alpha_on_white():
         (lambda p, d: np.zeros((1, 4097), np.uint8), "4097x1 pixels is larger than the 4096x4096 limit"),
         (lambda p, d: png_bytes(Image.new("L", (4097, 1))), "image bytes .* 4097x1 pixels is larger"),
         (lambda p, d: b"\0" * (MAX_ENCODED_BYTES + 1), "is larger than the 20 MB limit"),
+        (lambda p, d: png_bytes(Image.new("I;16", (4, 4))), "pixel mode 'I;16' .* send 8 bits per channel"),
+        (lambda p, d: Image.new("F", (4, 4)), "pixel mode 'F' .* is not supported"),
         (lambda p, d: "https://example.com/cat.png", "remote URLs are not fetched"),
         (lambda p, d: 42, "from int: expected a PIL image"),
     ],

@@ -34,6 +34,9 @@ ImageSource = Image.Image | np.ndarray | bytes | bytearray | memoryview | str | 
 # --- loading -----------------------------------------------------------------------------
 
 
+WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32S")
+
+
 def _error(source: str, reason: str) -> ImageError:
     # The CLI prints errors on one line; PIL's messages sometimes span several.
     return ImageError(f"cannot read image from {source}: {' '.join(reason.split())}")
@@ -43,6 +46,11 @@ def _to_rgb(img: Image.Image, source: str) -> Image.Image:
     w, h = img.size
     if w > MAX_IMAGE_SIDE or h > MAX_IMAGE_SIDE:
         raise _error(source, f"{w}x{h} pixels is larger than the {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} limit")
+    if img.mode in WIDE_MODES:
+        # PIL's convert("RGB") clips these to 0..255 rather than scaling them: a 16-bit scan would
+        # reach the model as a white square. Refuse it and say what to send instead.
+        raise _error(source, f"pixel mode {img.mode!r} (16-bit or 32-bit samples) is not supported: "
+                             "send 8 bits per channel (RGB, RGBA, grayscale or palette)")
     try:
         img.load()  # decode now: a truncated file fails here, not somewhere in the model
         if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
