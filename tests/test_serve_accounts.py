@@ -68,9 +68,9 @@ def post(url: str, body: dict, key: str | None) -> tuple[int, dict, dict]:
         return e.code, dict(e.headers), json.loads(e.read())
 
 
-def png_data_url(color=(200, 30, 30)) -> str:
+def png_data_url(color=(200, 30, 30), mode: str = "RGB", size: tuple[int, int] = (32, 32)) -> str:
     buf = io.BytesIO()
-    Image.new("RGB", (32, 32), color).save(buf, format="PNG")
+    Image.new(mode, size, color if mode == "RGB" else 0).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -261,6 +261,13 @@ def test_image_parts(server, engine):
         with pytest.raises(openai.BadRequestError) as e:
             c.chat.completions.create(model="tiny-latest", messages=[{"role": "user", "content": [part]}])
         assert "only data: URLs" in e.value.message
+    for url, reason in ((png_data_url(mode="I;16"), "pixel mode 'I;16'"),  # 16-bit: would clip to white
+                        (png_data_url(size=(4097, 2)), "4097x2 pixels is larger than the 4096x4096 limit")):
+        part = {"type": "image_url", "image_url": {"url": url}}
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="tiny-latest", messages=[{"role": "user", "content": [
+                {"type": "text", "text": "hi"}, part]}])
+        assert e.value.param == "messages[0].content[1]" and reason in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="tiny-latest", messages=[{"role": "user", "content": [image] * 9}])
     assert "too many images" in e.value.message and e.value.param == "messages[0].content[8]"

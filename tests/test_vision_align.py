@@ -1,7 +1,8 @@
 """Vision alignment (LLaVA's two stages) on tiny models: stage 1 lowers the caption loss and leaves
 the LM bit-identical; stage 2's LoRA merges into a plain checkpoint that gives the adapted logits;
 the checkpoint answers about an image through Engine; the <|image|> token added to a real
-tokenizer (SmolLM2) leaves its text predictions as they were; the CLI runs both stages."""
+tokenizer (SmolLM2) leaves its text predictions as they were; the CLI runs both stages; a stage-2
+run exported as a float16 delta rebuilds onto the text-only LM with the same predictions."""
 
 import dataclasses
 import json
@@ -11,12 +12,13 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
+from opengpt4.errors import CheckpointError
 from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpoint
-from opengpt4.vision import align
+from opengpt4.vision import align, bundle
 from opengpt4.vision.data import build_visual_data
 
 DIGIT = "images/train/000060.png"  # the test preset's first digit (after 60 synthetic images)
@@ -85,11 +87,18 @@ def test_stage1_lowers_the_caption_loss_with_the_lm_and_vit_bit_identical(stage1
     assert config["model"]["vision"]["image_size"] == 32 and config["tokenizer"]["tokens_per_image"] == 4
 
 
-def test_stage2_lora_merges_into_a_plain_checkpoint_with_the_adapted_logits(stage1, data_dir, tmp_path):
-    out = tmp_path / "stage2"
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory, stage1, data_dir):
+    out = tmp_path_factory.mktemp("run") / "stage2"
     cfg = small(align.stage_config(2, lora_rank=4), probe_size=2)
     trainer = align.build_trainer(2, str(stage1), data_dir, out, cfg, max_steps=6)
     trainer.run()
+    return trainer
+
+
+def test_stage2_lora_merges_into_a_plain_checkpoint_with_the_adapted_logits(stage2, stage1):
+    trainer = stage2
+    out = trainer.out
     probe = [m["probe"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "probe" in m]
     assert len(probe) == 2 and set(probe[-1]) == {"shapes", "charts", "ocr", "digits"}  # at step 0 and at the end
     objective = trainer.objective
@@ -169,3 +178,36 @@ def test_cli_runs_both_stages_into_a_vision_checkpoint(lm, tower, data_dir, tmp_
                           str(data_dir), "--out", str(tmp_path / "again"), "--stage", "1"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert bad.returncode == 1 and "already has a vision tower" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_a_shipped_delta_rebuilds_the_stage2_model_from_the_text_only_lm(stage2, lm, tmp_path):
+    """`vision export` / `import` (vision/bundle.py): the ViT, projector and adapters in float16,
+    merged back onto the text-only LM, give the same logits as stage 2's own checkpoint."""
+    out = stage2.out
+    delta = bundle.write_delta(out, tmp_path / "delta.safetensors")
+    stored = load_file(str(delta))
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    assert any(k.startswith("vision.") for k in stored) and any(k.endswith(".lora_A") for k in stored)
+    assert not any(k.startswith("model.") and k.endswith(".weight") for k in stored)  # no LM weights
+    rebuilt_dir = bundle.build_from_delta(lm, delta, tmp_path / "rebuilt")
+    rebuilt, tokenizer = load_checkpoint(rebuilt_dir)
+    reference, reference_tokenizer = load_checkpoint(out)
+    assert tokenizer.image_id == reference_tokenizer.image_id and rebuilt.config == reference.config
+    batch = stage2.objective.heldout.batch([0])
+    with torch.no_grad():
+        want = reference(batch.input_ids, batch.images, segments=batch.segments)
+        got = rebuilt(batch.input_ids, batch.images, segments=batch.segments)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-2)  # float16 storage of the delta
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.99
+
+
+def test_a_broken_delta_is_refused_with_its_name(lm, tmp_path):
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(b"not safetensors at all")
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        bundle.build_from_delta(lm, bad, tmp_path / "out")
+    plain = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(plain))
+    with pytest.raises(CheckpointError, match="not an opengpt4 vision delta"):
+        bundle.build_from_delta(lm, plain, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

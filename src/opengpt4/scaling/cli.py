@@ -195,6 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="multiples of the rule's learning rate (default 0.5 1 2)")
     c.add_argument("--budget", type=float, default=3e12,
                    help="FLOPs per run (default 3e12: >= 146 steps at both widths; ~3.5 min on 2 idle cores)")
+    c.add_argument("--plan", default=None, help="a plan.json whose batch and schedule the runs use (default: the built-in plan)")
     c.add_argument("--jobs", type=int, default=None)
     c.set_defaults(func=cmd_lr_check)
 

@@ -85,7 +85,7 @@ class AlignConfig(LoopConfig):
     eval_rows: int = 8
     lora_rank: int = 0  # stage 2: 0 trains the whole LM, r > 0 LoRA adapters of rank r
     lora_alpha: float = 32.0
-    train_vision: bool = False  # train the ViT too (on when there is no pretrained one)
+    train_vision: bool = False  # train the ViT too (stage 1: on when there is no pretrained one)
     probe_size: int = 16  # stage 2: held-out questions per eval task answered greedily at each eval; 0: none
 
     def __post_init__(self) -> None:
@@ -98,6 +98,8 @@ class AlignConfig(LoopConfig):
 
 
 def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) -> AlignConfig:
+    """Stage `stage`'s defaults. `train_vision` is stage 1's: stage 2 starts with the ViT frozen
+    (LLaVA's stage 2 tunes projector and LM; `--set2 train_vision=true` overrides)."""
     if stage == 1:
         return AlignConfig(train_vision=train_vision)
     if lora_rank:  # the projector keeps a tenth of the adapters' rate, as LLaVA-1.5's LoRA run (2e-4, 2e-5)
@@ -105,31 +107,30 @@ def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) ->
     return AlignConfig(lr=SFTConfig.lr)  # full fine-tuning: SFT's rate, projector included
 
 
-def resolve_lm(name: str) -> Path:
-    """A checkpoint dir or imported model; SmolLM2-135M-Instruct is imported on first use."""
-    from opengpt4.model.convert import DEFAULT_GGUF_NAME, ensure_smollm2
+def read_tower(vision_from: str | Path | None) -> tuple[VisionConfig, dict[str, torch.Tensor]]:
+    """The ViT of `vision_from`'s checkpoint (its config and `vision.*` weights), or a fresh one
+    (from the torch generator's current state)."""
+    if vision_from is None:
+        cfg = VisionConfig()
+        return cfg, {f"vision.{k}": v for k, v in VisionEncoder(cfg).state_dict().items()}
+    vision_dir = resolve_model(vision_from)
+    cfg = load_model_config(vision_dir).vision
+    if cfg is None:
+        raise ConfigError(f"--vision {vision_from}: that checkpoint has no vision tower")
+    return cfg, {k: v for k, v in read_safetensors(vision_dir / WEIGHTS_FILE).items() if k.startswith("vision.")}
 
-    return ensure_smollm2() if name == DEFAULT_GGUF_NAME and not Path(name).is_dir() else resolve_model(name)
 
-
-def attach_vision(lm_dir: Path, vision_from: Path | None, seed: int = 0) -> tuple[Transformer, Tokenizer]:
+def attach_vision(lm_dir: Path, vision_from: str | Path | None, seed: int = 0, *,
+                  towers: tuple[VisionConfig, dict[str, torch.Tensor]] | None = None) -> tuple[Transformer, Tokenizer]:
     """The LM at `lm_dir` with a ViT (from `vision_from`'s checkpoint, or fresh) and a fresh projector,
-    and its tokenizer with an <|image|> token."""
+    and its tokenizer with an <|image|> token. `towers`: a vision config and trained `vision.*` /
+    `projector.*` weights to use instead (a shipped delta, vision/bundle.py)."""
     config = load_model_config(lm_dir)
     if config.vision is not None:
         raise ConfigError(f"{lm_dir} already has a vision tower: stage 1 starts from a text-only LM")
     lm, tokenizer = load_checkpoint(lm_dir)
     torch.manual_seed(seed)
-    if vision_from is not None:
-        vision_dir = resolve_model(vision_from)
-        vision_cfg = load_model_config(vision_dir).vision
-        if vision_cfg is None:
-            raise ConfigError(f"--vision {vision_from}: that checkpoint has no vision tower")
-        weights = read_safetensors(vision_dir / WEIGHTS_FILE)
-        tower = {k: v for k, v in weights.items() if k.startswith("vision.")}
-    else:
-        vision_cfg = VisionConfig()
-        tower = {f"vision.{k}": v for k, v in VisionEncoder(vision_cfg).state_dict().items()}
+    vision_cfg, tower = towers if towers is not None else read_tower(vision_from)
     projector = {f"projector.{k}": v for k, v in Projector(vision_cfg, config.n_embd).state_dict().items()}
 
     backend = read_backend(lm_dir / TOKENIZER_FILE)
@@ -144,7 +145,8 @@ def attach_vision(lm_dir: Path, vision_from: Path | None, seed: int = 0) -> tupl
         if name in state and len(state[name]) < vocab:  # new rows: the mean, a typical embedding (HF's choice too)
             w = state[name]
             state[name] = torch.cat([w, w.mean(0, keepdim=True).expand(vocab - len(w), -1)])
-    return build_model(config, {**state, **tower, **projector}, str(lm_dir), torch.float32), tokenizer
+    # A shipped delta's `towers` carry the trained projector too, so they go last.
+    return build_model(config, {**state, **projector, **tower}, str(lm_dir), torch.float32), tokenizer
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ class VisualAlign(SFT):
         resumed = state["vision_align"] if state is not None else None
         torch.manual_seed(cfg.seed)
         if stage == 1:
-            self.base = resolve_lm(lm)
+            self.base = resolve_model(lm)
             self.model, self.tokenizer = load_checkpoint(out) if resumed else attach_vision(self.base, vision, cfg.seed)
             self.model.requires_grad_(False)
         else:

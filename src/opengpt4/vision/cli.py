@@ -1,4 +1,4 @@
-"""`opengpt4 vision data` and `opengpt4 vision align` (see vision/data.py and vision/align.py)."""
+"""`opengpt4 vision data`, `align`, `export` and `import` (see vision/data.py, align.py, bundle.py)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,20 @@ def cmd_align(args: argparse.Namespace) -> None:
                   resume=args.resume and (out / STATE_FILE).is_file()).run()  # both: stage 2 may not have begun
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from opengpt4.vision.bundle import write_delta
+
+    out = write_delta(args.model, args.out)
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB (ViT, projector and LoRA adapters, float16)")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from opengpt4.model.checkpoint import resolve_model
+    from opengpt4.vision.bundle import build_from_delta
+
+    print(build_from_delta(resolve_model(args.lm), Path(args.delta), Path(args.out)))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vision", help="vision on a pretrained LM (LLaVA's two stages) and its data")
     verb = p.add_subparsers(dest="vision_command", required=True, metavar="VERB")
@@ -69,7 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="run dir: OUT/stage1, OUT/stage2 (the model)")
     a.add_argument("--vision", default=None,
                    help="a checkpoint whose pretrained ViT to use, frozen (default: a fresh ViT trained in stage 1)")
-    a.add_argument("--train-vision", action="store_true", help="train the ViT too (default: only without --vision)")
+    a.add_argument("--train-vision", action="store_true",
+                   help="stage 1 trains the ViT too (default: only without --vision); stage 2 keeps it frozen, as "
+                        "LLaVA does (--set2 train_vision=true to train it there)")
     a.add_argument("--data", default=None, help="visual data dir (default: built once under $OPENGPT4_HOME)")
     a.add_argument("--stage", choices=["1", "2", "both"], default="both")
     a.add_argument("--lora", type=int, default=16, help="stage 2's LoRA rank; 0 trains the whole LM (default 16)")
@@ -81,3 +97,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"a stage-{stage} setting (vision/align.py AlignConfig), repeatable")
     a.add_argument("--resume", action="store_true", help="continue the stage(s) from their checkpoints")
     a.set_defaults(func=cmd_align)
+
+    e = verb.add_parser("export", help="a stage-2 run (LoRA) as a small delta on its text-only LM")
+    e.add_argument("--model", required=True, help="the stage-2 checkpoint dir (OUT/stage2 of `vision align`)")
+    e.add_argument("--out", required=True, help="the .safetensors file to write")
+    e.set_defaults(func=cmd_export)
+
+    i = verb.add_parser("import", help="a delta from `vision export` + its text-only LM -> a vision checkpoint")
+    i.add_argument("--delta", required=True, help="the .safetensors file `vision export` wrote")
+    i.add_argument("--lm", default="smollm2-135m-instruct", help="the text-only LM it was trained on")
+    i.add_argument("--out", required=True, help="the checkpoint dir to write")
+    i.set_defaults(func=cmd_import)

@@ -1,0 +1,84 @@
+"""A vision alignment run as a small delta on its text-only LM, and back.
+
+    opengpt4 vision export --model runs/vision/stage2 --out vision.safetensors
+    opengpt4 vision import --delta vision.safetensors --lm smollm2-135m-instruct --out DIR
+
+Stage 2's checkpoint holds the whole LM (540 MB in float32 for SmolLM2-135M); what alignment
+changed is much smaller: the ViT, the projector and the LoRA adapters (~7M parameters, 15 MB in
+float16), so that is what to share. Import rebuilds the model: the LM, <|image|> added as stage 1
+adds it (`attach_vision`), the adapters merged as stage 2 merges them when it saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from opengpt4.config import VisionConfig
+from opengpt4.errors import CheckpointError
+from opengpt4.model import lora
+from opengpt4.model.checkpoint import WEIGHTS_FILE, read_config, read_safetensors, save_checkpoint
+from opengpt4.train.loop import read_state
+from opengpt4.train.sft import ADAPTER_FILE
+from opengpt4.vision.align import attach_vision
+
+FORMAT = "opengpt4-vision-delta/1"
+TOWERS = ("vision.", "projector.")
+
+
+def write_delta(stage2: str | Path, out: str | Path) -> Path:
+    """The ViT, projector and LoRA adapters of a stage-2 run (trained with --lora > 0), in float16,
+    with what rebuilding needs in the metadata. Written to a temp file, then renamed."""
+    stage2, out = Path(stage2), Path(out)
+    if not (stage2 / ADAPTER_FILE).is_file():
+        raise CheckpointError(f"{stage2}: no {ADAPTER_FILE}: export needs a stage-2 run with LoRA (--lora > 0)")
+    vision = read_config(stage2)["model"]["vision"]
+    train = read_state(stage2)["train_config"]
+    tensors = {k: v for k, v in read_safetensors(stage2 / WEIGHTS_FILE).items() if k.startswith(TOWERS)}
+    tensors |= read_safetensors(stage2 / ADAPTER_FILE)
+    metadata = {"format": FORMAT, "vision": json.dumps(vision), "lora_rank": str(train["lora_rank"]),
+                "lora_alpha": str(train["lora_alpha"]), "source": stage2.resolve().name}
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        save_file({k: v.to(torch.float16).contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def read_delta(file: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(file), "pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: not an opengpt4 vision delta (format {metadata.get('format')!r}, "
+                              f"expected {FORMAT!r})")
+    return metadata, tensors
+
+
+def build_from_delta(lm_dir: Path, delta: Path, out: Path) -> Path:
+    """`lm_dir` + the delta -> a normal checkpoint with a vision config at `out` (atomically)."""
+    metadata, tensors = read_delta(delta)
+    towers = {k: v.float() for k, v in tensors.items() if k.startswith(TOWERS)}
+    adapters = {k: v.float() for k, v in tensors.items() if k.endswith((".lora_A", ".lora_B"))}
+    vision_cfg = VisionConfig(**json.loads(metadata["vision"]))
+    model, tokenizer = attach_vision(lm_dir, None, towers=(vision_cfg, towers))
+    lora.apply_lora(model, int(metadata["lora_rank"]), float(metadata["lora_alpha"]))
+    lora.load_adapters(model, adapters, str(delta))
+    merged = lora.merge(model, dict(model.named_parameters()))
+    with torch.device("meta"):
+        plain = type(model)(model.config)
+    plain.load_state_dict(merged, strict=False, assign=True)
+    plain.tie_and_materialize()
+    digest = hashlib.sha256(delta.read_bytes()).hexdigest()
+    return save_checkpoint(out, plain, tokenizer, extra={"vision_delta": {"file": delta.name, "sha256": digest}})
