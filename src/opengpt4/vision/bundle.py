@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from opengpt4.config import VisionConfig
 from opengpt4.errors import CheckpointError
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import WEIGHTS_FILE, read_config, read_safetensors, save_checkpoint
-from opengpt4.train.loop import read_state
+from opengpt4.train.loop import plain_model, read_state
 from opengpt4.train.sft import ADAPTER_FILE
 from opengpt4.vision.align import attach_vision
 
@@ -57,7 +57,7 @@ def read_delta(file: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(file), "pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(file))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from e
     if metadata.get("format") != FORMAT:
@@ -75,10 +75,6 @@ def build_from_delta(lm_dir: Path, delta: Path, out: Path) -> Path:
     model, tokenizer = attach_vision(lm_dir, None, towers=(vision_cfg, towers))
     lora.apply_lora(model, int(metadata["lora_rank"]), float(metadata["lora_alpha"]))
     lora.load_adapters(model, adapters, str(delta))
-    merged = lora.merge(model, dict(model.named_parameters()))
-    with torch.device("meta"):
-        plain = type(model)(model.config)
-    plain.load_state_dict(merged, strict=False, assign=True)
-    plain.tie_and_materialize()
+    plain = plain_model(model, model.config, lora.merge(model, dict(model.named_parameters())))
     digest = hashlib.sha256(delta.read_bytes()).hexdigest()
     return save_checkpoint(out, plain, tokenizer, extra={"vision_delta": {"file": delta.name, "sha256": digest}})
