@@ -14,7 +14,7 @@ from opengpt4.evals.benchmarks.visual_qa import anls, first_digit, majority_temp
 from opengpt4.evals.completion import EngineCompletionFn
 from opengpt4.evals.runner import run_eval
 from opengpt4.vision import templates
-from opengpt4.vision.data import build_visual_data, dedup, pixel_key, read_eval, read_visual_chats
+from opengpt4.vision.data import build_visual_data, dedup, digit_image, pixel_key, read_eval, read_visual_chats
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,23 @@ def test_majority_answer_per_template_baseline():
 # --- data, split and deduplication --------------------------------------------------------------
 
 
+def test_digit_variants_move_the_ink_and_keep_it():
+    """A training digit's extra copies are shifted, turned and scaled versions of its scan: other pixels,
+    about as much ink, drawn from a seed (the data dir is the same on every machine)."""
+    import random
+
+    from sklearn.datasets import load_digits
+
+    scan = load_digits().images[0]
+    plain = np.asarray(digit_image(scan), np.float32)
+    copies = [np.asarray(digit_image(scan, rng=random.Random(k)), np.float32) for k in range(5)]
+    ink = (255 - plain).sum()
+    for copy in copies:
+        assert copy.shape == plain.shape and np.abs(copy - plain).mean() > 5
+        assert 0.6 < (255 - copy).sum() / ink < 1.5
+    assert np.array_equal(copies[0], np.asarray(digit_image(scan, rng=random.Random(0)), np.float32))
+
+
 def test_dedup_finds_a_planted_pixel_copy_and_a_same_content_question():
     train = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(5)]
     train_pixels = {pixel_key(im) for im in train}
@@ -117,6 +134,8 @@ def test_eval_questions_are_held_out_phrasings_of_images_not_in_training(data_di
             assert template.task == task and r["question"] in {h.format(**slots) for h in template.heldout}
     digits = read_eval(data_dir, "digits")
     assert {r["answer"] for r in digits} <= set("0123456789")
+    train_digits = [c for c in read_visual_chats(data_dir / "stage2.json") if c.meta["kind"] == "digit"]
+    assert len(train_digits) == manifest["stage2"]["digit"] == 2 * 40  # the test preset: 40 scans, 2 images each
 
 
 def test_every_generated_question_has_a_template():

@@ -1,21 +1,26 @@
 """Giving a pretrained language model eyes, LLaVA's way (Liu et al., 2023; LLaVA-1.5's recipe).
 
     opengpt4 vision align --lm smollm2-135m-instruct --out DIR [--vision CKPT] [--data DIR]
-                          [--stage 1|2|both] [--steps1 N] [--steps2 N] [--lora R | --full]
+                          [--stage 0|1|2|all] [--steps0 N] [--steps1 N] [--steps2 N] [--lora R]
 
+    DIR/stage0   stage 0: our ViT learns to caption, with a fresh projector and a small decoder
+                 trained from scratch alongside it (CapPa: captioning pretrains vision encoders
+                 as well as contrastive learning does); skipped when --vision gives a ViT
     DIR/stage1   stage 1: the projector alone learns to caption (the LM frozen, the ViT frozen)
     DIR/stage2   stage 2: projector + LM (LoRA, merged when saved, or full) on visual instruction
                  chats with text-only chats mixed in: the model, a normal checkpoint with a vision
                  config that Engine, `opengpt4 eval` and the server load
 
-The vision encoder is our ViT, taken from `--vision CKPT` (a checkpoint whose tower was
-pretrained on the synthetic image corpus: the from-scratch mini model), frozen as LLaVA freezes
-CLIP; without one, stage 1 trains a fresh ViT along with the projector (`train_vision`). No
-pretrained encoder ships with weights inside a PyPI package that fits here: torchvision, timm,
-open_clip and the CLIP packages fetch theirs from a hub at run time, which is not reachable.
+LLaVA freezes a contrastively pretrained encoder (CLIP). No pretrained encoder ships with weights
+inside a PyPI package that fits here (torchvision, timm, open_clip and the CLIP packages fetch
+theirs from a hub at run time, which is not reachable), so stage 0 pretrains ours on the caption
+data. Stage 1 trains the projector from scratch again, on stage 0's frozen ViT. The LM is too
+expensive to teach seeing from scratch: 250 SmolLM2 steps on a fresh or weakly pretrained ViT left
+held-out digits at chance. `--vision CKPT` takes the tower of another checkpoint instead (the
+from-scratch mini model's); without either, stage 1 trains a fresh ViT (`train_vision`).
 
 The LM's tokenizer gets an <|image|> token (a new id, its embedding row the mean of the others:
-the placeholders are overwritten by image features, and Engine never samples it). Both stages
+the placeholders are overwritten by image features, and Engine never samples it). The stages
 are objectives of the one loop (train/loop.py) and reuse SFT's packing: whole conversations
 best-fit into rows, the assistant-only loss, attention kept within each conversation; each
 row also carries its conversations' images, in placeholder order.
@@ -35,7 +40,7 @@ from PIL import Image
 from tokenizers import AddedToken
 from torch import nn
 
-from opengpt4.config import LORA_LR, LoopConfig, SFTConfig, VisionConfig
+from opengpt4.config import LORA_LR, LoopConfig, SFTConfig, VisionConfig, depth_config
 from opengpt4.data.chat_io import Conversation
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
@@ -48,6 +53,7 @@ from opengpt4.model.checkpoint import (
     build_model,
     load_checkpoint,
     load_model_config,
+    read_config,
     read_safetensors,
     resolve_model,
     weights_state_dict,
@@ -59,7 +65,7 @@ from opengpt4.tokenizer import Tokenizer, read_backend
 from opengpt4.train import distributed
 from opengpt4.train.loop import SeededEpochs, Trainer, micro_batches, read_state
 from opengpt4.train.sft import ADAPTER_FILE, SFT, ChatBatch, PackedChats
-from opengpt4.vision.data import iter_images, read_eval, read_visual_chats
+from opengpt4.vision.data import DIGIT_CAPTION, iter_images, read_eval, read_visual_chats
 from opengpt4.vision.templates import CAPTION_REQUESTS, TASKS
 
 IMAGE_TOKEN = "<|image|>"
@@ -87,12 +93,13 @@ class AlignConfig(LoopConfig):
     lora_alpha: float = 32.0
     train_vision: bool = False  # train the ViT too (stage 1: on when there is no pretrained one)
     probe_size: int = 16  # stage 2: held-out questions per eval task answered greedily at each eval; 0: none
+    decoder_depth: int = 2  # stage 0: the captioner's decoder, trained from scratch with the ViT (depth_config)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.probe_size < 0:
             raise ConfigError(f"probe_size must be >= 0, got {self.probe_size}")
-        for name in ("seq_len", "epochs", "eval_rows"):
+        for name in ("seq_len", "epochs", "eval_rows", "decoder_depth"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -100,6 +107,8 @@ class AlignConfig(LoopConfig):
 def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) -> AlignConfig:
     """Stage `stage`'s defaults. `train_vision` is stage 1's: stage 2 starts with the ViT frozen
     (LLaVA's stage 2 tunes projector and LM; `--set2 train_vision=true` overrides)."""
+    if stage == 0:  # everything from scratch, at a small model's rate
+        return AlignConfig(lr=3e-3, train_vision=True, warmup_steps=20)
     if stage == 1:
         return AlignConfig(train_vision=train_vision)
     if lora_rank:  # the projector keeps a tenth of the adapters' rate, as LLaVA-1.5's LoRA run (2e-4, 2e-5)
@@ -120,6 +129,29 @@ def read_tower(vision_from: str | Path | None) -> tuple[VisionConfig, dict[str, 
     return cfg, {k: v for k, v in read_safetensors(vision_dir / WEIGHTS_FILE).items() if k.startswith("vision.")}
 
 
+def _with_image_token(lm_dir: Path, tokenizer: Tokenizer, vision: VisionConfig) -> Tokenizer:
+    """`lm_dir`'s tokenizer with an <|image|> token added (a special token: never split, never merged)."""
+    backend = read_backend(lm_dir / TOKENIZER_FILE)
+    if backend.token_to_id(IMAGE_TOKEN) is None:
+        backend.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)])
+    return Tokenizer(backend, **{**tokenizer.metadata(), "image_token": IMAGE_TOKEN,
+                                 "tokens_per_image": vision.tokens_per_image})
+
+
+def captioner(lm_dir: Path, depth: int, seed: int) -> tuple[Transformer, Tokenizer]:
+    """Stage 0's model: a fresh ViT and projector in front of a small decoder trained from scratch with
+    them (the one-knob family at `depth`, on `lm_dir`'s tokenizer with <|image|>)."""
+    lm_config = load_model_config(lm_dir)
+    vision = VisionConfig()
+    tokenizer = _with_image_token(lm_dir, Tokenizer.from_dir(lm_dir, read_config(lm_dir).get("tokenizer")), vision)
+    config = dataclasses.replace(depth_config(depth, vocab_size=max(lm_config.vocab_size, tokenizer.vocab_size)),
+                                 image_token_id=tokenizer.image_id, name=f"captioner-d{depth}")
+    torch.manual_seed(seed)
+    model = Transformer(config)
+    model.init_weights()
+    return model, tokenizer
+
+
 def attach_vision(lm_dir: Path, vision_from: str | Path | None, seed: int = 0, *,
                   towers: tuple[VisionConfig, dict[str, torch.Tensor]] | None = None) -> tuple[Transformer, Tokenizer]:
     """The LM at `lm_dir` with a ViT (from `vision_from`'s checkpoint, or fresh) and a fresh projector,
@@ -132,12 +164,7 @@ def attach_vision(lm_dir: Path, vision_from: str | Path | None, seed: int = 0, *
     torch.manual_seed(seed)
     vision_cfg, tower = towers if towers is not None else read_tower(vision_from)
     projector = {f"projector.{k}": v for k, v in Projector(vision_cfg, config.n_embd).state_dict().items()}
-
-    backend = read_backend(lm_dir / TOKENIZER_FILE)
-    if backend.token_to_id(IMAGE_TOKEN) is None:
-        backend.add_special_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)])
-    meta = {**tokenizer.metadata(), "image_token": IMAGE_TOKEN, "tokens_per_image": vision_cfg.tokens_per_image}
-    tokenizer = Tokenizer(backend, **meta)
+    tokenizer = _with_image_token(lm_dir, tokenizer, vision_cfg)
     vocab = max(config.vocab_size, tokenizer.vocab_size)
     config = dataclasses.replace(config, vocab_size=vocab, vision=vision_cfg, image_token_id=tokenizer.image_id)
     state = weights_state_dict(lm)
@@ -180,15 +207,17 @@ class PackedVisualChats(PackedChats):
 
 
 def heldout_conversations(data_dir: Path, stage: int) -> list[Conversation]:
-    """Stage 1: captions of held-out synthetic images; stage 2: the evals' held-out questions."""
+    """Stages 0 and 1: captions of held-out images; stage 2: the evals' held-out questions."""
     rows = [r for task in TASKS for r in read_eval(data_dir, task)]
     rows = rows[:: max(len(rows) // HELDOUT_CONVERSATIONS, 1)]
-    if stage == 1:
-        rows = list({r["image"]: r for r in rows if r["caption"]}.values())
+    captions = stage < 2
+    if captions:
+        rows = list({r["image"]: {**r, "caption": r["caption"] or DIGIT_CAPTION.format(r["answer"])}
+                     for r in rows if r["caption"] or r["task"] == "digits"}.values())
     return [Conversation([{"role": "user", "content": [{"type": "image", "image": r["image"]},
-                                                        {"type": "text", "text": CAPTION_REQUESTS[0] if stage == 1
+                                                        {"type": "text", "text": CAPTION_REQUESTS[0] if captions
                                                          else r["question"]}]},
-                          {"role": "assistant", "content": r["caption"] if stage == 1 else r["answer"]}],
+                          {"role": "assistant", "content": r["caption"] if captions else r["answer"]}],
                          f"{data_dir}/eval/{r['task']}.jsonl: {r['id']}") for r in rows]
 
 
@@ -220,7 +249,12 @@ class VisualAlign(SFT):
         self.stage, self.cfg, self.dist, self.name = stage, cfg, d, f"vision stage {stage}"
         resumed = state["vision_align"] if state is not None else None
         torch.manual_seed(cfg.seed)
-        if stage == 1:
+        if stage == 0:
+            self.base = resolve_model(lm)  # its tokenizer
+            self.model, self.tokenizer = load_checkpoint(out) if resumed else captioner(self.base, cfg.decoder_depth,
+                                                                                         cfg.seed)
+            self.model.requires_grad_(True)
+        elif stage == 1:
             self.base = resolve_model(lm)
             self.model, self.tokenizer = load_checkpoint(out) if resumed else attach_vision(self.base, vision, cfg.seed)
             self.model.requires_grad_(False)
@@ -245,7 +279,7 @@ class VisualAlign(SFT):
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
 
-        self.data_file = Path(data_dir) / f"stage{stage}.json"
+        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0 learns from the captions too
         self.train = PackedVisualChats(read_visual_chats(self.data_file), self.tokenizer, cfg.seq_len, cfg.seed,
                                        config.vision)
         self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
@@ -258,13 +292,15 @@ class VisualAlign(SFT):
         self.step = resumed["step"] if resumed is not None else 0
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
         flops = config.flops_per_token(cfg.seq_len)
-        if stage == 1 or cfg.lora_rank:  # the LM's frozen weights get no weight gradients: ~4N, not 6N
+        if stage == 1 or (stage == 2 and cfg.lora_rank):  # the LM's frozen weights get no weight gradients: ~4N, not 6N
             flops -= 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
         self.flops_per_token = flops
 
     def describe(self) -> str:
         trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         parts = ["projector"] + (["ViT"] if self.cfg.train_vision else [])
+        if self.stage == 0:
+            parts.append(f"a {self.model_config.n_layer}-layer decoder from scratch")
         if self.stage == 2:
             parts.append(f"LoRA rank {self.cfg.lora_rank}" if self.cfg.lora_rank else "the whole LM")
         return (f"vision stage {self.stage} from {self.base.name}: {' + '.join(parts)} trained "

@@ -17,15 +17,26 @@ def cmd_data(args: argparse.Namespace) -> None:
     print((out / "manifest.json").read_text())
 
 
+STAGES = (0, 1, 2)
+
+
 def _stage_argv(args: argparse.Namespace, stage: int) -> list[str]:
-    """The command line of one stage of a `--stage both` run."""
+    """The command line of one stage of a `--stage all` run."""
     argv = ["vision", "align", "--lm", args.lm, "--out", args.out, "--stage", str(stage), "--data", str(args.data)]
-    for flag in ("vision", "steps1", "steps2", "epochs1", "epochs2", "minutes1", "minutes2"):
+    for flag in ["vision"] + [f"{name}{s}" for s in STAGES for name in ("steps", "epochs", "minutes")]:
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     argv += ["--lora", str(args.lora)] + (["--train-vision"] if args.train_vision else [])
-    argv += [x for s in args.set1 for x in ("--set1", s)] + [x for s in args.set2 for x in ("--set2", s)]
+    argv += [x for s in STAGES for value in getattr(args, f"set{s}") for x in (f"--set{s}", value)]
     return argv + (["--resume"] if args.resume else [])
+
+
+def _tower(args: argparse.Namespace) -> str | None:
+    """The ViT stage 1 takes: --vision's, else stage 0's when it ran."""
+    if args.vision is not None:
+        return args.vision
+    stage0 = Path(args.out) / "stage0"
+    return str(stage0) if (stage0 / "config.json").is_file() else None
 
 
 def cmd_align(args: argparse.Namespace) -> None:
@@ -35,19 +46,20 @@ def cmd_align(args: argparse.Namespace) -> None:
 
     if args.data is None:
         args.data = default_data_dir()
-    if args.stage == "both":
+    if args.stage == "all":
         # Each stage in a process of its own: the loop's clock (time budgets, elapsed) starts with its
-        # process, and stage 1's model and images are freed before stage 2 loads its own.
-        for stage in (1, 2):
+        # process, and a stage's model and images are freed before the next loads its own.
+        for stage in STAGES if args.vision is None else STAGES[1:]:
             if subprocess.run([sys.executable, "-m", "opengpt4.cli", *_stage_argv(args, stage)]).returncode:
                 raise SystemExit(1)
         return
     stage = int(args.stage)
-    cfg = stage_config(stage, args.lora, args.train_vision or (stage == 1 and args.vision is None))
-    apply_overrides(cfg, args.set1 if stage == 1 else args.set2)
+    vision = _tower(args) if stage == 1 else None
+    cfg = stage_config(stage, args.lora, args.train_vision or (stage == 1 and vision is None))
+    apply_overrides(cfg, getattr(args, f"set{stage}"))
     out = Path(args.out) / f"stage{stage}"
-    lm = args.lm if stage == 1 else str(Path(args.out) / "stage1")
-    build_trainer(stage, lm, Path(args.data), out, cfg, vision=args.vision,
+    lm = args.lm if stage < 2 else str(Path(args.out) / "stage1")
+    build_trainer(stage, lm, Path(args.data), out, cfg, vision=vision,
                   max_steps=getattr(args, f"steps{stage}"), epochs=getattr(args, f"epochs{stage}"),
                   max_minutes=getattr(args, f"minutes{stage}"),
                   resume=args.resume and (out / STATE_FILE).is_file()).run()  # both: stage 2 may not have begun
@@ -68,7 +80,8 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("vision", help="vision on a pretrained LM (LLaVA's two stages) and its data")
+    p = sub.add_parser("vision", help="vision on a pretrained LM (a captioning-pretrained ViT, LLaVA's two stages) "
+                                      "and its data")
     verb = p.add_subparsers(dest="vision_command", required=True, metavar="VERB")
     d = verb.add_parser("data", help="caption data, visual instruction chats and held-out visual evals")
     d.add_argument("--out", required=True, help="the visual data dir to write")
@@ -78,18 +91,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a pretraining data dir whose training images eval images must not repeat")
     d.set_defaults(func=cmd_data)
 
-    a = verb.add_parser("align", help="stage 1 (projector on captions) and stage 2 (visual instruction tuning)")
+    a = verb.add_parser("align", help="stage 0 (the ViT learns to caption with a small decoder), stage 1 (the "
+                                      "projector on captions) and stage 2 (visual instruction tuning)")
     a.add_argument("--lm", default="smollm2-135m-instruct", help="the text-only LM (default smollm2-135m-instruct)")
     a.add_argument("--out", required=True, help="run dir: OUT/stage1, OUT/stage2 (the model)")
     a.add_argument("--vision", default=None,
-                   help="a checkpoint whose pretrained ViT to use, frozen (default: a fresh ViT trained in stage 1)")
+                   help="a checkpoint whose pretrained ViT to use, frozen, instead of stage 0's")
     a.add_argument("--train-vision", action="store_true",
-                   help="stage 1 trains the ViT too (default: only without --vision); stage 2 keeps it frozen, as "
-                        "LLaVA does (--set2 train_vision=true to train it there)")
+                   help="stage 1 trains the ViT too (default: only when there is no pretrained one); stage 2 keeps "
+                        "it frozen, as LLaVA does (--set2 train_vision=true to train it there)")
     a.add_argument("--data", default=None, help="visual data dir (default: built once under $OPENGPT4_HOME)")
-    a.add_argument("--stage", choices=["1", "2", "both"], default="both")
+    a.add_argument("--stage", choices=["0", "1", "2", "all"], default="all",
+                   help="one stage, or all in turn (default; stage 0 only without --vision)")
     a.add_argument("--lora", type=int, default=16, help="stage 2's LoRA rank; 0 trains the whole LM (default 16)")
-    for stage in (1, 2):
+    for stage in STAGES:
         a.add_argument(f"--steps{stage}", type=int, default=None, help=f"stage {stage}'s optimizer steps")
         a.add_argument(f"--epochs{stage}", type=float, default=None, help=f"stage {stage}'s epochs (default 1)")
         a.add_argument(f"--minutes{stage}", type=float, default=None, help=f"stage {stage}'s wall-clock budget")
