@@ -56,8 +56,9 @@ def tower(tmp_path_factory, tiny_model, tiny_tokenizer):
 
 
 def small(cfg: align.AlignConfig, **changes) -> align.AlignConfig:
-    return dataclasses.replace(cfg, seq_len=256, batch_size=8, micro_batch_size=4, warmup_steps=2, eval_every=0,
-                               ckpt_every=0, eval_rows=4, **changes)
+    settings = dict(seq_len=256, batch_size=8, micro_batch_size=4, warmup_steps=2, eval_every=0, ckpt_every=0,
+                    eval_rows=4)
+    return dataclasses.replace(cfg, **{**settings, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +174,10 @@ def test_stage0_trains_a_captioner_from_scratch(lm, data_dir, tmp_path):
     model, tokenizer = load_checkpoint(tmp_path)
     assert model.config.n_layer == 1 and model.config.vision is not None
     assert tokenizer.image_id == model.config.image_token_id and tokenizer.vocab_size > model.config.image_token_id
-    assert losses[0] > 0.9 * math.log(model.config.vocab_size) and losses[-1] < 0.5 * losses[0], losses
+    assert losses[0] > 0.9 * math.log(model.config.vocab_size) and losses[-1] < 0.65 * losses[0], losses
 
 
-def test_cli_runs_all_stages_into_a_vision_checkpoint(lm, data_dir, tmp_path):
+def test_cli_runs_all_stages_into_a_vision_checkpoint(lm, tower, data_dir, tmp_path):
     """Without --vision, `--stage all` pretrains the ViT (stage 0), then stages 1 and 2 keep it frozen."""
     fast = [x for s in "012" for x in (f"--set{s}", "seq_len=256", f"--set{s}", "batch_size=4",
                                        f"--set{s}", "eval_at_start=false", f"--steps{s}", "2")]
