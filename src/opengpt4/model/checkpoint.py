@@ -133,14 +133,18 @@ def read_safetensors(file: Path, missing: str = "missing") -> dict[str, torch.Te
         raise CheckpointError(f"{file}: cannot read safetensors ({e})") from None
 
 
+def load_tokenizer(path: Path, tokens_per_image: int | None = None) -> Tokenizer:
+    """A checkpoint's tokenizer alone (the weights are not read)."""
+    return Tokenizer.from_dir(path, read_config(path).get("tokenizer"), tokens_per_image=tokens_per_image)
+
+
 def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:
     path = resolve_model(path)
     config = load_model_config(path)
     weights = path / WEIGHTS_FILE
     state = read_safetensors(weights)
     model = build_model(config, state, str(weights), dtype)
-    tokenizer = Tokenizer.from_dir(path, read_config(path).get("tokenizer"),
-                                   tokens_per_image=config.vision.tokens_per_image if config.vision else None)
+    tokenizer = load_tokenizer(path, config.vision.tokens_per_image if config.vision else None)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             f"{path / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens but the model has {config.vocab_size} embeddings"

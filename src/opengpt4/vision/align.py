@@ -53,7 +53,7 @@ from opengpt4.model.checkpoint import (
     build_model,
     load_checkpoint,
     load_model_config,
-    read_config,
+    load_tokenizer,
     read_safetensors,
     resolve_model,
     weights_state_dict,
@@ -143,7 +143,7 @@ def captioner(lm_dir: Path, depth: int, seed: int) -> tuple[Transformer, Tokeniz
     them (the one-knob family at `depth`, on `lm_dir`'s tokenizer with <|image|>)."""
     lm_config = load_model_config(lm_dir)
     vision = VisionConfig()
-    tokenizer = _with_image_token(lm_dir, Tokenizer.from_dir(lm_dir, read_config(lm_dir).get("tokenizer")), vision)
+    tokenizer = _with_image_token(lm_dir, load_tokenizer(lm_dir), vision)
     config = dataclasses.replace(depth_config(depth, vocab_size=max(lm_config.vocab_size, tokenizer.vocab_size)),
                                  image_token_id=tokenizer.image_id, name=f"captioner-d{depth}")
     torch.manual_seed(seed)
