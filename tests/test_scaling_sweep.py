@@ -40,6 +40,7 @@ def test_data_dir_is_bytes_with_the_heldout_modules_whole(data_dir):
     assert report["floors_bits_per_byte"]["xz-9e"] < report["floors_bits_per_byte"]["gzip-9"] < 3
     mix = scaling_data.mixture(index)
     assert mix["code"] == pytest.approx(1 - scaling_data.WORLD_SHARE) and sum(mix.values()) == pytest.approx(1)
+    assert mix[scaling_data.FUNCTIONS] == scaling_data.FUNCTIONS_SHARE  # the capability problems' kin, not 0.1%
 
 
 def test_a_killed_sweep_resumes_without_redoing_finished_runs(data_dir, tmp_path):

@@ -90,19 +90,22 @@ class Plan:
         return cls.from_json_text(Path(path).read_text(), str(path))
 
 
-# Sizes: at each budget 3-4 shapes from ~60 down to ~3 training tokens per parameter, bracketing
-# Chinchilla's ~20 (its optimum here is unknown: the sweep finds it). Wall time, from the training
-# speed per CPU-second measured by `opengpt4 scaling throughput` on one thread (Xeon AMX, bfloat16,
-# 4,096 tokens/step; wall-clock speed on the shared machine was 0.4x that): w32l1 119k tokens/s
-# (29 GFLOP/s), w48l2 60k (43), w64l2 44k (51), w64l3 31k (51), w96l3 22k (66), w128l3 15k (76),
-# w128l4 12k (80), w160l4 9.8k (97), w192l5 6.5k (107). 25 runs, 1.5e14 FLOPs, 46 core-minutes
-# with 8 s of start-up, load and held-out eval each: 23 minutes on 2 x 1 thread. The target
-# (3e14 FLOPs, w160l4 if the fit lands near Chinchilla's ratio) is 51 minutes on one thread,
-# ~35 on two at a 1.5x thread speed-up.
-DEFAULT_PLAN = Plan(budgets={
+# Batch: 1,024 tokens a step (4 rows of 256) at every budget. A first sweep at 4,096 gave the
+# small budgets 100-600 steps: their losses measured the shortness of the run more than the
+# compute (seed-to-seed spread up to 0.2 bits/byte, the smallest model best at 3 of 5 budgets),
+# and the fit predicted the target 6.7% too high. A quarter of the batch gives 4x the steps
+# for ~25% less speed per core on the small shapes.
+# Sizes: at each budget 3-4 shapes from ~200 down to ~6 training tokens per parameter, bracketing
+# Chinchilla's ~20 (the first sweep found 20-60 at the budgets its steps did not limit).
+# Wall time, from `opengpt4 scaling throughput` at this batch (Xeon AMX, bfloat16, idle machine),
+# one thread: w32l1 102k tokens/s (25 GFLOP/s), w48l2 50k (36), w64l3 24k (39), w96l3 18k (56),
+# w128l3 12.5k (63); two threads: w160l4 12.4k (123), w192l5 8.0k (133). 26 runs, 1.5e14 FLOPs:
+# ~28 minutes on 2 x 1 thread; the target (3e14 FLOPs, w160l4 if the fit lands near Chinchilla's
+# ratio) ~41 minutes on two threads; capability sampling ~1 minute a model.
+DEFAULT_PLAN = Plan(tokens_per_step=1024, budgets={
     "3e11": ["w32l1", "w32l2", "w48l2"],
-    "1e12": ["w32l2", "w48l2", "w64l2", "w64l3"],
-    "3e12": ["w48l2", "w64l2", "w64l3", "w96l3"],
-    "1e13": ["w64l2", "w64l3", "w96l3", "w128l3"],
+    "1e12": ["w32l1", "w32l2", "w48l2", "w64l2"],
+    "3e12": ["w32l2", "w48l2", "w64l2", "w64l3"],
+    "1e13": ["w48l2", "w64l2", "w64l3", "w96l3"],
     "3e13": ["w64l3", "w96l3", "w128l3"],
 })
