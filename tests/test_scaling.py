@@ -106,6 +106,17 @@ def test_isoflop_minimum_is_the_parabolas_vertex():
     assert F.seed_sd(results + [dict(results[0], bpb=results[0]["bpb"] + 0.02)])["sd"] == pytest.approx(0.02 / 2**0.5)
 
 
+def test_the_fit_leaves_out_minima_at_the_edge_of_the_sizes_tried():
+    def budget(c, ns):  # a parabola in log N around 1e5 parameters, sampled at the sizes ns
+        return [{"budget": c, "params": n, "bpb": 2.0 + 0.1 * (math.log(n) - math.log(1e5)) ** 2, "flops": c,
+                 "model": str(n), "seed": 0} for n in ns]
+    bracketed = (3e4, 6e4, 2e5, 5e5)
+    minima = F.isoflop_minima(budget(1e11, (3e5, 6e5, 1e6)) + [r for c in (1e12, 1e13, 1e14) for r in budget(c, bracketed)])
+    assert [m["interior"] for m in minima] == [False, True, True, True]
+    assert [m["budget"] for m in F.fitted_minima(minima)] == [1e12, 1e13, 1e14]
+    assert F.fitted_minima(minima[:3]) == minima[:3]  # two interior: too few for 3 parameters, so all
+
+
 def test_default_plan_meets_the_issue():
     budgets = sorted(map(float, DEFAULT_PLAN.budgets))
     assert len(budgets) >= 5 and budgets[0] == 3e11 and budgets[-1] == 3e13

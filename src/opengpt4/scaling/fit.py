@@ -2,7 +2,9 @@
 
 1. Per budget, bpb against log N (seeds averaged) is fitted by a parabola; its vertex is the
    budget's compute-optimal size N*(C) and loss L*(C) (the best run when the vertex falls
-   outside the sizes tried, flagged).
+   outside the sizes tried, flagged). The fit uses the interior minima only, when 3 or more
+   are: an edge "minimum" is an upper bound on the budget's optimum, not the optimum (the
+   first sweep had 3 of its 5 at the edge), and it bends the curve.
 2. L*(C) = exp(alpha) (C / C_target)^b + exp(gamma) is fitted as Chinchilla (Hoffmann et al.
    2022, appendix D.2) fits L(N, D): Huber loss (delta 1e-3) on log L, L-BFGS from a grid of
    starts, the best kept. C is normalised by the target budget, so a = exp(alpha) is the
@@ -112,6 +114,15 @@ def isoflop_minima(results: list[dict]) -> list[dict]:
     return minima
 
 
+MIN_POINTS = 3  # a curve with 3 parameters
+
+
+def fitted_minima(minima: list[dict]) -> list[dict]:
+    """The minima the fit uses: the interior ones, or all of them when fewer than MIN_POINTS are interior."""
+    inside = [m for m in minima if m["interior"]]
+    return inside if len(inside) >= MIN_POINTS else minima
+
+
 def frontier_size(minima: list[dict], c: float) -> float:
     """N*(C) from the minima by least squares in log-log."""
     slope, intercept = np.polyfit(np.log([m["budget"] for m in minima]), np.log([m["n_opt"] for m in minima]), 1)
@@ -141,7 +152,7 @@ def bootstrap(results: list[dict], target: float, fit: dict, rng: np.random.Gene
     predictions = []
     for _ in track(range(n), description="bootstrap", transient=True):
         sample = [group[i] for group in by_budget.values() for i in rng.integers(0, len(group), len(group))]
-        minima = isoflop_minima(sample)
+        minima = fitted_minima(isoflop_minima(sample))
         refit = fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], fit["c_ref"],
                               starts=[fit["log_params"], [fit["log_params"][0], -0.3, fit["log_params"][2]]])
         predictions.append(float(power_law(refit, target)))

@@ -16,6 +16,7 @@ running, and identical programs run once.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +76,12 @@ def program(problem: dict, body: str) -> str:
 
 
 def compiles(source: str) -> bool:
-    try:
-        compile(source, "<sample>", "exec")  # compiling runs nothing
-    except (SyntaxError, ValueError):
-        return False
+    with warnings.catch_warnings():  # a sampled body's `x is 1` warns; thousands of them are noise on the console
+        warnings.simplefilter("ignore", SyntaxWarning)
+        try:
+            compile(source, "<sample>", "exec")  # compiling runs nothing
+        except (SyntaxError, ValueError):
+            return False
     return True
 
 

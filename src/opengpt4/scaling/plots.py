@@ -32,8 +32,12 @@ def plot_loss(results: list[dict], prediction: dict, target: dict | None, png: P
     ax.scatter([r["budget"] / c_target for r in results], [r["bpb"] for r in results], s=10, c="0.75",
                label="sweep runs")
     minima = prediction["isoflop_minima"]
-    ax.scatter([m["budget"] / c_target for m in minima], [m["bpb_opt"] for m in minima], c="k", zorder=3,
-               label="compute-optimal (IsoFLOP minima)")
+    fitted = set(prediction.get("fitted_budgets", [m["budget"] for m in minima]))
+    for used, style in ((True, {"c": "k", "label": "compute-optimal (IsoFLOP minima, fitted)"}),
+                        (False, {"facecolors": "none", "edgecolors": "k", "label": "best run at the edge (not fitted)"})):
+        points = [m for m in minima if (m["budget"] in fitted) == used]
+        if points:
+            ax.scatter([m["budget"] / c_target for m in points], [m["bpb_opt"] for m in points], zorder=3, **style)
     c = np.geomspace(min(m["budget"] for m in minima) / 2, c_target * 2, 200)
     fit = prediction["fit"]
     ax.plot(c / c_target, F.power_law(fit, c), "C0",

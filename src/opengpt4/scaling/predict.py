@@ -45,14 +45,17 @@ def optimal_runs(results: list[dict], minima: list[dict]) -> list[dict]:
 
 def capability_fit(sweep_dir: Path, minima: list[dict], target: float, rng: np.random.Generator) -> dict | None:
     """-mean log pass rate = alpha C^-k on each budget's best run, its prediction at `target` and a
-    bootstrap interval over problems; None without capability.json."""
+    bootstrap interval over problems; None without capability.json. A budget whose model passed no
+    sample of any problem is left out: its value is the estimator's floor (the prior), not a
+    measurement, and a run of floor values flattens the fit (the first sweep: 3 budgets of 5)."""
     from opengpt4.scaling.measure import neg_mean_log_pass_rate
 
     file = sweep_dir / CAPABILITY
     if not file.is_file():
         return None
     rates = json.loads(file.read_text())["runs"]
-    best = {r["budget"]: r for r in optimal_runs(read_results(sweep_dir), minima) if r["id"] in rates}
+    best = {r["budget"]: r for r in optimal_runs(read_results(sweep_dir), minima)
+            if r["id"] in rates and any(c["passed"] for c in rates[r["id"]].values())}
     if len(best) < 2:
         return None
     budgets = sorted(best)
@@ -77,11 +80,12 @@ def make_prediction(sweep_dir: Path, data_dir: Path, plan: Plan, seed: int = 0) 
     rng = np.random.default_rng(seed)
     target = plan.target_budget
     minima = F.isoflop_minima(results)
-    law = F.fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], target)
+    fitted = F.fitted_minima(minima)
+    law = F.fit_power_law([m["budget"] for m in fitted], [m["bpb_opt"] for m in fitted], target)
     predicted = float(F.power_law(law, target))
     noise = F.seed_sd(results)
     draws = F.bootstrap(results, target, law, rng) + rng.normal(0.0, noise["sd"], F.BOOTSTRAPS)
-    n_opt = F.frontier_size(minima, target)
+    n_opt = F.frontier_size(fitted, target)
     shape = nearest_shape(n_opt, plan.seq_len)
     config = model_config(shape, plan.seq_len)
     tokens = plan.steps(Run(target, shape, 0)) * plan.tokens_per_step
@@ -91,7 +95,7 @@ def make_prediction(sweep_dir: Path, data_dir: Path, plan: Plan, seed: int = 0) 
     return {
         "target_budget": target, "predicted_bpb": predicted,
         "interval_95": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
-        "fit": law, "isoflop_minima": minima, "seed_sd": noise,
+        "fit": law, "isoflop_minima": minima, "fitted_budgets": [m["budget"] for m in fitted], "seed_sd": noise,
         "target_model": shape, "target_params": config.num_params(), "target_tokens": tokens,
         "frontier_n_opt": n_opt,
         "chinchilla": {**chin, "predicted_bpb": F.chinchilla(chin, config.num_params(), tokens)},
