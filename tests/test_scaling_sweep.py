@@ -82,8 +82,19 @@ def test_fit_then_target_then_plots(data_dir, tmp_path):
     state = measure_runs(out, checkpoints, TOY.samples)
     assert all(sum(r["samples"] for r in rates.values()) == 25 * TOY.samples for rates in state["runs"].values())
 
+    assert make_prediction(out, data_dir, TOY)["capability"] is None  # toy models pass nothing: no fit on the floor
+    # Planted counts to test the fit itself (the toy budgets are ~1e-4 of the sweep's): the smallest budget
+    # at the floor, left out; the other two passing more with more compute.
+    file = out / "capability.json"
+    planted = json.loads(file.read_text())
+    for rank, rates in enumerate(planted["runs"].values()):  # budget order
+        for i, counts in enumerate(rates.values()):
+            counts["passed"] = min(rank * (1 + i % 2), TOY.samples) if rank else 0
+    file.write_text(json.dumps(planted))
     prediction = make_prediction(out, data_dir, TOY)
-    assert prediction["capability"]["predicted"] > 0
+    cap = prediction["capability"]
+    assert [float(b) for b in cap["runs"]] == sorted(map(float, TOY.budgets))[1:] and cap["k"] > 0
+    assert cap["interval"][0] <= cap["predicted"] <= cap["interval"][1]
     assert prediction["interval_95"][0] <= prediction["predicted_bpb"] <= prediction["interval_95"][1]
     assert prediction["data_sha256"] == read_index(data_dir)["scaling"]["data_sha256"]
     file = tmp_path / "prediction.json"
