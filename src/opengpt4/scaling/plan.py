@@ -99,9 +99,9 @@ class Plan:
 # Chinchilla's ~20 (the first sweep found 20-60 at the budgets its steps did not limit).
 # Wall time, from `opengpt4 scaling throughput` at this batch (Xeon AMX, bfloat16, idle machine),
 # one thread: w32l1 102k tokens/s (25 GFLOP/s), w48l2 50k (36), w64l3 24k (39), w96l3 18k (56),
-# w128l3 12.5k (63); two threads: w160l4 12.4k (123), w192l5 8.0k (133). 26 runs, 1.5e14 FLOPs:
-# ~28 minutes on 2 x 1 thread; the target (3e14 FLOPs, w160l4 if the fit lands near Chinchilla's
-# ratio) ~41 minutes on two threads; capability sampling ~1 minute a model.
+# w128l3 12.5k (63); two threads: w160l4 12.4k (123), w192l5 8.0k (133). 25 runs, 1.5e14 FLOPs.
+# Measured on the idle machine: the sweep 31.6 minutes on 2 x 1 thread, the target (the fit chose
+# w192l5) 31.7 minutes on two threads, capability sampling ~30 s a model.
 DEFAULT_PLAN = Plan(tokens_per_step=1024, budgets={
     "3e11": ["w32l1", "w32l2", "w48l2"],
     "1e12": ["w32l1", "w32l2", "w48l2", "w64l2"],
