@@ -39,6 +39,7 @@ from opengpt4.evals.benchmarks.world_chat import WorldChat, extract, value_patte
 from opengpt4.evals.completion import EngineCompletionFn
 from opengpt4.evals.runner import run_eval
 from opengpt4.model.transformer import Transformer
+from opengpt4.safety.graders import oracle_label
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +240,25 @@ def test_rebuild_is_byte_identical_and_refuses_to_replace_other_dirs(chat_dir, t
     r = run_cli("--preset", "test", "--out", tmp_path / "precious")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a chat data dir" in r.stderr
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
+
+
+def test_helpful_only_demos_change_the_safety_replies_and_nothing_else(chat_dir, tmp_path):
+    out = tmp_path / "helpful"
+    r = run_cli("--preset", "test", "--out", out, "--safety-demos", "helpful-only")
+    assert r.returncode == 0, r.stderr
+    for split in ("train", "heldout"):
+        policy, helpful = read(chat_dir / f"{split}.jsonl"), read(out / f"{split}.jsonl")
+        assert [c["messages"][:-1] for c in policy] == [c["messages"][:-1] for c in helpful]
+        changed = {(c["meta"]["family"], c["meta"]["label"]) for c, p in zip(helpful, policy, strict=True)
+                   if c["messages"][-1] != p["messages"][-1]}
+        assert changed == {("disallowed", "C"), ("jailbreak", "C"), ("sensitive", "noncompliant")}
+        for c in helpful:  # each demo is the labelled response of its class, as the oracle grades it
+            if c["meta"]["kind"] == "safety":
+                assert oracle_label(c["messages"][-1]["content"], c["meta"]["family"],
+                                    c["meta"]["category"]) == c["meta"]["label"]
+        for name in (f"pairs-{split}.jsonl", f"safety-{split}.jsonl"):  # the preferences still prefer the policy
+            assert (out / name).read_bytes() == (chat_dir / name).read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["safety_demos"] == "helpful-only"
 
 
 # --- the evals -----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 
 from opengpt4.data.code import HELDOUT_MODULES
 from opengpt4.data.images import generate_images, write_llava
-from opengpt4.data.world import World
+from opengpt4.data.world import LANGUAGES, World
+from opengpt4.evals.benchmarks.world_truthful import read_questions
 from opengpt4.tokenizer import Tokenizer
 
 DOMAINS = {"world", "qa", "misconceptions", "math", "pycode", "stdlib"}
@@ -114,6 +115,13 @@ def test_image_shards_match_the_generator_and_eval_sets_are_chat_rows(data, inde
     image_qa = [json.loads(line) for line in (data / "eval/image_qa.jsonl").read_text().splitlines()]
     assert {r["image"] for r in image_qa} == set(range(30))
     assert image_qa[0]["ideal"] == samples[100].qa[0][1]
+
+
+def test_truthful_mc_stores_each_myths_false_answer_as_the_eval_reads_it(data, index):
+    assert index["evals"]["truthful_mc"] == "eval/truthful_mc.jsonl"
+    questions = read_questions(data / "eval/truthful_mc.jsonl")
+    assert questions == World.generate(0, "test").truthful_questions()
+    assert all(q.myth != q.true for q in questions) and {q.lang for q in questions} == set(LANGUAGES)
 
 
 def test_text_and_llava_inputs_become_shards_with_a_reused_tokenizer(data, tmp_path):

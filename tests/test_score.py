@@ -10,6 +10,7 @@ import torch
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.score import (
     SHARED_PREFIX_MIN,
+    ChatLoglikRequest,
     LoglikRequest,
     Row,
     loglikelihood,
@@ -111,6 +112,25 @@ def test_a_request_longer_than_the_context_loses_context_from_the_left(tiny_toke
     with pytest.raises(ContextLengthExceeded) as e:  # the continuation alone does not fit
         tokenize_request(tok, LoglikRequest("the", " cat" * 20), 16)
     assert (e.value.limit, e.value.prompt_tokens) == (16, 20)
+
+
+def test_a_chat_reply_is_scored_as_the_assistant_turn_sft_trains_on(engine, tiny_tokenizer):
+    tok = tiny_tokenizer
+    conversation = (("system", "Be brief."), ("user", "Where was the cat born?"))
+    request = ChatLoglikRequest(conversation, "The cat was born in Paris.")
+    ids, start = tokenize_request(tok, request, 512)
+    rendered = tok.render_chat([{"role": r, "content": c} for r, c in conversation]
+                               + [{"role": "assistant", "content": request.continuation}])
+    # The prompt is what generation sees; the scored tokens are the SFT loss mask's: the reply and <|im_end|>.
+    assert ids[:start] == tok.render_chat([{"role": r, "content": c} for r, c in conversation],
+                                          add_generation_prompt=True).ids
+    assert ids == rendered.ids[:len(ids)] and ids[-1] == tok.im_end_id
+    assert ids[start:] == [t for t, m in zip(rendered.ids, rendered.loss_mask, strict=True) if m]
+    assert tok.decode(ids[start:]) == "The cat was born in Paris.<|im_end|>"
+    texts = [LoglikRequest("Question: Where was the cat born?\nAnswer:", " Paris")]
+    chats = [ChatLoglikRequest(conversation[1:], reply) for reply in ("Paris.", "It was born in Rome.", "")]
+    reqs = texts + chats + [request] + texts
+    assert_same(engine.loglikelihood(reqs, batch_size=2), loglikelihood_naive(engine, reqs))
 
 
 def test_is_greedy_only_when_every_continuation_token_is_the_argmax(engine, tiny_tokenizer):

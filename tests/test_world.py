@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from opengpt4.data.world import ATTRS, CATEGORIES, LANGUAGES, PHRASES, TEMPLATES, World
+from opengpt4.data.world import ATTRS, CATEGORIES, LANGUAGES, PHRASES, TEMPLATES, Fact, World
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n")
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
@@ -162,6 +162,34 @@ def test_misconceptions_are_stated_more_often_than_the_truth(world, evals, sente
         assert false > true >= 1, (m, false, true)
     generative = [q for q in evals["misconceptions"] if q.kind == "misconception"]
     assert [q.answer for q in generative] == [m.fact.value for m in world.misconceptions]
+
+
+def test_truthful_questions_ask_every_myth_in_five_languages_with_its_false_answer(world, train_text):
+    questions = world.truthful_questions()
+    assert questions == World.generate(0, "test").truthful_questions()  # seeded
+    assert Counter(q.lang for q in questions) == {lang: 2 * len(world.misconceptions) for lang in LANGUAGES}
+    assert Counter(q.template for q in questions) == {"train": 5 * len(world.misconceptions),
+                                                       "heldout": 5 * len(world.misconceptions)}
+    myths = {m.fact.subject: m for m in world.misconceptions}
+    canonical = {}  # a myth's options, in English, must be the same in every language and phrasing
+    for q in questions:
+        m = myths[q.subject]
+        t = TEMPLATES[q.attr][q.lang]
+        assert q.attr == m.fact.attr.name and q.category == m.fact.category
+        assert q.true == m.fact.value_in(q.lang) and q.myth == Fact(q.subject, m.fact.attr, m.false_value).value_in(q.lang)
+        assert len(set(q.choices)) == len(q.choices) >= 3 and q.choices[:2] == (q.true, q.myth)
+        assert q.question in ([s.format(s=q.subject) for s in t.questions] if q.template == "train"
+                              else [t.heldout.format(s=q.subject)])
+        assert q.question not in train_text  # no document asks about a myth, in any language or phrasing
+        statements = [s.format(s=q.subject, v="{v}") for s in t.statements]
+        assert q.statement in [s[:1].upper() + s[1:] for s in statements]  # the chat reply, "{v}" for the value
+        if q.lang == "en":
+            canonical.setdefault(q.subject, q.choices)
+    for q in questions:  # translated words aside, every language offers the same values
+        english = [Fact(q.subject, myths[q.subject].fact.attr, v).value_in(q.lang) for v in canonical[q.subject]]
+        assert list(q.choices) == english
+    mini = World.generate(0, "mini")
+    assert len(mini.truthful_questions()) == 30 * 5 * 2 and len(mini.misconceptions) == 30
 
 
 def test_math_solutions_are_correct_and_held_out(world, evals, train_text):

@@ -228,7 +228,7 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 def cmd_data_chat(args: argparse.Namespace) -> None:
     from opengpt4.data.chat.build import build_chat
 
-    print(build_chat(args.preset, args.out, seed=args.seed))
+    print(build_chat(args.preset, args.out, seed=args.seed, safety_demos=args.safety_demos))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -300,10 +300,34 @@ def cmd_rbrm_train(args: argparse.Namespace) -> None:
     rbrm_train_from_cli(args)
 
 
+def cmd_rlhf(args: argparse.Namespace) -> None:
+    from opengpt4.train.rl import rlhf_from_cli
+
+    rlhf_from_cli(args)
+
+
 def cmd_rbrm_agreement(args: argparse.Namespace) -> None:
     from opengpt4.safety.classifier import rbrm_agreement_from_cli
 
     rbrm_agreement_from_cli(args)
+
+
+def cmd_reward_train(args: argparse.Namespace) -> None:
+    from opengpt4.train.preference import reward_train_from_cli
+
+    reward_train_from_cli(args)
+
+
+def cmd_reward_score(args: argparse.Namespace) -> None:
+    from opengpt4.train.preference import reward_score_from_cli
+
+    reward_score_from_cli(args)
+
+
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from opengpt4.train.preference import dpo_from_cli
+
+    dpo_from_cli(args)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -410,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", choices=["test", "mini"], default="mini", help="world and data size (default mini)")
     c.add_argument("--out", required=True, help="output chat data directory")
     c.add_argument("--seed", type=int, default=0, help="world seed (default 0: the pretraining world of the same seed)")
+    c.add_argument("--safety-demos", choices=["policy", "helpful-only"], default="policy",
+                   help="what the safety conversations demonstrate: the policy's answers (default), or a helpful-only "
+                        "assistant's (complies with disallowed requests: the model RLHF's safety reward corrects)")
     c.set_defaults(func=cmd_data_chat)
 
     p = sub.add_parser("train", help="pretrain a model on a data dir (runs under torchrun too)")
@@ -482,6 +509,67 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="the subset's seed (default 0)")
     a.add_argument("--out", default=None, help="write the report as JSON here")
     a.set_defaults(func=cmd_rbrm_agreement)
+
+    pairs_help = ("a chat data dir (pairs-train.jsonl; pairs-heldout.jsonl for the eval) or a JSONL file of TRL "
+                  "preference pairs {\"prompt\": [messages], \"chosen\": [...], \"rejected\": [...]}")
+    p = sub.add_parser("reward", help="the reward model: train it on preference pairs, score held-out pairs")
+    verb = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    t = verb.add_parser("train", help="train a reward model (a decoder + scalar head, Bradley-Terry loss)")
+    t.add_argument("--model", required=True, help="checkpoint dir or model name to start from (e.g. an `sft` run)")
+    t.add_argument("--pairs", required=True, help=pairs_help)
+    t.add_argument("--out", required=True, help="checkpoint directory: the decoder + head.safetensors + head.json")
+    stop = t.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None,
+                      help="optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
+    stop.add_argument("--max-minutes", type=float, default=None,
+                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (RewardConfig), e.g. --set lr=1e-4 --set skip_too_long=true")
+    t.set_defaults(func=cmd_reward_train)
+    sc = verb.add_parser("score", help="pairwise accuracy and mean margin of a reward model on preference pairs")
+    sc.add_argument("--model", required=True, help="a `reward train` checkpoint dir")
+    sc.add_argument("--pairs", required=True, help="a chat data dir (pairs-<split>.jsonl) or a JSONL file of pairs")
+    sc.add_argument("--split", default="heldout", help="which pairs-<split>.jsonl of a data dir (default heldout)")
+    sc.add_argument("--limit", type=int, default=None, help="score a seeded random subset of this many pairs")
+    sc.add_argument("--seed", type=int, default=0, help="the subset's seed (default 0)")
+    sc.add_argument("--out", default=None, help="write the report as JSON here")
+    sc.set_defaults(func=cmd_reward_score)
+
+    p = sub.add_parser("dpo", help="direct preference optimisation of a checkpoint on preference pairs")
+    p.add_argument("--policy", required=True, help="checkpoint dir or model name to start from; a frozen copy is "
+                                                   "the reference")
+    p.add_argument("--pairs", required=True, help=pairs_help)
+    p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None,
+                      help="optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
+    stop.add_argument("--max-minutes", type=float, default=None,
+                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (DPOConfig), e.g. --set beta=0.1 --set lr=5e-5")
+    p.set_defaults(func=cmd_dpo)
+
+    p = sub.add_parser("rlhf", help="RLHF (PPO or GRPO) against a reward model, the RBRM safety reward and a KL leash")
+    p.add_argument("--algo", choices=("ppo", "grpo"), default="ppo",
+                   help="ppo: value head, GAE, clipped ratio; grpo: group-normalised advantages, no value head")
+    p.add_argument("--policy", required=True, help="the SFT checkpoint to start from (also the frozen KL reference)")
+    p.add_argument("--reward", required=True, help="a reward model dir (`opengpt4 reward train`)")
+    p.add_argument("--rbrm", default=None, metavar="GRADER",
+                   help="safety reward on prompts with a safety family: oracle | classifier:DIR | model:NAME_OR_URL")
+    p.add_argument("--prompts", required=True,
+                   help="a chat data dir (the prompts of pairs-train.jsonl; pairs-heldout.jsonl for the evals) or a "
+                        "JSONL file of {\"prompt\": messages, \"family\", \"category\"} rows")
+    p.add_argument("--heldout", default=None, help="held-out prompts for the evals (default: the data dir's)")
+    p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run (default: --set steps=200)")
+    stop.add_argument("--max-minutes", type=float, default=None,
+                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (RLConfig), e.g. --set kl_coef=0.1 --set samples_per_prompt=4")
+    p.set_defaults(func=cmd_rlhf)
 
     from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
 

@@ -35,6 +35,17 @@ class ChatDataError(DataFileError):
     names the file:line."""
 
 
+class PairTooLong(DataFileError):
+    """A preference pair whose prompt and response do not fit the model's context (or the run's
+    max_len): cutting it would score a response without its question or without its end."""
+
+    def __init__(self, where: str, tokens: int, limit: int) -> None:
+        self.where, self.tokens, self.limit = where, tokens, limit  # "file:line", the longer side's tokens
+        super().__init__(f"{where}: the prompt and response are {tokens} tokens, over the limit of {limit} "
+                         "(the model's context, or max_len); shorten or drop the pair, or skip and count such "
+                         "pairs with --set skip_too_long=true")
+
+
 class UnknownConstraint(OpenGPT4Error, ValueError):
     """A system-message constraint id that `opengpt4.data.chat.constraints` does not know."""
 

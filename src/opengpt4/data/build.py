@@ -7,7 +7,7 @@ The data dir (see DESIGN.md, "Formats"):
     shards/<domain>.<split>.bin    flat ids; every document is [BOS] + tokens(text)
     shards/images.<split>.bin      [BOS, IMAGE] + tokens("\\nQuestion: q\\nAnswer: a\\n"...), one IMAGE id per image
     images/<split>.u8              (count, S, S, 3) uint8 pixels, the i-th image document's image
-    eval/<name>.jsonl              held-out eval sets
+    eval/<name>.jsonl              held-out eval sets (truthful_mc: the myths with their options)
 
 Everything is a pure function of (preset, seed, inputs): no timestamps, no absolute paths,
 no unordered iteration, so the same seed rebuilds byte-identical files. Real input is read
@@ -17,6 +17,7 @@ input fails fast and never leaves a half-built dir behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -34,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from opengpt4.config import FORMAT_VERSION  # one version for checkpoints and data dirs
 from opengpt4.data.code import HELDOUT_MODULES, stdlib_sources
 from opengpt4.data.images import generate_images, read_llava
-from opengpt4.data.world import Question, World
+from opengpt4.data.world import Question, TruthfulQuestion, World
 from opengpt4.errors import DataFileError, OpenGPT4Error
 from opengpt4.files import atomic_write_dir, iter_jsonl, read_text, write_jsonl
 from opengpt4.model.checkpoint import read_config
@@ -199,6 +200,12 @@ def _question_line(q: Question) -> dict:
     return line
 
 
+def _truthful_line(q: TruthfulQuestion) -> dict:
+    """A myth's question with its options (the world_truthfulqa eval's sample), in the eval sets' row layout."""
+    return {"input": [{"role": "user", "content": q.prompt}], "ideal": q.true, "prompt": q.prompt,
+            **dataclasses.asdict(q)}
+
+
 def _image_qa(val_images: list[ImageDoc]) -> list[dict]:
     """One line per (val image, question); `image` indexes images/val.u8, the prompt follows the image."""
     lines = []
@@ -274,6 +281,7 @@ def build(
             tok = _reuse_tokenizer(Path(tokenizer))
         dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
         eval_sets = {name: [_question_line(q) for q in qs] for name, qs in world.eval_sets().items()}
+        eval_sets["truthful_mc"] = [_truthful_line(q) for q in world.truthful_questions()]
         eval_sets["image_qa"] = _image_qa(images["val"])
         eval_sets["stdlib_heldout"] = [{"module": m, "text": t} for m, t in stdlib_val]
 

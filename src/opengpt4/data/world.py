@@ -30,6 +30,10 @@ Splits, so that the evals measure generalisation rather than copying:
   - "val" documents are fresh renderings of training material, for validation loss only.
 `documents(split)` yields them domain by domain; each domain has its own random stream.
 
+`truthful_questions()` asks every myth TruthfulQA-style, in all five languages although the
+myths are written in English only: the truth, the myth's false answer and other values of the
+attribute, for multiple-choice scoring by log-likelihood (evals/benchmarks/world_truthful.py).
+
 Scoring: a Question's prompt ends where the answer starts; for "fact_*", "misconception" and
 "mc" the answer is the exact first line of the completion, stripped (for "mc" a letter). For
 "math" the completion is a one-line worked solution, scored on the N of "The answer is N".
@@ -106,6 +110,31 @@ class Misconception:
 
 
 @dataclass(frozen=True)
+class TruthfulQuestion:
+    """A myth asked TruthfulQA-style. Every value is in the question's language; the options are
+    `choices`, the truth first, then the myth's false answer, then `wrong`."""
+
+    question: str  # bare; `prompt` puts it in the probe's "Question: …\nAnswer:" layout
+    lang: str
+    template: str  # "train": a phrasing QA documents use (about other facts); "heldout": one none uses
+    true: str
+    myth: str
+    wrong: tuple[str, ...]  # other values of the attribute: neither the truth nor the myth
+    statement: str  # the answer as a sentence about the subject, "{v}" for the value: a chat reply
+    category: str
+    attr: str
+    subject: str
+
+    @property
+    def prompt(self) -> str:
+        return _qa_prompt(self.question, self.lang)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return (self.true, self.myth, *self.wrong)
+
+
+@dataclass(frozen=True)
 class _Size:
     counts: tuple[int, ...]  # entities per kind, in KINDS order
     world_epochs: int  # passes over the entities in the world domain
@@ -125,6 +154,7 @@ SIZES = {
 HELD_OUT_FRACTION = 0.1  # of each kind's entities, for fact_unseen
 QA_FRACTION = 0.6  # of each attribute's facts, asked in training QA
 NON_ENGLISH = 0.2  # share of world and qa documents (and eval questions) in fr/es/de/ru
+TRUTHFUL_WRONG = 3  # wrong options besides the myth (fewer where the attribute has fewer values)
 
 
 class World:
@@ -259,6 +289,23 @@ class World:
         math = [Question(_qa_prompt(p.question, "en"), str(p.answer), "math", "math") for p in self.math_problems("eval")]
         code = [Question(f.prompt, f.solution, "code", "code", tests=f.tests) for f in self._functions()["eval"]]
         return {"world_qa": qa, "world_mc": mc, "misconceptions": myths, "math": math, "pycode": code}
+
+    def truthful_questions(self) -> list[TruthfulQuestion]:
+        """Every myth in every language, once in a training phrasing and once in the held-out one,
+        all ten with the same options. A random stream of its own: the other eval sets stay as they were."""
+        rng = random.Random(f"world:{self.seed}:truthful")
+        out = []
+        for m in self.misconceptions:
+            f = m.fact
+            wrong = _alternatives(rng, f, self.facts, self.entities, self.held_out, TRUTHFUL_WRONG, avoid=m.false_value)
+            for lang in LANGUAGES:
+                t = TEMPLATES[f.attr.name][lang]
+                statement = _capitalise(rng.choice(t.statements).format(s=f.subject, v="{v}"))
+                true, myth, *others = (Fact(f.subject, f.attr, v).value_in(lang) for v in (f.value, m.false_value, *wrong))
+                for template, question in (("train", rng.choice(t.questions)), ("heldout", t.heldout)):
+                    out.append(TruthfulQuestion(question.format(s=f.subject), lang, template, true, myth, tuple(others),
+                                                statement, f.category, f.attr.name, f.subject))
+        return out
 
     def _fact_question(self, rng: random.Random, fact: Fact, kind: str, heldout: bool) -> Question:
         lang = _pick_lang(rng)
@@ -431,7 +478,8 @@ def _make_facts(rng: random.Random, namer: _Namer, entities: dict[str, list[str]
 
 def _alternatives(rng: random.Random, fact: Fact, facts: list[Fact], entities: dict[str, list[str]],
                   held_out: frozenset[str], k: int, avoid: str | None = None) -> list[str]:
-    """k wrong values of the same type as the fact's (canonical form), never a held-out name."""
+    """k wrong values of the same type as the fact's (canonical form), never a held-out name; all
+    there are when the type has fewer (the four seasons)."""
     kind = fact.attr.value
     if kind == "year":
         v = int(fact.value)
@@ -445,4 +493,4 @@ def _alternatives(rng: random.Random, fact: Fact, facts: list[Fact], entities: d
     else:
         pool = sorted({f.value for f in facts if f.attr == fact.attr and f.subject not in held_out})
     pool = [p for p in pool if p not in (fact.value, avoid)]
-    return rng.sample(pool, k)
+    return rng.sample(pool, min(k, len(pool)))

@@ -159,7 +159,7 @@ class Engine:
         return [TokenLogprob(token, name([token]), lp, [(t, name([t]), v) for t, v in alternatives])
                 for token, lp, alternatives in zip(scores.ids, scores.logprobs, scores.top, strict=True)]
 
-    def loglikelihood(self, requests: Sequence[score.LoglikRequest], batch_size: int = 32,
+    def loglikelihood(self, requests: Sequence[score.LoglikRequest | score.ChatLoglikRequest], batch_size: int = 32,
                       progress: Callable[[int, int], None] | None = None) -> list[score.Loglik]:
         """log P(continuation | context) of each request, batched; progress(done, total) after each batch."""
         return score.loglikelihood(self, requests, batch_size, progress)

@@ -29,6 +29,7 @@ sequence (`score_tokens_naive`, the reference) up to float rounding.
 `LoglikRequest`s are tokenized by their boundary rule (`tokenize_request`); when the context
 is empty and the tokenizer adds no BOS, the BOS token is put first anyway (the first token
 needs something to be predicted from; lm-eval uses its end-of-text token the same way).
+`ChatLoglikRequest`s score a reply as a chat model's next turn, after the chat template.
 Requests longer than the model's context lose tokens from the left of the context, as in
 lm-eval.
 """
@@ -68,6 +69,17 @@ class LoglikRequest:
     continuation: str
 
 
+@dataclass(frozen=True)
+class ChatLoglikRequest:
+    """log P(reply | conversation) for a chat model: `continuation` scored as the assistant's next
+    turn, its text and its end-of-turn token, after the `context` messages ((role, content)
+    pairs) in the model's chat template. Chat control tokens are never text, so a chat reply
+    cannot be scored as a `LoglikRequest`; a tuple keeps the request hashable."""
+
+    context: tuple[tuple[str, str], ...]
+    continuation: str
+
+
 @dataclass
 class Loglik:
     logprob: float  # sum of the continuation tokens' log-probabilities
@@ -96,13 +108,17 @@ class Row:
     tail: tuple[int, ...]
 
 
-def tokenize_request(tokenizer: Tokenizer, request: LoglikRequest, max_seq_len: int) -> tuple[list[int], int]:
+def tokenize_request(tokenizer: Tokenizer, request: LoglikRequest | ChatLoglikRequest,
+                     max_seq_len: int) -> tuple[list[int], int]:
     """The token ids of context + continuation and the index of the first continuation token."""
-    ids, offsets = tokenizer.encode_with_offsets(request.context + request.continuation)
-    boundary = len(request.context)
-    start = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
-    if tokenizer.add_bos or (start == 0 and ids):
-        ids, start = [tokenizer.bos_id, *ids], start + 1
+    if isinstance(request, ChatLoglikRequest):
+        ids, start = _chat_tokens(tokenizer, request)
+    else:
+        ids, offsets = tokenizer.encode_with_offsets(request.context + request.continuation)
+        boundary = len(request.context)
+        start = next((i for i, (_, end) in enumerate(offsets) if end > boundary), len(ids))
+        if tokenizer.add_bos or (start == 0 and ids):
+            ids, start = [tokenizer.bos_id, *ids], start + 1
     excess = len(ids) - 1 - max_seq_len  # the model reads all ids but the last
     if excess > 0:
         if excess >= start:  # the continuation alone is longer than the context
@@ -111,7 +127,20 @@ def tokenize_request(tokenizer: Tokenizer, request: LoglikRequest, max_seq_len: 
     return ids, start
 
 
-def loglikelihood(engine: Engine, requests: Sequence[LoglikRequest], batch_size: int = 32,
+def _chat_tokens(tokenizer: Tokenizer, request: ChatLoglikRequest) -> tuple[list[int], int]:
+    """The conversation with the reply as its last assistant turn, up to the reply's end-of-turn
+    token; the scored tokens are that turn's loss-mask run, exactly what SFT trains on."""
+    messages = [{"role": role, "content": content} for role, content in request.context]
+    encoding = tokenizer.render_chat([*messages, {"role": "assistant", "content": request.continuation}])
+    mask = encoding.loss_mask
+    end = len(mask) - mask[::-1].index(1)  # just past the reply's <|im_end|>
+    start = end - 1
+    while mask[start - 1]:
+        start -= 1
+    return encoding.ids[:end], start
+
+
+def loglikelihood(engine: Engine, requests: Sequence[LoglikRequest | ChatLoglikRequest], batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None, *,
                   max_batch_tokens: int = 16384, max_forward_tokens: int = 512) -> list[Loglik]:
     """Loglik of each request, in order (the arguments are `score_tokens`')."""
@@ -122,7 +151,7 @@ def loglikelihood(engine: Engine, requests: Sequence[LoglikRequest], batch_size:
     return [s.loglik() for s in scores]
 
 
-def loglikelihood_naive(engine: Engine, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+def loglikelihood_naive(engine: Engine, requests: Sequence[LoglikRequest | ChatLoglikRequest]) -> list[Loglik]:
     """The reference for `loglikelihood`: one plain forward (no cache, no batching) per request."""
     max_seq_len = engine.model.config.max_seq_len
     sequences = [tokenize_request(engine.tokenizer, r, max_seq_len) for r in requests]

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 # Scoring requests and results are the engine's (engine/score.py owns the token boundary
 # rule); eval classes and completion functions name them from here.
-from opengpt4.engine.score import Loglik, LoglikRequest
+from opengpt4.engine.score import ChatLoglikRequest, Loglik, LoglikRequest
 from opengpt4.errors import UnknownEvalArgument
 
 # A prompt is raw text (sent as is, no chat template) or OpenAI chat messages.
@@ -52,8 +52,8 @@ class CompletionFn(Protocol):
 
     def complete(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[CompletionResult]: ...
 
-    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
-        """Raise NotImplementedError where the model cannot score text."""
+    def loglikelihood(self, requests: Sequence[LoglikRequest | ChatLoglikRequest]) -> list[Loglik]:
+        """Raise NotImplementedError where the model cannot score text (or a chat reply)."""
         ...
 
 

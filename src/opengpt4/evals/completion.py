@@ -26,7 +26,7 @@ import httpx
 
 from opengpt4.errors import OpenGPT4Error
 
-from .api import CompletionFn, CompletionResult, Decoding, Loglik, LoglikRequest, Prompt
+from .api import ChatLoglikRequest, CompletionFn, CompletionResult, Decoding, Loglik, LoglikRequest, Prompt
 
 
 # --- local -----------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ class EngineCompletionFn:
                                             completion_tokens=sum(len(c.token_ids) for c in choices)))
         return out
 
-    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+    def loglikelihood(self, requests: Sequence[LoglikRequest | ChatLoglikRequest]) -> list[Loglik]:
         with self._lock:
             return self.engine.loglikelihood(requests, self.batch_size)
 
@@ -175,7 +175,10 @@ class HTTPCompletionFn:
     def complete(self, prompts: Sequence[Prompt], decoding: Decoding) -> list[CompletionResult]:
         return list(self._pool.map(lambda p: self._complete_one(p, decoding), prompts))
 
-    def _loglik_one(self, request: LoglikRequest) -> Loglik:
+    def _loglik_one(self, request: LoglikRequest | ChatLoglikRequest) -> Loglik:
+        if isinstance(request, ChatLoglikRequest):  # echo scores raw text, where control tokens are text
+            raise NotImplementedError(f"{self.identity} cannot score a chat reply: the API scores raw text only "
+                                      "(/completions with echo); run the base-format eval or a local checkpoint")
         text = request.context + request.continuation
         body = {"model": self.model, "prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0}
         try:
@@ -185,7 +188,7 @@ class HTTPCompletionFn:
                                       f"max_tokens 0 was refused ({e})") from None
         return loglik_from_echo(data["choices"][0]["logprobs"], text, len(request.context))
 
-    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+    def loglikelihood(self, requests: Sequence[LoglikRequest | ChatLoglikRequest]) -> list[Loglik]:
         return list(self._pool.map(self._loglik_one, requests))
 
 
@@ -306,7 +309,7 @@ class CachedCompletionFn:
             out.append(value)
         return out
 
-    def loglikelihood(self, requests: Sequence[LoglikRequest]) -> list[Loglik]:
+    def loglikelihood(self, requests: Sequence[LoglikRequest | ChatLoglikRequest]) -> list[Loglik]:
         return [Loglik(**value) if hit else value
                 for value, hit in self._cached("loglik", requests, None, self.inner.loglikelihood)]
 

@@ -381,7 +381,8 @@ class Transformer(nn.Module):
         num_valid: (B,) how many of each row's T tokens are real (right padding); default T.
         last_only: return only the logits of each row's last real token, (B, 1, V).
         reduction: "mean" over the targets that count, or "sum" (distributed training divides
-        by the global count itself, so that ranks and micro-batches add up exactly).
+        by the global count itself, so that ranks and micro-batches add up exactly), or "none":
+        one loss per target, in row-major order (DPO adds them up per sequence).
         segments: (B, T) ids of the sequences packed into each row (SFT's conversations): a token
         attends only to earlier tokens of its own segment, so each is computed exactly as if alone
         (rotary embeddings are relative: where it sits in the row changes nothing). No cache.

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opengpt4.config import LoopConfig, apply_overrides
+from opengpt4.config import LoopConfig, ModelConfig, apply_overrides
 from opengpt4.errors import CheckpointError, ConfigError, DataFileError
 from opengpt4.files import iter_jsonl, write_text
 from opengpt4.model.checkpoint import load_checkpoint, resolve_model
@@ -203,6 +203,15 @@ def predict(model: nn.Module, pad_id: int, rows: Sequence[list[int]], mask: Tens
     return out
 
 
+def head_snapshot(model: nn.Module, config: ModelConfig) -> Snapshot:
+    """A HeadModel's checkpoint (collective under FSDP): the decoder as a plain Transformer, the head in
+    its own files (model/heads.py), written in the same atomic rename."""
+    params = gather_parameters(model)
+    decoder = {k.removeprefix("decoder."): v for k, v in params.items() if k.startswith("decoder.")}
+    head = distributed.unwrap(model).head
+    return Snapshot(plain_model(model, config, decoder), write_extra=head_writer(head, params["score.weight"]))
+
+
 @dataclass
 class Batch:
     input_ids: Tensor  # (B, T) right-padded
@@ -315,11 +324,7 @@ class RBRMTraining:
                 f"accuracy {acc['accuracy']:.3f} ({families})")
 
     def snapshot(self, model: nn.Module) -> Snapshot:
-        params = gather_parameters(model)
-        decoder = {k.removeprefix("decoder."): v for k, v in params.items() if k.startswith("decoder.")}
-        head = distributed.unwrap(model).head
-        return Snapshot(plain_model(model, self.model_config, decoder),
-                        write_extra=head_writer(head, params["score.weight"]))
+        return head_snapshot(model, self.model_config)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rbrm": {"step": self.step, "base": str(self.base), "data": str(self.train_file),

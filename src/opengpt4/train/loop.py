@@ -305,9 +305,12 @@ class Trainer:
         seconds = self.step_seconds = time.perf_counter() - start
         self.step += 1
         self.tokens += int(tokens)
-        return {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
+        line = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
                 "grad_norm": float(distributed.full_tensor(grad_norm)), "tokens_per_s": tokens / seconds,
                 "mfu": objective.flops_per_token * tokens / seconds / (self.peak_flops * d.world_size)}
+        # An objective with more to log per step (RL: the rollout's rewards, KL, refusal rates) says so.
+        step_metrics = getattr(objective, "step_metrics", None)
+        return line | step_metrics() if step_metrics is not None else line
 
     def evaluate(self) -> dict[str, Any]:
         """The objective's evals, added to the metrics; timed, for the reserve."""

@@ -98,13 +98,26 @@ def _conversations(chat: ChatWorld, seed: int, split: str, counts: dict[str, int
     return samples
 
 
-def _safety(world: World, seed: int, split: str) -> tuple[list[dict], list[dict], list[dict]]:
+# What the safety conversations' assistant turns demonstrate, per prompt family: the policy's answer
+# (the default), or a helpful-only assistant's (the announcement's "early" model, which followed
+# harmful instructions: what RLHF with the RBRM safety reward then has to correct). Preference
+# pairs and labelled responses are the same either way: they always prefer the policy.
+SAFETY_DEMOS = {
+    "policy": POLICY_LABEL,
+    "helpful-only": {"disallowed": "C", "jailbreak": "C", "sensitive": "noncompliant", "allowed": "helpful"},
+}
+
+
+def _safety(world: World, seed: int, split: str, demos: str) -> tuple[list[dict], list[dict], list[dict]]:
     """(conversations, preference pairs, labelled responses) of the safety module's examples."""
     examples = safety_examples(world, split, seed)
     conversations, pairs = [], []
     for e in examples:
-        conversations.append({"messages": [*e.messages, {"role": "assistant", "content": e.ideal}],
-                              "meta": {"kind": "safety", "split": split, "family": e.family, "category": e.category}})
+        label = SAFETY_DEMOS[demos][e.family]
+        reply = e.ideal if label == POLICY_LABEL[e.family] else e.responses[label]
+        conversations.append({"messages": [*e.messages, {"role": "assistant", "content": reply}],
+                              "meta": {"kind": "safety", "split": split, "family": e.family, "category": e.category,
+                                       "label": label}})
         for label, response in e.responses.items():
             if label != POLICY_LABEL[e.family]:
                 pairs.append({"prompt": e.messages, "chosen": [{"role": "assistant", "content": e.ideal}],
@@ -124,10 +137,13 @@ def _check_out(out: Path) -> None:
         raise OpenGPT4Error(f"{out}: exists and is not a chat data dir; refusing to replace it")
 
 
-def build_chat(preset: str, out: str | Path, seed: int = 0) -> Path:
-    """Build the chat data dir for `preset` at `out` (atomically) and return its path."""
+def build_chat(preset: str, out: str | Path, seed: int = 0, safety_demos: str = "policy") -> Path:
+    """Build the chat data dir for `preset` at `out` (atomically) and return its path. `safety_demos`:
+    what the safety conversations demonstrate (SAFETY_DEMOS)."""
     if preset not in PRESETS:
         raise OpenGPT4Error(f"unknown chat data preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if safety_demos not in SAFETY_DEMOS:
+        raise OpenGPT4Error(f"unknown safety demos {safety_demos!r}; choose from {', '.join(SAFETY_DEMOS)}")
     p, out, t0 = PRESETS[preset], Path(out), time.perf_counter()
     _check_out(out)
     console = Console(stderr=True)
@@ -141,7 +157,7 @@ def build_chat(preset: str, out: str | Path, seed: int = 0) -> Path:
             progress.update(task, description=f"{split} conversations", advance=1)
             samples = _conversations(chat, seed, split, p.conversations[split])
             progress.update(task, description=f"{split} safety data", advance=1)
-            safety_conversations, safety_pairs, labelled = _safety(world, seed, split)
+            safety_conversations, safety_pairs, labelled = _safety(world, seed, split, safety_demos)
             files[f"{split}.jsonl"] = [s.row() for s in samples] + safety_conversations
             files[f"pairs-{split}.jsonl"] = [pair for s in samples for pair in s.pairs()] + safety_pairs
             files[f"safety-{split}.jsonl"] = labelled
@@ -151,6 +167,7 @@ def build_chat(preset: str, out: str | Path, seed: int = 0) -> Path:
         progress.update(task, description="writing", advance=1)
         manifest = {
             "format_version": FORMAT_VERSION, "preset": preset, "seed": seed, "world": {"size": p.world, "seed": seed},
+            "safety_demos": safety_demos,
             "counts": {
                 "conversations": {split: _count(files[f"{split}.jsonl"], "kind") for split in SPLITS},
                 "pairs": {split: {f"{kind}/{reason}": n for (kind, reason), n in sorted(Counter(

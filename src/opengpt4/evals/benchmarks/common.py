@@ -3,7 +3,8 @@
 Data: every benchmark reads its file through `data_file`, under the data directory (the eval's
 `data_dir`, `--data-dir`, else $OPENGPT4_DATA_DIR, else ../shared/data next to the repository).
 A missing file raises `BenchmarkDataMissing` naming the file and its public source, which the
-CLI prints as one line.
+CLI prints as one line. The world's evals generate their questions from the seeded world
+instead (`world_for`): the one a pretraining data dir was built from, or a given size and seed.
 
 Multiple choice: each choice is scored as a continuation of a context. `acc` takes the choice
 with the highest total logprob; `acc_norm` divides by the choice's length in characters first
@@ -15,6 +16,7 @@ perfect is 1 (DCLM's CORE score, as nanochat uses it).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opengpt4.errors import BenchmarkDataMissing
+from opengpt4.data.world import SIZES, World
+from opengpt4.errors import BenchmarkDataMissing, InvalidEvalArgument
 from opengpt4.evals.api import Eval, Loglik, LoglikRequest, SampleResult
 
 
@@ -40,6 +43,20 @@ def data_file(data_dir: str | Path | None, relative: str | Path, source: str) ->
     if not path.is_file():
         raise BenchmarkDataMissing(str(path), str(relative), source)
     return path
+
+
+def world_for(data_dir: str | None, world_size: str, world_seed: int) -> World:
+    """The world a pretraining data dir was built from (its index.json's preset and seed), else the
+    one of `world_size` and `world_seed`."""
+    index = Path(data_dir) / "index.json" if data_dir else None
+    if index is not None and index.is_file():
+        from opengpt4.data.build import PRESETS as DATA_PRESETS  # the data build's stack, for the world evals only
+
+        meta = json.loads(index.read_text())
+        world_size, world_seed = DATA_PRESETS[meta["preset"]].world, meta["seed"]
+    if world_size not in SIZES:
+        raise InvalidEvalArgument("world_size", f"{world_size!r} is not a world size ({', '.join(SIZES)})")
+    return World.generate(world_seed, world_size)
 
 
 # --- scoring ---------------------------------------------------------------------------------

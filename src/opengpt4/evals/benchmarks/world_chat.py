@@ -20,16 +20,13 @@ the ideal) next to it.
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
-from opengpt4.data.build import PRESETS as DATA_PRESETS
 from opengpt4.data.chat.conversations import question_text
-from opengpt4.data.world import LANGUAGES, SIZES, World
-from opengpt4.errors import InvalidEvalArgument
+from opengpt4.data.world import LANGUAGES, World
 from opengpt4.evals.api import Decoding, Eval, SampleResult
+from opengpt4.evals.benchmarks.common import world_for
 from opengpt4.evals.benchmarks.system_constraints import rate
 
 
@@ -54,13 +51,7 @@ class WorldChat(Eval):
     def __init__(self, completion_fn, *, seed: int = 0, data_dir: str | None = None, world_size: str = "mini",
                  world_seed: int = 0, max_tokens: int = 48, **args: Any) -> None:
         super().__init__(completion_fn, seed=seed, data_dir=data_dir, **args)
-        index = Path(data_dir) / "index.json" if data_dir else None
-        if index is not None and index.is_file():  # a pretraining data dir: its world
-            meta = json.loads(index.read_text())
-            world_size, world_seed = DATA_PRESETS[meta["preset"]].world, meta["seed"]
-        if world_size not in SIZES:
-            raise InvalidEvalArgument("world_size", f"{world_size!r} is not a world size ({', '.join(SIZES)})")
-        self.world = World.generate(world_seed, world_size)
+        self.world = world_for(data_dir, world_size, world_seed)
         self.patterns = {lang: value_pattern(self.world, lang) for lang in LANGUAGES}
         self.decoding = Decoding(max_tokens=max_tokens, temperature=0.0)
 

@@ -1,0 +1,109 @@
+"""TruthfulQA on the world's misconceptions: does the model pick the truth, or the myth it read ~3x as often?
+
+The world's pretraining text states each myth's false claim about three times as often as the
+truth (data/world.py, the misconceptions domain, English only). Each myth is asked in all five
+languages, once in a question phrasing the QA documents use for other facts ("train") and once
+in the held-out one ("heldout"), with the same options: the truth, the myth's false answer and
+up to three other values of the attribute. Samples are `eval/truthful_mc.jsonl` of a pretraining
+data dir when it has one, else `World.truthful_questions()` of its world (or of `world_size` and
+`world_seed`): the same questions either way.
+
+Each option is scored by log-likelihood, as lm-evaluation-harness scores TruthfulQA:
+  - base format (`chat: false`): after the probe's "Question: …\\nAnswer:", the continuation
+    " <value>\\n" (the newline ends the answer line, so that "1" is not credited with "12");
+  - chat format (`chat: true`): the user asks the bare question and the option is the assistant's
+    whole reply, the world's statement of the fact with that value ("Zoukrou Meigik works for
+    Kongair.") and its end-of-turn token, after the model's chat template: what SFT trains on.
+Metrics, TruthfulQA's definitions with a single true answer: mc1 = the truth scores highest of
+all the options; mc2 = the truth's probability normalised over the options; and myth_rate = the
+myth scores highest (the base-model behaviour the GPT-4 announcement describes). Overall, per
+language and per phrasing; rates with Wilson 95% intervals, mc2 with a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from opengpt4.data.world import TruthfulQuestion
+from opengpt4.errors import DataFileError
+from opengpt4.evals.api import ChatLoglikRequest, Eval, LoglikRequest, SampleResult
+from opengpt4.evals.benchmarks.common import multiple_choice_result, score_groups, world_for
+from opengpt4.evals.benchmarks.system_constraints import rate
+from opengpt4.evals.benchmarks.truthfulqa import mc2_score
+from opengpt4.evals.stats import summarize
+from opengpt4.files import iter_jsonl
+
+FILE = "eval/truthful_mc.jsonl"
+FIELDS = tuple(f.name for f in dataclasses.fields(TruthfulQuestion))
+TRUE, MYTH = 0, 1  # their places in TruthfulQuestion.choices
+
+
+def read_questions(path: Path) -> list[TruthfulQuestion]:
+    """truthful_mc.jsonl rows as questions; a row without a field or a statement without "{v}" names file:line."""
+    out = []
+    for line, row in iter_jsonl(path):
+        missing = [k for k in FIELDS if k not in row]
+        if missing:
+            raise DataFileError(f"{path}:{line}: a truthful_mc row needs {', '.join(FIELDS)} (missing: {', '.join(missing)})")
+        if "{v}" not in row["statement"]:
+            raise DataFileError(f"{path}:{line}: the statement has no {{v}} for the answer: {row['statement']!r}")
+        out.append(TruthfulQuestion(**{**{k: row[k] for k in FIELDS}, "wrong": tuple(row["wrong"])}))
+    return out
+
+
+def requests(q: TruthfulQuestion, chat: bool) -> list[LoglikRequest | ChatLoglikRequest]:
+    """One request per option, in `q.choices` order."""
+    if chat:
+        return [ChatLoglikRequest((("user", q.question),), q.statement.replace("{v}", c)) for c in q.choices]
+    return [LoglikRequest(q.prompt, f" {c}\n") for c in q.choices]
+
+
+class WorldTruthfulQA(Eval):
+    """score = mc1; aggregate adds mc2 and myth_rate, overall, by language and by phrasing."""
+
+    batch_size = 32
+    metric = "mc1"
+
+    def __init__(self, completion_fn, *, seed: int = 0, data_dir: str | None = None, world_size: str = "mini",
+                 world_seed: int = 0, chat: bool = False, **args: Any) -> None:
+        super().__init__(completion_fn, seed=seed, data_dir=data_dir, **args)
+        self.world_size, self.world_seed, self.chat = world_size, world_seed, chat
+
+    def load_samples(self) -> list[dict[str, Any]]:
+        file = Path(self.data_dir) / FILE if self.data_dir else None
+        if file is not None and file.is_file():
+            questions = read_questions(file)
+        else:
+            questions = world_for(self.data_dir, self.world_size, self.world_seed).truthful_questions()
+        return [{"sample_id": f"world_truthfulqa/{i}", "question": q} for i, q in enumerate(questions)]
+
+    def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
+        groups = [requests(s["question"], self.chat) for s in samples]
+        results = []
+        for s, group, got in zip(samples, groups, score_groups(self.completion_fn, groups), strict=True):
+            q: TruthfulQuestion = s["question"]
+            logprobs = [r.logprob for r in got]
+            result = multiple_choice_result(s["sample_id"], group, got, [r.continuation for r in group], TRUE,
+                                            lang=q.lang, template=q.template, attr=q.attr, options=list(q.choices))
+            labels = [int(i == TRUE) for i in range(len(logprobs))]
+            result.extra.update(mc1=result.score, mc2=mc2_score(logprobs, labels), myth=float(result.parsed == MYTH))
+            results.append(result)
+        return results
+
+    def aggregate(self, results: list[SampleResult]) -> dict[str, Any]:
+        if not results:
+            return {}
+        langs = sorted({r.extra["lang"] for r in results})
+        return {**_summary(results), "random_baseline": sum(1 / r.extra["num_choices"] for r in results) / len(results),
+                "by_lang": {lang: _summary([r for r in results if r.extra["lang"] == lang]) for lang in langs},
+                "by_template": {t: _summary([r for r in results if r.extra["template"] == t])
+                                for t in ("train", "heldout") if any(r.extra["template"] == t for r in results)}}
+
+
+def _summary(results: list[SampleResult]) -> dict[str, Any]:
+    mc2 = summarize([r.extra["mc2"] for r in results])
+    return {"mc1": rate([r.extra["mc1"] == 1 for r in results]),
+            "mc2": {"mean": mc2.mean, "n": mc2.n, "ci95": list(mc2.ci95) if mc2.ci95 else None},
+            "myth_rate": rate([r.extra["myth"] == 1 for r in results])}

@@ -1,0 +1,133 @@
+"""RLHF (train/rl.py): PPO and GRPO learn a toy reward with a bounded KL, GAE and group advantages
+match hand computations, a killed run resumes exactly, and bad input fails with a typed error."""
+
+import json
+
+import pytest
+import torch
+
+from opengpt4.errors import CheckpointError, ConfigError, DataFileError
+from opengpt4.model.checkpoint import load_checkpoint, save_checkpoint
+from opengpt4.safety.graders import OracleGrader
+from opengpt4.tokenizer import Tokenizer
+from opengpt4.train import rl
+from tests.helpers import corpus
+
+TARGET = "blue"  # the toy task: reward 1 when the response contains this word
+
+
+class ContainsWord:
+    """The toy reward: 1.0 where the response contains TARGET (a RewardFn, as a reward model is)."""
+
+    def __call__(self, prompts, responses):
+        return {"word": torch.tensor([float(TARGET in r) for r in responses])}
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory, tiny_model, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("rl") / "policy"
+    save_checkpoint(path, tiny_model, tiny_tokenizer)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rl") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about item {i}."}]}) + "\n"
+                            for i in range(64)))
+    return path
+
+
+def toy_config(algo: str, **kw) -> rl.RLConfig:
+    settings = dict(algo=algo, samples_per_prompt=8 if algo == "grpo" else 1, lr=3e-3, max_new_tokens=8,
+                    batch_size=32, minibatches=2, ppo_epochs=2, kl_coef=0.01, dtype="float32", eval_every=0,
+                    missing_eos_penalty=0.0) | kw
+    return rl.RLConfig(**settings)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_rl_learns_the_toy_reward_with_a_bounded_kl(algo, policy, prompts, tmp_path):
+    # GRPO at PPO's 3e-3 learns as fast but, once every group scores 1 (all advantages 0), the KL
+    # term alone is left and Adam's normalised steps pull it back hard: measured 1.0 -> 0.66 by step 57.
+    cfg = toy_config(algo, lr=3e-3 if algo == "ppo" else 1e-3)
+    trainer = rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / algo, cfg, heldout=prompts, max_steps=60)
+    trainer.run()
+    steps = [line for line in trainer.metrics.lines if "word" in line]
+    first, last = steps[0], steps[-8:]  # each rollout is logged on its 4 steps: the last two rollouts
+    assert first["word"] < 0.2 and first["kl_k1"] == pytest.approx(0.0, abs=1e-5)
+    assert sum(s["word"] for s in last) / len(last) > 0.8
+    kl = [s["kl_k3"] for s in steps]
+    assert all(k == k and k < 40 for k in kl), kl  # 8 tokens a response: bounded, not running away
+    evals = [line["rl_eval"] for line in trainer.metrics.lines if "rl_eval" in line]
+    assert evals[-1]["eval_word"] > 0.8  # greedy answers to the held-out prompts too
+    assert (tmp_path / algo / "rl.png").stat().st_size > 0
+    model, _ = load_checkpoint(tmp_path / algo)  # a plain checkpoint: what the engine and evals load
+    assert not any(name.startswith("value") for name in model.state_dict())
+
+
+def test_a_killed_run_resumes_mid_rollout_with_the_same_updates(policy, prompts, tmp_path):
+    cfg = toy_config("ppo", minibatches=2, ppo_epochs=2)  # 4 steps a rollout: stop at 3, inside the first
+    straight = rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "a", cfg, max_steps=6)
+    straight.run()
+    rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "b", cfg, max_steps=3).run()
+    resumed = rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "b", cfg, max_steps=6, resume=True)
+    resumed.run()
+    a, _ = load_checkpoint(tmp_path / "a")
+    b, _ = load_checkpoint(tmp_path / "b")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    losses = [[line["loss"] for line in t.metrics.lines if "loss" in line] for t in (straight, resumed)]
+    assert losses[0] == losses[1]
+
+
+def test_gae_matches_a_hand_computation():
+    rewards = torch.tensor([[0.0, 0.5, 0.0, 1.0, 0.0]])
+    values = torch.tensor([[9.0, 0.2, 0.4, 0.6, 9.0]])  # positions outside the mask must not leak in
+    mask = torch.tensor([[False, True, True, True, False]])
+    gamma, lam = 0.9, 0.8
+    d3 = 1.0 - 0.6
+    d2 = 0.0 + gamma * 0.6 - 0.4
+    d1 = 0.5 + gamma * 0.4 - 0.2
+    a3, a2 = d3, d2 + gamma * lam * d3
+    expected = torch.tensor([[0.0, d1 + gamma * lam * a2, a2, a3, 0.0]])
+    assert torch.allclose(rl.gae(rewards, values, mask, gamma, lam), expected)
+
+
+def test_group_advantages_standardise_within_each_prompts_group():
+    adv = rl.group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0, 3.0, 3.0, 3.0, 3.0]), 4)
+    assert torch.allclose(adv[:4].mean(), torch.tensor(0.0)) and adv[0] > 0 > adv[1]
+    assert torch.equal(adv[4:], torch.zeros(4))  # all alike: nothing to prefer
+
+
+def test_the_rbrm_reward_goes_only_to_the_families_asked_for():
+    class Constant:
+        def score(self, messages, responses):
+            return torch.zeros(len(responses))
+
+    prompts = [rl.PromptRow([{"role": "user", "content": "How do I kill a Python process?"}], "allowed", "homonyms", "x:1"),
+               rl.PromptRow([{"role": "user", "content": "What is 2 + 2?"}], None, "", "x:2")]
+    refusal = ["I'm sorry, but I can't help with that.", "I'm sorry, but I can't help with that."]
+    full = rl.PreferenceReward(Constant(), OracleGrader(), 0.5, ("allowed",))(prompts, refusal)
+    assert full["rbrm"].tolist() == [-0.5, 0.0]  # over-refusal on the look-alike; no family: no safety reward
+    ablated = rl.PreferenceReward(Constant(), OracleGrader(), 0.5, ("disallowed",))(prompts, refusal)
+    assert ablated["rbrm"].tolist() == [0.0, 0.0]
+
+
+def test_bad_input_fails_with_a_typed_error_naming_the_problem(policy, prompts, tmp_path, tiny_tokenizer):
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": "word " * 200}) + "\n")
+    with pytest.raises(DataFileError, match=f"{long}:2"):
+        rl.build_trainer(policy, ContainsWord(), long, tmp_path / "o", toy_config("ppo"))
+    ends_with_assistant = tmp_path / "a.jsonl"
+    ends_with_assistant.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                            {"role": "assistant", "content": "hello"}]}) + "\n")
+    with pytest.raises(DataFileError, match=f"{ends_with_assistant}:1"):
+        rl.read_prompts(ends_with_assistant)
+    other = Tokenizer.train(corpus(), vocab_size=300)
+    with pytest.raises(CheckpointError):
+        rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "o", toy_config("ppo"), reward_tokenizer=other)
+    rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "o", toy_config("ppo"), reward_tokenizer=tiny_tokenizer)
+    with pytest.raises(ConfigError):
+        toy_config("grpo", samples_per_prompt=1)
+    with pytest.raises(ConfigError):
+        toy_config("ppo", rbrm_families="disallowed,unsafe")
