@@ -18,6 +18,7 @@ from opengpt4.model.heads import HEAD_CONFIG, HeadConfig, HeadModel, save_head_c
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.train import distributed
 from opengpt4.train.preference import (
+    ACKNOWLEDGEMENTS,
     DPO,
     DPOConfig,
     EncodedPairs,
@@ -26,6 +27,7 @@ from opengpt4.train.preference import (
     dpo_rewards,
     each_row,
     encode_response,
+    mismatched_pairs,
     read_pairs,
     response_logps,
     reward,
@@ -162,7 +164,9 @@ def test_a_pair_over_the_context_is_an_error_naming_it_unless_skipping_is_asked(
 @pytest.fixture(scope="module")
 def trained_rm(tmp_path_factory, base, pairs_dir):
     out = tmp_path_factory.mktemp("rm") / "reward"
-    cfg = RewardConfig(batch_size=8, lr=3e-3, warmup_steps=3, eval_every=10, eval_rows=48, dtype="float32")
+    # mismatched=0: the marker pairs alone, so 20 steps show the Bradley-Terry fit (mismatched_pairs has its own test)
+    cfg = RewardConfig(batch_size=8, lr=3e-3, warmup_steps=3, eval_every=10, eval_rows=48, dtype="float32",
+                       mismatched=0)
     return out, train_reward_model(base, pairs_dir, out, cfg, max_steps=20)
 
 
@@ -339,3 +343,20 @@ def test_dpo_command(tmp_path, base, pairs_dir, capsys):
     assert "rewards/margins" in capsys.readouterr().out
     assert main([*args, "--max-steps", "3", "--resume"]) == 0
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_mismatched_pairs_reject_replies_that_do_not_answer(pairs_dir):
+    pairs = read_pairs(pairs_dir)
+    extra = mismatched_pairs(pairs, 2, seed=0)
+    assert 0.9 * 2 * len(pairs) <= len(extra) <= 2 * len(pairs)  # a draw of the pair's own reply is dropped
+    by_reason = {p.meta["rejected_because"] for p in extra}
+    assert by_reason == {"off_topic", "non_answer"}
+    chosen = {json.dumps(p.chosen) for p in pairs}
+    for p in extra:
+        assert p.rejected != p.chosen and p.prompt in [q.prompt for q in pairs]
+        reply = p.rejected[0]["content"]
+        if p.meta["rejected_because"] == "non_answer":
+            assert reply in ACKNOWLEDGEMENTS and reply != "Sure."  # held out: what RL found
+        else:
+            assert json.dumps(p.rejected) in chosen
+    assert mismatched_pairs(pairs, 2, seed=0) == extra and mismatched_pairs(pairs, 0, seed=0) == []

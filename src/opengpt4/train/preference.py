@@ -104,12 +104,19 @@ class RewardConfig(PairConfig):
     cores."""
 
     batch_size: int = 32  # pairs per step (64 sequences)
+    mismatched: int = 1  # per training pair, this many more against a reply that does not answer it
+    # (mismatched_pairs); 0: the data as it is
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.0
     eval_every: int = 50
     eval_at_start: bool = True  # chance-level accuracy at step 0, on the curves
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mismatched < 0:
+            raise ConfigError(f"mismatched must be >= 0, got {self.mismatched}")
 
 
 @dataclass
@@ -370,13 +377,18 @@ class PairTraining:
         context = self.model_config.max_seq_len
         self.max_len = min(cfg.max_len or context, context)
         self.train_file = pairs_file(data, "train")
-        self.train = EncodedPairs(read_pairs(self.train_file), self.tokenizer, self.max_len, cfg.skip_too_long)
+        self.train = EncodedPairs(self.training_pairs(read_pairs(self.train_file)), self.tokenizer, self.max_len,
+                                  cfg.skip_too_long)
         self.heldout = self._heldout_sample(data)
         self.n_micro = micro_batches(cfg, d)
         self.pairs_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
         self.step = 0
         self.mean_len = sum(map(len, self.train.rows.ids)) / len(self.train.rows)
+
+    def training_pairs(self, pairs: list[Pair]) -> list[Pair]:
+        """The pairs trained on, from those read (the reward model adds mismatched ones)."""
+        return pairs
 
     def _heldout_sample(self, data: str | Path) -> EncodedPairs | None:
         file = pairs_file(data, "heldout")  # a single file (no data dir): no held-out eval
@@ -419,6 +431,34 @@ class PairTraining:
 
 
 # --- the reward model ------------------------------------------------------------------------------------
+# Replies that answer nothing. "Sure." is left out on purpose: it is what a PPO policy found against a
+# reward model trained without these (it scored "Sure." above the chosen reply on 50 of 50 allowed
+# prompts), and leaving it out measures whether the lesson carries over.
+ACKNOWLEDGEMENTS = ("OK.", "Of course.", "Yes.", "Okay!", "Happy to help!", "Good question.", "I see.",
+                    "Certainly.", "Here you go.", "Got it.")
+
+
+def mismatched_pairs(pairs: Sequence[Pair], per_pair: int, seed: int) -> list[Pair]:
+    """Each pair's prompt and chosen reply again, `per_pair` times, against a reply that does not answer
+    it: another pair's chosen reply (off topic) or an empty acknowledgement (ACKNOWLEDGEMENTS), half each.
+
+    The data's rejected replies are near misses written for their prompt (a wrong fact, a broken
+    constraint, disallowed content); a policy in RL writes anything, and a reward model never shown a
+    non-answer scores it arbitrarily (the RBRM's swapped responses exist for the same reason)."""
+    rng = random.Random(seed)
+    out = []
+    for p in pairs:
+        for _ in range(per_pair):
+            if rng.random() < 0.5:
+                reply, because = rng.choice(pairs).chosen, "off_topic"
+            else:
+                reply, because = [{"role": "assistant", "content": rng.choice(ACKNOWLEDGEMENTS)}], "non_answer"
+            if reply != p.chosen:
+                out.append(Pair(p.prompt, p.chosen, reply, {**p.meta, "rejected_because": because},
+                                f"{p.source} ({because})"))
+    return out
+
+
 class RewardTraining(PairTraining):
     """A scalar-head reward model from a checkpoint, trained on pairs (see loop.Objective and this module's docstring)."""
 
@@ -429,6 +469,9 @@ class RewardTraining(PairTraining):
         torch.manual_seed(cfg.seed)  # the head's initial weights
         self.model = HeadModel(self.decoder, REWARD_HEAD).train()
         self.flops_per_token = self.model_config.flops_per_token(round(self.mean_len))
+
+    def training_pairs(self, pairs: list[Pair]) -> list[Pair]:
+        return pairs + mismatched_pairs(pairs, self.cfg.mismatched, self.cfg.seed)
 
     def describe(self) -> str:
         return (f"model {self.base.name} ({self.model_config.num_params() / 1e6:.2f}M parameters) + a scalar reward "
