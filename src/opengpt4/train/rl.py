@@ -361,8 +361,8 @@ class RLHF:
     def text(self, response: list[int]) -> str:
         return self.tokenizer.decode([t for t in response if t not in self.tokenizer.stop_ids])
 
-    def score(self, prompts: Sequence[PromptRow], responses: list[list[int]], ended: list[bool]) -> dict[str, Tensor]:
-        parts = self.reward(prompts, [self.text(r) for r in responses])
+    def score(self, prompts: Sequence[PromptRow], texts: list[str], ended: list[bool]) -> dict[str, Tensor]:
+        parts = self.reward(prompts, texts)
         unfinished = torch.tensor([not e for e in ended], dtype=torch.float32)
         parts["score"] = sum(parts.values()) - self.cfg.missing_eos_penalty * unfinished
         return parts
@@ -403,7 +403,8 @@ class RLHF:
         old, ent, values = self.forward_all(self.model, input_ids, cfg.algo == "ppo")
         ref, _, _ = self.forward_all(self.reference, input_ids, False)
         self.model.train()
-        parts = self.score(prompts, responses, ended)
+        texts = [self.text(r) for r in responses]  # decoded once: the reward and the refusal rates read them
+        parts = self.score(prompts, texts, ended)
         scores = parts["score"]
         log_ratio = (old - ref) * mask
         if cfg.algo == "ppo":
@@ -416,16 +417,16 @@ class RLHF:
         else:
             advantages = group_advantages(scores, group)[:, None] * mask
             returns = torch.zeros_like(old)
-        self.stats = self.rollout_stats(prompts, responses, parts, log_ratio, ent, mask)
+        self.stats = self.rollout_stats(prompts, texts, parts, log_ratio, ent, mask)
         return Rollout(input_ids, mask, old, ref, advantages, returns, values * mask)
 
-    def rollout_stats(self, prompts: Sequence[PromptRow], responses: list[list[int]], parts: dict[str, Tensor],
+    def rollout_stats(self, prompts: Sequence[PromptRow], texts: list[str], parts: dict[str, Tensor],
                       log_ratio: Tensor, ent: Tensor, mask: Tensor) -> dict[str, float]:
         stats = {name: float(v.mean()) for name, v in parts.items()}
         k3 = (torch.exp(-log_ratio) + log_ratio - 1) * mask
         stats |= {"kl_k1": float(log_ratio.sum(1).mean()), "kl_k3": float(k3.sum(1).mean()),
                   "entropy": float(ent[mask].mean()), "response_tokens": float(mask.sum(1).float().mean())}
-        return stats | refusal_rates(prompts, [self.text(r) for r in responses])
+        return stats | refusal_rates(prompts, texts)
 
     # --- the objective -----------------------------------------------------------------------------
     def describe(self) -> str:
@@ -488,11 +489,11 @@ class RLHF:
         prompts = [self.heldout[i] for i in self.eval_rows]
         sampled = self.sample(self.eval_ids, 1, 0.0, seed=0)
         responses = [choices[0][0] for choices in sampled]
-        parts = self.score(prompts, responses, [choices[0][1] for choices in sampled])
+        texts = [self.text(r) for r in responses]
+        parts = self.score(prompts, texts, [choices[0][1] for choices in sampled])
         probe = {f"eval_{k}": float(v.mean()) for k, v in parts.items()}
         probe["eval_response_tokens"] = float(np.mean([len(r) for r in responses]))
-        return {"rl_eval": probe | {f"eval_{k}": v for k, v in
-                                    refusal_rates(prompts, [self.text(r) for r in responses]).items()}}
+        return {"rl_eval": probe | {f"eval_{k}": v for k, v in refusal_rates(prompts, texts).items()}}
 
     def format_eval(self, result: dict[str, Any]) -> str:
         if "rl_eval" not in result:
