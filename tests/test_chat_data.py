@@ -39,7 +39,7 @@ from opengpt4.evals.benchmarks.world_chat import WorldChat, extract, value_patte
 from opengpt4.evals.completion import EngineCompletionFn
 from opengpt4.evals.runner import run_eval
 from opengpt4.model.transformer import Transformer
-from opengpt4.safety.graders import oracle_label
+from opengpt4.safety.graders import POLICY_LABEL, oracle_label
 
 
 @pytest.fixture(scope="module")
@@ -242,23 +242,31 @@ def test_rebuild_is_byte_identical_and_refuses_to_replace_other_dirs(chat_dir, t
     assert (tmp_path / "precious" / "notes.txt").read_text() == "keep me"
 
 
-def test_helpful_only_demos_change_the_safety_replies_and_nothing_else(chat_dir, tmp_path):
-    out = tmp_path / "helpful"
-    r = run_cli("--preset", "test", "--out", out, "--safety-demos", "helpful-only")
+@pytest.mark.parametrize("mode", ["helpful-only", "early"])
+def test_helpful_only_demos_change_the_safety_replies_and_nothing_else(chat_dir, tmp_path, mode):
+    out = tmp_path / mode
+    r = run_cli("--preset", "test", "--out", out, "--safety-demos", mode)
     assert r.returncode == 0, r.stderr
+    unsafe = []
     for split in ("train", "heldout"):
         policy, helpful = read(chat_dir / f"{split}.jsonl"), read(out / f"{split}.jsonl")
         assert [c["messages"][:-1] for c in policy] == [c["messages"][:-1] for c in helpful]
         changed = {(c["meta"]["family"], c["meta"]["label"]) for c, p in zip(helpful, policy, strict=True)
                    if c["messages"][-1] != p["messages"][-1]}
         assert changed == {("disallowed", "C"), ("jailbreak", "C"), ("sensitive", "noncompliant")}
+        unsafe += [c for c in helpful if c["meta"]["kind"] == "safety" and c["meta"]["family"] != "allowed"]
         for c in helpful:  # each demo is the labelled response of its class, as the oracle grades it
             if c["meta"]["kind"] == "safety":
                 assert oracle_label(c["messages"][-1]["content"], c["meta"]["family"],
                                     c["meta"]["category"]) == c["meta"]["label"]
         for name in (f"pairs-{split}.jsonl", f"safety-{split}.jsonl"):  # the preferences still prefer the policy
             assert (out / name).read_bytes() == (chat_dir / name).read_bytes()
-    assert json.loads((out / "manifest.json").read_text())["safety_demos"] == "helpful-only"
+    assert json.loads((out / "manifest.json").read_text())["safety_demos"] == mode
+    follows_policy = sum(c["meta"]["label"] == POLICY_LABEL[c["meta"]["family"]] for c in unsafe) / len(unsafe)
+    if mode == "helpful-only":
+        assert follows_policy == 0
+    else:  # about one in five, drawn per conversation (160 of them in the test preset)
+        assert 0.12 < follows_policy < 0.28, follows_policy
 
 
 # --- the evals -----------------------------------------------------------------------------

@@ -434,9 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", choices=["test", "mini"], default="mini", help="world and data size (default mini)")
     c.add_argument("--out", required=True, help="output chat data directory")
     c.add_argument("--seed", type=int, default=0, help="world seed (default 0: the pretraining world of the same seed)")
-    c.add_argument("--safety-demos", choices=["policy", "helpful-only"], default="policy",
-                   help="what the safety conversations demonstrate: the policy's answers (default), or a helpful-only "
-                        "assistant's (complies with disallowed requests: the model RLHF's safety reward corrects)")
+    c.add_argument("--safety-demos", choices=["policy", "early", "helpful-only"], default="policy",
+                   help="what the safety conversations demonstrate: the policy's answers (default), a helpful-only "
+                        "assistant's (complies with disallowed requests: the model RLHF's safety reward corrects), "
+                        "or 'early': helpful-only with the policy's answer on one conversation in five")
     c.set_defaults(func=cmd_data_chat)
 
     p = sub.add_parser("train", help="pretrain a model on a data dir (runs under torchrun too)")

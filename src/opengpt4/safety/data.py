@@ -34,7 +34,7 @@ from opengpt4.data.chat.conversations import ChatWorld
 from opengpt4.data.world import World
 
 SPLITS = ("train", "heldout")
-PER_CATEGORY = {"test": {"train": 12, "heldout": 4}, "mini": {"train": 150, "heldout": 40}}  # prompts per category
+PER_CATEGORY = {"test": {"train": 12, "heldout": 4}, "mini": {"train": 150, "heldout": 100}}  # prompts per category
 HELD_OUT_SHARE = 0.25  # of each category's prompt templates and jailbreak styles
 OPENERS = ("", "Quick question: ", "Please tell me: ", "Hey, ")  # surface variety around every template
 CLOSERS = ("", " Be specific.", " Keep it short.", " Thanks!")

@@ -44,7 +44,7 @@ from opengpt4.data.chat.conversations import (
 from opengpt4.data.world import World
 from opengpt4.errors import OpenGPT4Error
 from opengpt4.files import atomic_write_dir, write_jsonl
-from opengpt4.safety.data import labelled_responses, safety_examples
+from opengpt4.safety.data import SafetyExample, labelled_responses, safety_examples
 from opengpt4.safety.graders import POLICY_LABEL
 
 SPLITS = ("train", "heldout")
@@ -100,20 +100,27 @@ def _conversations(chat: ChatWorld, seed: int, split: str, counts: dict[str, int
 
 # What the safety conversations' assistant turns demonstrate, per prompt family: the policy's answer
 # (the default), or a helpful-only assistant's (the announcement's "early" model, which followed
-# harmful instructions: what RLHF with the RBRM safety reward then has to correct). Preference
-# pairs and labelled responses are the same either way: they always prefer the policy.
-SAFETY_DEMOS = {
-    "policy": POLICY_LABEL,
-    "helpful-only": {"disallowed": "C", "jailbreak": "C", "sensitive": "noncompliant", "allowed": "helpful"},
-}
+# harmful instructions: what RLHF with the RBRM safety reward then has to correct). "early" is the
+# helpful-only assistant that follows the policy on one safety conversation in EARLY_POLICY_SHARE:
+# RL can only reinforce what the policy samples, and a model that never once refuses a disallowed
+# request or answers a sensitive one as the policy asks gives it nothing to reinforce. Preference
+# pairs and labelled responses are the same in every mode: they always prefer the policy.
+HELPFUL_ONLY = {"disallowed": "C", "jailbreak": "C", "sensitive": "noncompliant", "allowed": "helpful"}
+SAFETY_DEMOS = {"policy": 1.0, "early": 0.2, "helpful-only": 0.0}  # mode -> share of policy demonstrations
+
+
+def _demo_label(mode: str, e: SafetyExample, key: str) -> str:
+    share = SAFETY_DEMOS[mode]
+    follows_policy = share >= 1 or random.Random(f"demo:{key}").random() < share
+    return POLICY_LABEL[e.family] if follows_policy else HELPFUL_ONLY[e.family]
 
 
 def _safety(world: World, seed: int, split: str, demos: str) -> tuple[list[dict], list[dict], list[dict]]:
     """(conversations, preference pairs, labelled responses) of the safety module's examples."""
     examples = safety_examples(world, split, seed)
     conversations, pairs = [], []
-    for e in examples:
-        label = SAFETY_DEMOS[demos][e.family]
+    for i, e in enumerate(examples):
+        label = _demo_label(demos, e, f"{seed}:{split}:{i}")
         reply = e.ideal if label == POLICY_LABEL[e.family] else e.responses[label]
         conversations.append({"messages": [*e.messages, {"role": "assistant", "content": reply}],
                               "meta": {"kind": "safety", "split": split, "family": e.family, "category": e.category,
