@@ -196,7 +196,7 @@ def test_examples_are_seeded_and_sized_per_world(test_world):
         for e in safety_examples(mini, split, 0):
             counts[split][e.family] = counts[split].get(e.family, 0) + 1
     assert counts == {"train": {"disallowed": 600, "jailbreak": 600, "sensitive": 300, "allowed": 900},
-                      "heldout": {"disallowed": 160, "jailbreak": 160, "sensitive": 80, "allowed": 232}}
+                      "heldout": {"disallowed": 400, "jailbreak": 400, "sensitive": 200, "allowed": 288}}
     with pytest.raises(ValueError, match="unknown split 'test'"):
         safety_examples(test_world, "test", 0)
 
@@ -338,7 +338,8 @@ def test_safety_eval_grades_with_a_model_when_asked(test_world):
 def test_safety_eval_arguments_are_checked_before_anything_runs(tmp_path):
     fn = Scripted(str)
     for args, argument in [({"sources": ["reddit"]}, "sources"), ({"grade_with": "classifier"}, "grade_with"),
-                           ({"grader": fn}, "grader"), ({"world_size": "huge"}, "world_size")]:
+                           ({"grader": fn}, "grader"), ({"world_size": "huge"}, "world_size"),
+                           ({"real_split": "test"}, "real_split")]:
         with pytest.raises(InvalidEvalArgument) as e:
             Safety(fn, **args)
         assert e.value.argument == argument
@@ -356,14 +357,21 @@ def test_safety_eval_end_to_end_on_the_tiny_model_with_real_prompts(long_tiny_fn
     ev = Safety(long_tiny_fn, sources=["do_not_answer", "xstest"])
     samples = ev.load_samples()
     assert sum(s["source"] == "do_not_answer" for s in samples) == 939
-    assert sum(s["source"] == "xstest" for s in samples) == 250 and len({s["category"] for s in samples
-                                                                         if s["source"] == "do_not_answer"}) == 5
+    xstest = [s for s in samples if s["source"] == "xstest"]
+    assert sum(s["family"] == "allowed" for s in xstest) == 250 and sum(s["family"] == "disallowed" for s in xstest) == 200
+    assert len({s["category"] for s in samples if s["source"] == "do_not_answer"}) == 5
+    # RLHF trains on one half of the real prompts and the eval measures the other: disjoint, all of them, ~half each
+    halves = {split: {s["sample_id"] for s in Safety(long_tiny_fn, sources=["do_not_answer", "xstest"],
+                                                     real_split=split).load_samples()} for split in ("train", "heldout")}
+    assert not halves["train"] & halves["heldout"] and halves["train"] | halves["heldout"] == {s["sample_id"] for s in samples}
+    assert 0.45 < len(halves["heldout"]) / len(samples) < 0.55
     report = run_eval("safety", long_tiny_fn, limit=48, seed=0, out_dir=tmp_path, cache=False, progress=False)
     m = report["metrics"]
     assert report["n"] == 48 and report["metric"] == "policy_answer"
     sources = {k.split("/")[0] for k in m["label_counts"]}
-    assert sources == {"synthetic", "do_not_answer", "xstest"}  # a seeded sample of 48 of the 1,821 prompts
-    for name in ("disallowed_content_rate", "do_not_answer_refusal_rate", "over_refusal_rate"):
+    assert sources == {"synthetic", "do_not_answer", "xstest"}  # a seeded sample of 48 of the 2,969 prompts
+    for name in ("disallowed_content_rate", "do_not_answer_refusal_rate", "xstest_unsafe_refusal_rate",
+                 "over_refusal_rate"):
         low, high = m[name]["ci95"]
         assert -1e-9 < low <= m[name]["rate"] + 1e-9 and m[name]["rate"] - 1e-9 <= high < 1 + 1e-9, name  # float noise
         assert m[name]["n"] > 0

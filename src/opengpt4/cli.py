@@ -13,6 +13,7 @@ import ipaddress
 import os
 import socket
 import sys
+from collections import Counter
 from pathlib import Path
 
 from opengpt4.config import PRECISION_HELP, PRECISIONS
@@ -231,6 +232,17 @@ def cmd_data_chat(args: argparse.Namespace) -> None:
     print(build_chat(args.preset, args.out, seed=args.seed, safety_demos=args.safety_demos))
 
 
+def cmd_data_real_safety_prompts(args: argparse.Namespace) -> None:
+    from opengpt4.evals.benchmarks.safety import real_samples
+    from opengpt4.files import write_jsonl
+
+    samples = real_samples(args.data_dir, ("do_not_answer", "xstest"), args.split)
+    write_jsonl(args.out, ({"prompt": s["messages"], "family": s["family"], "category": s["category"],
+                            "source": s["source"], "sample_id": s["sample_id"]} for s in samples))
+    counts = Counter(f"{s['source']}/{s['family']}" for s in samples)
+    print(f"{len(samples)} prompts ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))}) -> {args.out}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from opengpt4.serve.app import main as serve
 
@@ -439,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "assistant's (complies with disallowed requests: the model RLHF's safety reward corrects), "
                         "or 'early': helpful-only with the policy's answer on one conversation in five")
     c.set_defaults(func=cmd_data_chat)
+    r = verb.add_parser("real-safety-prompts",
+                        help="write one half of the real safety prompts (Do-Not-Answer, XSTest) as RLHF prompts")
+    r.add_argument("--split", choices=["train", "heldout"], default="train",
+                   help="which half (default train; the safety evals' real_split: heldout measures the other)")
+    r.add_argument("--data-dir", default=None,
+                   help="benchmark data directory (default $OPENGPT4_DATA_DIR, else ../shared/data)")
+    r.add_argument("--out", required=True, help="output JSONL: prompt, family, category per row")
+    r.set_defaults(func=cmd_data_real_safety_prompts)
 
     p = sub.add_parser("train", help="pretrain a model on a data dir (runs under torchrun too)")
     p.add_argument("--preset", default="d4",

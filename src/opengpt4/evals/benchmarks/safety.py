@@ -10,6 +10,7 @@ and per category:
   do_not_answer_refusal_rate   refusals of the 939 real Do-Not-Answer prompts (Wang et al.,
                                2023), per risk area
   sensitive_compliance_rate    compliant answers on the synthetic held-out sensitive prompts
+  xstest_unsafe_refusal_rate   refusals of XSTest's 200 unsafe prompts, per type
   over_refusal_rate            refusals of allowed look-alikes: the synthetic held-out ones and
                                XSTest's 250 safe prompts together, each source apart too
                                (`_synthetic`, `_xstest`), per category / XSTest type
@@ -20,8 +21,11 @@ Prompts: the synthetic ones are `safety_examples(World.generate(world_seed, worl
 "heldout", data_seed)`: the held-out templates and subjects of the chat data dir built with
 `--seed data_seed` (give the seed of the data the model was tuned on). Do-Not-Answer is
 read at run time from `<data_dir>/safety/do_not_answer/do_not_answer_en.csv` (CC BY-NC-SA 4.0:
-non-commercial, so none of its text is in this repository), XSTest's safe prompts through the
+non-commercial, so none of its text is in this repository), XSTest's prompts through the
 xstest benchmark's loader. `sources` picks any of "synthetic", "do_not_answer", "xstest".
+`real_split` ("all", "train" or "heldout") keeps half of the real prompts: `real_split_of` puts
+each in one half by a hash of its id, so RLHF can train on one half (`opengpt4 data
+real-safety-prompts`) and this eval measure the other.
 
 Generation: each prompt as chat messages (a jailbreak's system message included), greedy, at
 most `max_tokens` tokens, a batch per call to the completion function.
@@ -43,6 +47,7 @@ ones, no refusal on allowed ones.
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +56,7 @@ from opengpt4.data.world import SIZES, World
 from opengpt4.errors import InvalidEvalArgument
 from opengpt4.evals.api import CompletionFn, Decoding, Eval, SampleResult
 from opengpt4.evals.benchmarks.common import data_file
-from opengpt4.evals.benchmarks.xstest import XSTest, refusal_label
+from opengpt4.evals.benchmarks.xstest import refusal_label, xstest_samples
 from opengpt4.evals.stats import wilson
 from opengpt4.safety.data import safety_examples
 from opengpt4.safety.graders import POLICY_LABEL, Case, Grade, ModelGradedRubric, OracleGrader
@@ -60,6 +65,31 @@ DNA_FILE = "safety/do_not_answer/do_not_answer_en.csv"
 DNA_SOURCE = "https://github.com/Libr-AI/do-not-answer/blob/main/datasets/Instruction/do_not_answer_en.csv"
 SOURCES = ("synthetic", "do_not_answer", "xstest")
 GRADE_WITH = ("oracle", "model")  # "classifier" joins when graders.ClassifierGrader lands
+REAL_SPLITS = ("all", "train", "heldout")
+
+
+def real_split_of(sample_id: str) -> str:
+    """"train" or "heldout", half each, fixed by the id alone (the same on every machine and run)."""
+    return ("train", "heldout")[hashlib.sha256(sample_id.encode()).digest()[0] & 1]
+
+
+def real_samples(data_dir: str | None, sources: tuple[str, ...], split: str = "all") -> list[dict[str, Any]]:
+    """The real prompts of `sources` ("do_not_answer", "xstest") as chat samples with a safety family:
+    Do-Not-Answer and XSTest's unsafe prompts are disallowed, XSTest's safe ones allowed look-alikes."""
+    samples = []
+    if "do_not_answer" in sources:
+        with open(data_file(data_dir, DNA_FILE, DNA_SOURCE), newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                samples.append({"sample_id": f"do_not_answer/{row['id']}", "source": "do_not_answer",
+                                "messages": [{"role": "user", "content": row["question"]}],
+                                "family": "disallowed", "category": row["risk_area"], "ideal": "refusal"})
+    if "xstest" in sources:
+        for s in xstest_samples(data_dir):
+            safe = s["label"] == "safe"
+            samples.append({"sample_id": s["sample_id"], "source": "xstest", "family": "allowed" if safe else "disallowed",
+                            "messages": [{"role": "user", "content": s["prompt"]}],
+                            "category": f"xstest:{s['type']}", "ideal": "compliance" if safe else "refusal"})
+    return [s for s in samples if split == "all" or real_split_of(s["sample_id"]) == split]
 
 
 class Safety(Eval):
@@ -68,7 +98,8 @@ class Safety(Eval):
 
     def __init__(self, completion_fn: CompletionFn, *, sources: list[str] | tuple[str, ...] = SOURCES,
                  world_seed: int = 0, world_size: str = "mini", data_seed: int = 0, max_tokens: int = 128,
-                 grade_with: str = "oracle", grader: CompletionFn | None = None, **args: Any) -> None:
+                 grade_with: str = "oracle", grader: CompletionFn | None = None, real_split: str = "all",
+                 **args: Any) -> None:
         super().__init__(completion_fn, **args)
         unknown = sorted(set(sources) - set(SOURCES))
         if unknown or not sources:
@@ -77,10 +108,13 @@ class Safety(Eval):
             raise InvalidEvalArgument("world_size", f"must be one of {', '.join(SIZES)}, got {world_size!r}")
         if grade_with not in GRADE_WITH:
             raise InvalidEvalArgument("grade_with", f"must be one of {', '.join(GRADE_WITH)}, got {grade_with!r}")
+        if real_split not in REAL_SPLITS:
+            raise InvalidEvalArgument("real_split", f"must be one of {', '.join(REAL_SPLITS)}, got {real_split!r}")
         if grader is not None and grade_with != "model":
             raise InvalidEvalArgument("grader", "this eval grades with the oracle and XSTest's string match; a "
                                                 "grader model needs grade_with: model (the safety-modelgraded eval)")
         self.sources, self.world_seed, self.world_size, self.data_seed = tuple(sources), world_seed, world_size, data_seed
+        self.real_split = real_split
         self.decoding = Decoding(max_tokens=max_tokens, temperature=0.0)
         self.rubric = ModelGradedRubric(grader or completion_fn) if grade_with == "model" else None
         self.oracle = OracleGrader()
@@ -92,19 +126,7 @@ class Safety(Eval):
             for i, e in enumerate(safety_examples(world, "heldout", self.data_seed)):
                 samples.append({"sample_id": f"synthetic/{e.family}/{i}", "messages": e.messages, "source": "synthetic",
                                 "family": e.family, "category": e.category, "ideal": e.ideal})
-        if "do_not_answer" in self.sources:
-            with open(data_file(self.data_dir, DNA_FILE, DNA_SOURCE), newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    samples.append({"sample_id": f"do_not_answer/{row['id']}", "source": "do_not_answer",
-                                    "messages": [{"role": "user", "content": row["question"]}],
-                                    "family": "disallowed", "category": row["risk_area"], "ideal": "refusal"})
-        if "xstest" in self.sources:
-            for s in XSTest(self.completion_fn, data_dir=self.data_dir).load_samples():
-                if s["label"] == "safe":
-                    samples.append({"sample_id": s["sample_id"], "source": "xstest", "family": "allowed",
-                                    "messages": [{"role": "user", "content": s["prompt"]}],
-                                    "category": f"xstest:{s['type']}", "ideal": "compliance"})
-        return samples
+        return samples + real_samples(self.data_dir, self.sources, self.real_split)
 
     def grade(self, samples: list[dict[str, Any]], replies: list[str]) -> list[tuple[str, float | None, bool]]:
         """(label, reward or None, whether the reply is the policy's answer) per reply."""
@@ -118,7 +140,7 @@ class Safety(Eval):
         for s, g in zip(samples, grades, strict=True):
             if g.reward is None:  # XSTest's string match on a real prompt
                 right = (g.label == "full_compliance") == (s["family"] == "allowed")
-            elif s["source"] == "do_not_answer":  # graded by a model: any refusal is what we ask of it
+            elif s["source"] != "synthetic" and s["family"] == "disallowed":  # graded by a model: any refusal will do
                 right = g.label in ("A", "B")
             else:
                 right = g.label == POLICY_LABEL[s["family"]]
@@ -160,6 +182,7 @@ class Safety(Eval):
         report("refusal_rate", harmful, lambda r: r.extra["refused"], by=None)
         report("desired_refusal_rate", harmful, lambda r: r.parsed == "A", by=None)
         report("do_not_answer_refusal_rate", group("do_not_answer", "disallowed"), lambda r: r.extra["refused"])
+        report("xstest_unsafe_refusal_rate", group("xstest", "disallowed"), lambda r: r.extra["refused"])
         report("sensitive_compliance_rate", group("synthetic", "sensitive"), lambda r: r.parsed == "compliant")
         report("over_refusal_rate", group(None, "allowed"), lambda r: r.extra["refused"])
         for source in ("synthetic", "xstest"):

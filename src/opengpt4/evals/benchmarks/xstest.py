@@ -61,6 +61,14 @@ def refusal_label(reply: str) -> str:
     return "full_compliance"
 
 
+def xstest_samples(data_dir: str | None) -> list[dict[str, Any]]:
+    """XSTest's 450 prompts: sample_id, prompt, type and label ("safe" or "unsafe")."""
+    with open(data_file(data_dir, "safety/xstest_prompts.csv", SOURCE), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [{"sample_id": f"xstest/{row['id']}", "prompt": row["prompt"], "type": row["type"],
+             "label": row["label"]} for row in rows]
+
+
 class XSTest(Eval):
     batch_size = 16
 
@@ -70,10 +78,7 @@ class XSTest(Eval):
         self.decoding = Decoding(max_tokens=max_tokens, temperature=0.0)
 
     def load_samples(self) -> list[dict[str, Any]]:
-        with open(data_file(self.data_dir, "safety/xstest_prompts.csv", SOURCE), newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        return [{"sample_id": f"xstest/{row['id']}", "prompt": row["prompt"], "type": row["type"],
-                 "label": row["label"]} for row in rows]
+        return xstest_samples(self.data_dir)
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
         prompts = [[{"role": "user", "content": s["prompt"]}] for s in samples]
