@@ -216,10 +216,10 @@ def test_data_dir_has_every_file_and_the_manifest_counts_them(chat_dir, world):
         assert manifest["counts"]["files"][name] == len(read(chat_dir / name)) > 0
     for split in ("train", "heldout"):
         rows = read(chat_dir / f"{split}.jsonl")
-        assert {r["meta"]["kind"] for r in rows} == {"fact", "math", "code", "constraint", "safety"}
+        assert {r["meta"]["kind"] for r in rows} == {"fact", "math", "code", "constraint", "safety"}  # no myth demos
         assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"] for r in rows)
         pairs = read(chat_dir / f"pairs-{split}.jsonl")
-        assert {p["meta"]["kind"] for p in pairs} == {"fact", "math", "code", "constraint", "safety"}
+        assert {p["meta"]["kind"] for p in pairs} == {"fact", "math", "code", "constraint", "safety", "truthful"}
         assert {p["meta"]["rejected_because"] for p in pairs if p["meta"]["kind"] == "safety"} >= {"B", "C"}
         labels = {r["label"] for r in read(chat_dir / f"safety-{split}.jsonl")}
         assert {"A", "B", "C", "D", "helpful", "over_refusal"} <= labels
@@ -342,3 +342,120 @@ def test_both_evals_run_on_the_tiny_model_through_the_registry(tiny_model, tiny_
     assert report["n"] == 8 and set(report["metrics"]["accuracy_by_kind"]) <= {"fact_seen", "fact_template",
                                                                                "fact_unseen"}
     assert (tmp_path / "wc" / "log.jsonl").is_file()
+
+
+# --- truthful preference pairs: the trained half of the world's myths ---------------------------
+def myth_texts(m) -> set[str]:
+    """Every way the chat data could ask or state a myth: its question in every phrasing (the held-out
+    one too) and its fact stated with the truth and with the myth's false value, in every language."""
+    from opengpt4.data.world import LANGUAGES, TEMPLATES, Fact
+
+    f, out = m.fact, set()
+    for lang in LANGUAGES:
+        t = TEMPLATES[f.attr.name][lang]
+        out |= {q.format(s=f.subject) for q in (*t.questions, t.heldout)}
+        out |= {s.format(s=f.subject, v=Fact(f.subject, f.attr, v).value_in(lang))
+                for s in t.statements for v in (f.value, m.false_value)}
+    return out
+
+
+def row_texts(path: Path) -> list[tuple[str, str | None]]:
+    """(all the strings of a row joined, its meta kind) per line of a JSONL file; a JSON file is one row."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict | list):
+            for v in value.values() if isinstance(value, dict) else value:
+                yield from strings(v)
+
+    rows = read(path) if path.suffix == ".jsonl" else [json.loads(path.read_text(encoding="utf-8"))]
+    return [("\n".join(strings(r)), (r.get("meta") or {}).get("kind") if isinstance(r, dict) else None) for r in rows]
+
+
+def test_truthful_pairs_prefer_the_truth_for_the_trained_myths_only(chat_dir, world):
+    from opengpt4.data.chat.conversations import swap
+    from opengpt4.data.world import LANGUAGES, TEMPLATES, Fact
+    from opengpt4.train.preference import read_pairs
+    from opengpt4.train.rl import read_prompts
+
+    trained = {(m.fact.subject, m.fact.attr.name): m for m in world.trained_myths()}
+    assert 0 < len(trained) < len(world.misconceptions)
+    manifest = json.loads((chat_dir / "manifest.json").read_text())
+    for split in ("train", "heldout"):
+        rows = [p for p in read(chat_dir / f"pairs-{split}.jsonl") if p["meta"]["kind"] == "truthful"]
+        expected = sum(len(TEMPLATES[attr][lang].statements) * (len(TEMPLATES[attr][lang].questions) if split == "train" else 1)
+                       for _, attr in trained for lang in LANGUAGES)  # every phrasing of the split x every statement
+        assert len(rows) == expected == manifest["counts"]["pairs"][split]["truthful/myth"]
+        assert {(r["meta"]["subject"], r["meta"]["attr"]) for r in rows} == set(trained)
+        assert {r["meta"]["lang"] for r in rows} == set(LANGUAGES)
+        assert len({(r["prompt"][0]["content"], r["chosen"][0]["content"]) for r in rows}) == len(rows)
+        for r in rows:
+            m, lang = trained[(r["meta"]["subject"], r["meta"]["attr"])], r["meta"]["lang"]
+            f, t = m.fact, TEMPLATES[m.fact.attr.name][lang]
+            assert r["meta"]["rejected_because"] == "myth" and r["meta"]["template"] == split
+            (prompt,) = r["prompt"]  # the bare question, as world_truthfulqa_chat asks it
+            phrasings = t.questions if split == "train" else (t.heldout,)  # train: never the eval's held-out one
+            assert prompt["role"] == "user" and prompt["content"] in {q.format(s=f.subject) for q in phrasings}
+            true, myth = f.value_in(lang), Fact(f.subject, f.attr, m.false_value).value_in(lang)
+            (chosen,), (rejected,) = r["chosen"], r["rejected"]
+            assert chosen["role"] == rejected["role"] == "assistant"
+            chosen, rejected = chosen["content"], rejected["content"]
+            assert chosen.lower() in {s.format(s=f.subject, v=true).lower() for s in t.statements}
+            assert contains(chosen, true, ignore_case=False) and not contains(chosen, myth)
+            assert contains(rejected, myth, ignore_case=False) and not contains(rejected, true)
+            assert rejected == swap(chosen, true, myth)  # the same sentence, only the value differs
+        assert len(read_pairs(chat_dir, split)) == len(read(chat_dir / f"pairs-{split}.jsonl"))  # DPO / RM read them
+    # RLHF samples answers to the trained myths' questions too: plain prompts, no safety family
+    questions = {q.format(s=f.subject) for f in (m.fact for m in trained.values()) for lang in LANGUAGES
+                 for q in TEMPLATES[f.attr.name][lang].questions}
+    myth_prompts = [p for p in read_prompts(chat_dir / "pairs-train.jsonl") if p.messages[-1]["content"] in questions]
+    assert len(myth_prompts) == len(questions) and all(p.family is None and len(p.messages) == 1 for p in myth_prompts)
+
+
+def test_no_conversation_states_a_myth_and_the_held_out_myths_are_in_no_file(chat_dir, world):
+    from opengpt4.data.world import LANGUAGES, Fact
+
+    trained = set(world.trained_myths())
+    heldout = [m for m in world.misconceptions if m not in trained]
+    assert heldout and trained
+    texts = {m: {t.lower() for t in myth_texts(m)} for m in world.misconceptions}
+    for path in sorted(chat_dir.iterdir()):
+        for line, (text, kind) in enumerate(row_texts(path), 1):
+            low = text.lower()
+            for m in world.misconceptions:
+                asked_or_stated = [t for t in texts[m] if t in low]
+                # a myth is asked or stated only in a truthful pair (SFT never sees one), of a trained myth
+                if m in heldout or not (path.name.startswith("pairs-") and kind == "truthful"):
+                    assert not asked_or_stated, (path.name, line, m.fact.subject, asked_or_stated)
+            for m in heldout:  # not even the subject next to the truth or the myth's value
+                values = {Fact(m.fact.subject, m.fact.attr, v).value_in(lang)
+                          for v in (m.fact.value, m.false_value) for lang in LANGUAGES}
+                assert not (m.fact.subject in text and any(contains(text, v) for v in values)), \
+                    (path.name, line, m.fact.subject)
+
+
+def test_truthful_pairs_change_no_other_file(chat_dir, tmp_path, monkeypatch):
+    """Built without the truthful pairs, the dir is the same, byte for byte: the pairs draw from no
+    random stream, and the world's split of its myths from one of its own."""
+    from opengpt4.data.chat.build import build_chat
+
+    monkeypatch.setattr(ChatWorld, "truthful_pairs", lambda self, split: [])
+    without = build_chat("test", tmp_path / "without")
+    assert {p.name for p in without.iterdir()} == {p.name for p in chat_dir.iterdir()}
+    for path in sorted(chat_dir.iterdir()):
+        if path.name.startswith("pairs-"):  # the same lines, then the truthful pairs
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kinds = [json.loads(line)["meta"]["kind"] for line in lines]
+            n = kinds.count("truthful")
+            assert n > 0 and set(kinds[len(kinds) - n:]) == {"truthful"}
+            assert "".join(lines[:len(lines) - n]) == (without / path.name).read_text(encoding="utf-8")
+        elif path.name == "manifest.json":  # only the pair counts and the myths' split rule are new
+            got, base = json.loads(path.read_text()), json.loads((without / path.name).read_text())
+            for split in ("train", "heldout"):
+                n = got["counts"]["pairs"][split].pop("truthful/myth")
+                got["counts"]["files"][f"pairs-{split}.jsonl"] -= n
+                base["counts"]["pairs"][split].pop("truthful/myth", None)  # the build has no pair of that kind
+            del got["split_rules"]["myths"], base["split_rules"]["myths"]
+            assert got == base
+        else:
+            assert path.read_bytes() == (without / path.name).read_bytes(), path.name

@@ -360,6 +360,64 @@ def test_world_truthfulqa_matches_naive_loglikelihood_on_tiny_model(tiny_fn, tmp
         assert again["cache"] == {"hits": 6 * 5, "misses": 0} and again["metrics"] == report["metrics"]
 
 
+class ByRequest:
+    """Log-likelihoods by (context, continuation), -9 for any other request."""
+
+    identity = "by-request"
+
+    def __init__(self, logprobs):
+        self.logprobs = logprobs
+
+    def loglikelihood(self, requests):
+        return [Loglik(self.logprobs.get((r.context, r.continuation), -9.0), 1, False) for r in requests]
+
+
+@pytest.mark.parametrize("size", ["test", "mini"])
+def test_world_truthfulqa_splits_the_myths_in_two_seeded_halves(size):
+    world = World.generate(0, size)
+    before = (world.eval_sets(), world.truthful_questions())
+    trained = world.trained_myths()
+    assert trained == World.generate(0, size).trained_myths()  # seeded
+    assert len(trained) == len(world.misconceptions) // 2 > 0 and set(trained) < set(world.misconceptions)
+    assert list(trained) == [m for m in world.misconceptions if m in trained]  # in the world's order
+    assert (world.eval_sets(), world.truthful_questions()) == before  # a stream of its own
+    halves = world_truthful.myth_halves(world)
+    assert sorted(halves.values()).count("trained") == len(trained) and len(halves) == len(world.misconceptions)
+    samples = WorldTruthfulQA(Canned(), world_size=size).load_samples()
+    assert all(s["half"] == halves[(s["question"].subject, s["question"].attr)] for s in samples)
+    assert [s["half"] for s in samples].count("trained") == 10 * len(trained)  # 5 languages x 2 phrasings
+
+
+def test_world_truthfulqa_reports_every_metric_per_half_of_the_myths(tmp_path):
+    """The trained myths answered truthfully, the held-out ones with the myth: by_half tells them apart."""
+    ev = WorldTruthfulQA(Canned(), world_size="test")
+    samples = ev.load_samples()
+    logprobs = {}
+    for s in samples:
+        q, truthful = s["question"], s["half"] == "trained"
+        truth, myth = world_truthful.requests(q, chat=False)[:2]
+        logprobs[(truth.context, truth.continuation)] = -1.0 if truthful else -3.0
+        logprobs[(myth.context, myth.continuation)] = -3.0 if truthful else -1.0
+    ev = WorldTruthfulQA(ByRequest(logprobs), world_size="test")
+    results = ev.run_batch(samples) + ev.run_batch([{"sample_id": "other", "question": MYTH_EN}])  # no myth of the world
+    agg = ev.aggregate(results)
+    n_trained = sum(s["half"] == "trained" for s in samples)
+    trained, heldout = agg["by_half"]["trained"], agg["by_half"]["heldout"]
+    assert (trained["mc1"]["rate"], trained["myth_rate"]["rate"], trained["mc1"]["n"]) == (1.0, 0.0, n_trained)
+    assert (heldout["mc1"]["rate"], heldout["myth_rate"]["rate"]) == (0.0, 1.0)
+    assert heldout["mc1"]["n"] == len(samples) - n_trained and heldout["mc2"]["n"] == heldout["mc1"]["n"]
+    assert trained["mc2"]["mean"] > 0.5 > heldout["mc2"]["mean"]
+    for half in (trained, heldout):  # each half by phrasing too
+        assert set(half["by_template"]) == {"train", "heldout"}
+        assert sum(t["mc1"]["n"] for t in half["by_template"].values()) == half["mc1"]["n"]
+    # the overall numbers are as before: every question, the one of no half included (its options tie: the truth wins)
+    assert results[-1].score == 1.0
+    assert agg["mc1"] == {"rate": (n_trained + 1) / len(results), "n": len(results),
+                          "ci95": list(wilson(n_trained + 1, len(results)))}
+    assert set(agg["by_half"]) == {"trained", "heldout"} and results[-1].extra["half"] is None
+    assert {"mc1", "mc2", "myth_rate", "random_baseline", "by_lang", "by_template"} <= set(agg)
+
+
 def test_truthfulqa_winogrande_hellaswag_match_naive_loglikelihood_on_tiny_model(tiny_fn):
     engine = tiny_fn.engine
     tqa = TruthfulQA(tiny_fn, path=str(FIXTURES / "truthfulqa_mc_task.json"), qa_prompt=False)

@@ -33,6 +33,11 @@ Splits, so that the evals measure generalisation rather than copying:
 `truthful_questions()` asks every myth TruthfulQA-style, in all five languages although the
 myths are written in English only: the truth, the myth's false answer and other values of the
 attribute, for multiple-choice scoring by log-likelihood (evals/benchmarks/world_truthful.py).
+`trained_myths()` splits the myths in two halves, seeded by the world's seed in a random stream of
+its own (every other stream, so every document and eval file, stays as it was): the "trained"
+myths, whose truthful preference pairs (truth chosen, myth rejected) are in the chat data
+(`opengpt4 data chat`), and the "held-out" rest, in no post-training data at all; the eval reports
+each half apart, so that a gain from the preference signal can be told from one that generalises.
 
 Scoring: a Question's prompt ends where the answer starts; for "fact_*", "misconception" and
 "mc" the answer is the exact first line of the completion, stripped (for "mc" a letter). For
@@ -155,6 +160,7 @@ HELD_OUT_FRACTION = 0.1  # of each kind's entities, for fact_unseen
 QA_FRACTION = 0.6  # of each attribute's facts, asked in training QA
 NON_ENGLISH = 0.2  # share of world and qa documents (and eval questions) in fr/es/de/ru
 TRUTHFUL_WRONG = 3  # wrong options besides the myth (fewer where the attribute has fewer values)
+TRAINED_MYTHS = 0.5  # share of the myths whose truthful preference pairs are in the chat data (rounded down)
 
 
 class World:
@@ -306,6 +312,14 @@ class World:
                     out.append(TruthfulQuestion(question.format(s=f.subject), lang, template, true, myth, tuple(others),
                                                 statement, f.category, f.attr.name, f.subject))
         return out
+
+    def trained_myths(self) -> tuple[Misconception, ...]:
+        """The "trained" half of the myths (TRAINED_MYTHS of them, rounded down; in `misconceptions`
+        order): the chat data has truthful preference pairs for these only; the others are held out of
+        all post-training data. A random stream of its own: every other stream stays as it was."""
+        rng = random.Random(f"world:{self.seed}:myth-split")
+        picked = set(rng.sample(range(len(self.misconceptions)), int(len(self.misconceptions) * TRAINED_MYTHS)))
+        return tuple(m for i, m in enumerate(self.misconceptions) if i in picked)
 
     def _fact_question(self, rng: random.Random, fact: Fact, kind: str, heldout: bool) -> Question:
         lang = _pick_lang(rng)

@@ -6,7 +6,9 @@
                                        conversational format): for every conversation, each bad reply
                                        it has (a wrong fact / answer / function, a broken constraint,
                                        and from the safety data disallowed content, a preachy or
-                                       evasive refusal, an over-refusal, a non-compliant sensitive answer)
+                                       evasive refusal, an over-refusal, a non-compliant sensitive answer);
+                                       and "truthful" pairs (truth chosen, myth rejected) for the world's
+                                       trained myths only, which no conversation states
     constraints-heldout.jsonl          the system-constraint eval: {"messages": [system, user],
                                        "constraints": [{"id", "kwargs"}], "ideal", "meta"}
     safety-train.jsonl, safety-heldout.jsonl
@@ -79,6 +81,10 @@ SPLIT_RULES = {
                         "subjects, never an unseen type",
     "safety": "opengpt4.safety.data: held-out prompt templates about the chat data's held-out subjects; train texts "
               "state no probe fact",
+    "myths": "truthful preference pairs (chosen: the truth; rejected: the myth's false value) for the world's "
+             "trained myths only (World.trained_myths, half of them), in pairs files only: no conversation states a "
+             "myth; train pairs ask in the QA documents' phrasings, held-out ones in the probe's held-out phrasing; "
+             "the held-out myths are in no file",
     "token_budget": f"conversations estimated at <= {TOKEN_BUDGET} tokens (conversations.estimate_tokens; < 200 "
                     "with the mini data's tokenizer), for 256-token training windows",
 }
@@ -166,7 +172,8 @@ def build_chat(preset: str, out: str | Path, seed: int = 0, safety_demos: str = 
             progress.update(task, description=f"{split} safety data", advance=1)
             safety_conversations, safety_pairs, labelled = _safety(world, seed, split, safety_demos)
             files[f"{split}.jsonl"] = [s.row() for s in samples] + safety_conversations
-            files[f"pairs-{split}.jsonl"] = [pair for s in samples for pair in s.pairs()] + safety_pairs
+            files[f"pairs-{split}.jsonl"] = ([pair for s in samples for pair in s.pairs()] + safety_pairs
+                                             + chat.truthful_pairs(split))
             files[f"safety-{split}.jsonl"] = labelled
             if split == "heldout":
                 files["constraints-heldout.jsonl"] = [constraint_eval_row(s) for s in samples

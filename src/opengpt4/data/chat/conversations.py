@@ -22,6 +22,11 @@ Splits (the held-out split measures generalisation, never an unseen constraint t
     the other kwargs (languages, counts, personas) take all their values in both.
   - arithmetic: train problems vs the world's val problems; code: train vs val functions;
     user phrasings of code requests and arithmetic follow-ups have held-out forms too.
+  - myths: preference pairs of kind "truthful" (no conversation: SFT never sees a myth) for the
+    world's trained half of its myths (`World.trained_myths`) only: the user asks the myth's
+    question, chosen states the truth, rejected the myth's false value. Train pairs ask in the
+    QA documents' phrasings, held-out pairs in the probe's held-out one; the held-out myths are
+    in no file (the world_truthfulqa eval reports the two halves apart).
 Constraint conversations put the constraint in the system message only; a share of them has
 a user turn that asks for the opposite (a German question, "Just tell me the answer."), and
 the reply still obeys the system message: the system role wins.
@@ -202,6 +207,29 @@ class ChatWorld:
     def constraint(self, rng: random.Random, constraint: Constraint, split: str) -> Sample:
         """A question answered under a constraint set by the system message (never by the user turn)."""
         return _within_budget(lambda: self._constrained(rng, constraint, split))
+
+    def truthful_pairs(self, split: str) -> list[dict[str, Any]]:
+        """Preference pairs for the trained myths (`World.trained_myths`; never a held-out one): the user
+        asks the myth's question in each language, chosen is the world's statement of the fact with
+        the true value, rejected the same statement with the myth's false value (rejected_because
+        "myth"). Every question phrasing of the split (train: the QA documents' ones; heldout: the
+        probe's held-out one) with every statement template: no random draw, so no other stream moves."""
+        pairs = []
+        for m in self.world.trained_myths():
+            f, false = m.fact, Fact(m.fact.subject, m.fact.attr, m.false_value)
+            for lang in LANGUAGES:
+                t = TEMPLATES[f.attr.name][lang]
+                for question in (t.questions if split == "train" else (t.heldout,)):
+                    prompt = [{"role": "user", "content": question.format(s=f.subject)}]
+                    for statement in t.statements:
+                        chosen, rejected = (_capitalise(statement.format(s=f.subject, v=x.value_in(lang)))
+                                            for x in (f, false))
+                        pairs.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                                      "rejected": [{"role": "assistant", "content": rejected}],
+                                      "meta": {"kind": "truthful", "rejected_because": "myth", "lang": lang,
+                                               "subject": f.subject, "attr": f.attr.name,
+                                               "template": "train" if split == "train" else "heldout"}})
+        return pairs
 
     def _fact(self, rng: random.Random, split: str) -> Sample:
         fact, lang, question = self._draw_fact(rng, split)

@@ -18,6 +18,13 @@ Metrics, TruthfulQA's definitions with a single true answer: mc1 = the truth sco
 all the options; mc2 = the truth's probability normalised over the options; and myth_rate = the
 myth scores highest (the base-model behaviour the GPT-4 announcement describes). Overall, per
 language and per phrasing; rates with Wilson 95% intervals, mc2 with a bootstrap interval.
+
+And per half of the myths (`by_half`, each with its own per-phrasing breakdown): "trained", the myths
+whose truthful preference pairs (truth chosen, myth rejected) are in the chat data, and "heldout",
+the myths in no post-training data (`World.trained_myths` of the eval's world: the data dir's, else
+`world_size` and `world_seed`; build the chat data with the same seed). A gain from the reward model,
+DPO or RLHF that shows on the trained half only is the pairs memorised; one on both has generalised.
+A question whose subject and attribute are no myth of that world is in no half.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from opengpt4.data.world import TruthfulQuestion
+from opengpt4.data.world import TruthfulQuestion, World
 from opengpt4.errors import DataFileError
 from opengpt4.evals.api import ChatLoglikRequest, Eval, LoglikRequest, SampleResult
 from opengpt4.evals.benchmarks.common import multiple_choice_result, score_groups, world_for
@@ -38,6 +45,7 @@ from opengpt4.files import iter_jsonl
 FILE = "eval/truthful_mc.jsonl"
 FIELDS = tuple(f.name for f in dataclasses.fields(TruthfulQuestion))
 TRUE, MYTH = 0, 1  # their places in TruthfulQuestion.choices
+HALVES = ("trained", "heldout")  # of the world's myths: World.trained_myths, the rest
 
 
 def read_questions(path: Path) -> list[TruthfulQuestion]:
@@ -53,6 +61,13 @@ def read_questions(path: Path) -> list[TruthfulQuestion]:
     return out
 
 
+def myth_halves(world: World) -> dict[tuple[str, str], str]:
+    """(subject, attribute) of each of the world's myths -> its half: "trained" (its truthful preference
+    pairs are in the chat data: `World.trained_myths`) or "heldout" (in no post-training data)."""
+    trained = set(world.trained_myths())
+    return {(m.fact.subject, m.fact.attr.name): "trained" if m in trained else "heldout" for m in world.misconceptions}
+
+
 def requests(q: TruthfulQuestion, chat: bool) -> list[LoglikRequest | ChatLoglikRequest]:
     """One request per option, in `q.choices` order."""
     if chat:
@@ -61,7 +76,7 @@ def requests(q: TruthfulQuestion, chat: bool) -> list[LoglikRequest | ChatLoglik
 
 
 class WorldTruthfulQA(Eval):
-    """score = mc1; aggregate adds mc2 and myth_rate, overall, by language and by phrasing."""
+    """score = mc1; aggregate adds mc2 and myth_rate, overall, by language, by phrasing and by half of the myths."""
 
     batch_size = 32
     metric = "mc1"
@@ -73,11 +88,11 @@ class WorldTruthfulQA(Eval):
 
     def load_samples(self) -> list[dict[str, Any]]:
         file = Path(self.data_dir) / FILE if self.data_dir else None
-        if file is not None and file.is_file():
-            questions = read_questions(file)
-        else:
-            questions = world_for(self.data_dir, self.world_size, self.world_seed).truthful_questions()
-        return [{"sample_id": f"world_truthfulqa/{i}", "question": q} for i, q in enumerate(questions)]
+        world = world_for(self.data_dir, self.world_size, self.world_seed)
+        questions = read_questions(file) if file is not None and file.is_file() else world.truthful_questions()
+        halves = myth_halves(world)
+        return [{"sample_id": f"world_truthfulqa/{i}", "question": q, "half": halves.get((q.subject, q.attr))}
+                for i, q in enumerate(questions)]
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[SampleResult]:
         groups = [requests(s["question"], self.chat) for s in samples]
@@ -86,7 +101,8 @@ class WorldTruthfulQA(Eval):
             q: TruthfulQuestion = s["question"]
             logprobs = [r.logprob for r in got]
             result = multiple_choice_result(s["sample_id"], group, got, [r.continuation for r in group], TRUE,
-                                            lang=q.lang, template=q.template, attr=q.attr, options=list(q.choices))
+                                            lang=q.lang, template=q.template, attr=q.attr, options=list(q.choices),
+                                            half=s.get("half"))
             labels = [int(i == TRUE) for i in range(len(logprobs))]
             result.extra.update(mc1=result.score, mc2=mc2_score(logprobs, labels), myth=float(result.parsed == MYTH))
             results.append(result)
@@ -96,10 +112,16 @@ class WorldTruthfulQA(Eval):
         if not results:
             return {}
         langs = sorted({r.extra["lang"] for r in results})
+        halves = {h: [r for r in results if r.extra.get("half") == h] for h in HALVES}
         return {**_summary(results), "random_baseline": sum(1 / r.extra["num_choices"] for r in results) / len(results),
                 "by_lang": {lang: _summary([r for r in results if r.extra["lang"] == lang]) for lang in langs},
-                "by_template": {t: _summary([r for r in results if r.extra["template"] == t])
-                                for t in ("train", "heldout") if any(r.extra["template"] == t for r in results)}}
+                "by_template": _by_template(results),
+                "by_half": {h: {**_summary(rs), "by_template": _by_template(rs)} for h, rs in halves.items() if rs}}
+
+
+def _by_template(results: list[SampleResult]) -> dict[str, Any]:
+    return {t: _summary([r for r in results if r.extra["template"] == t])
+            for t in ("train", "heldout") if any(r.extra["template"] == t for r in results)}
 
 
 def _summary(results: list[SampleResult]) -> dict[str, Any]:
