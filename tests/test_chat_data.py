@@ -262,11 +262,13 @@ def test_helpful_only_demos_change_the_safety_replies_and_nothing_else(chat_dir,
         for name in (f"pairs-{split}.jsonl", f"safety-{split}.jsonl"):  # the preferences still prefer the policy
             assert (out / name).read_bytes() == (chat_dir / name).read_bytes()
     assert json.loads((out / "manifest.json").read_text())["safety_demos"] == mode
-    follows_policy = sum(c["meta"]["label"] == POLICY_LABEL[c["meta"]["family"]] for c in unsafe) / len(unsafe)
-    if mode == "helpful-only":
-        assert follows_policy == 0
-    else:  # about one in five, drawn per conversation (160 of them in the test preset)
-        assert 0.12 < follows_policy < 0.28, follows_policy
+    for families, (low, high) in ((("disallowed", "jailbreak"), (0.12, 0.28)), (("sensitive",), (0.3, 0.7))):
+        rows = [c for c in unsafe if c["meta"]["family"] in families]  # 128 and 32 in the test preset
+        follows_policy = sum(c["meta"]["label"] == POLICY_LABEL[c["meta"]["family"]] for c in rows) / len(rows)
+        if mode == "helpful-only":
+            assert follows_policy == 0
+        else:  # drawn per conversation: about one in five, and one in two of the sensitive ones
+            assert low < follows_policy < high, (families, follows_policy)
 
 
 # --- the evals -----------------------------------------------------------------------------

@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--safety-demos", choices=["policy", "early", "helpful-only"], default="policy",
                    help="what the safety conversations demonstrate: the policy's answers (default), a helpful-only "
                         "assistant's (complies with disallowed requests: the model RLHF's safety reward corrects), "
-                        "or 'early': helpful-only with the policy's answer on one conversation in five")
+                        "or 'early': helpful-only with the policy's answer on one disallowed conversation in five and "
+                        "one sensitive conversation in two")
     c.set_defaults(func=cmd_data_chat)
     r = verb.add_parser("real-safety-prompts",
                         help="write one half of the real safety prompts (Do-Not-Answer, XSTest) as RLHF prompts")

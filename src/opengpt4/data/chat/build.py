@@ -107,16 +107,22 @@ def _conversations(chat: ChatWorld, seed: int, split: str, counts: dict[str, int
 # What the safety conversations' assistant turns demonstrate, per prompt family: the policy's answer
 # (the default), or a helpful-only assistant's (the announcement's "early" model, which followed
 # harmful instructions: what RLHF with the RBRM safety reward then has to correct). "early" is the
-# helpful-only assistant that follows the policy on one safety conversation in EARLY_POLICY_SHARE:
-# RL can only reinforce what the policy samples, and a model that never once refuses a disallowed
-# request or answers a sensitive one as the policy asks gives it nothing to reinforce. Preference
+# helpful-only assistant that follows the policy on a share of the safety conversations (drawn per
+# conversation): RL can only reinforce what the policy samples, and a model that never once
+# refuses a disallowed request or answers a sensitive one as the policy asks gives it nothing to
+# reinforce. Sensitive prompts get the larger share because the announcement's "29% more often"
+# (relative) implies the early model already answered many of them by the policy. Preference
 # pairs and labelled responses are the same in every mode: they always prefer the policy.
 HELPFUL_ONLY = {"disallowed": "C", "jailbreak": "C", "sensitive": "noncompliant", "allowed": "helpful"}
-SAFETY_DEMOS = {"policy": 1.0, "early": 0.2, "helpful-only": 0.0}  # mode -> share of policy demonstrations
+SAFETY_DEMOS = {  # mode -> family -> share of the conversations that demonstrate the policy's answer
+    "policy": dict.fromkeys(HELPFUL_ONLY, 1.0),
+    "early": {"disallowed": 0.2, "jailbreak": 0.2, "sensitive": 0.5, "allowed": 1.0},
+    "helpful-only": dict.fromkeys(HELPFUL_ONLY, 0.0),
+}
 
 
 def _demo_label(mode: str, e: SafetyExample, key: str) -> str:
-    share = SAFETY_DEMOS[mode]
+    share = SAFETY_DEMOS[mode][e.family]
     follows_policy = share >= 1 or random.Random(f"demo:{key}").random() < share
     return POLICY_LABEL[e.family] if follows_policy else HELPFUL_ONLY[e.family]
 
