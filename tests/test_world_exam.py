@@ -117,3 +117,25 @@ def test_scores_are_the_models_loglikelihoods_and_softmax_confidence(tiny_model,
         assert r.score == float(LETTERS[r.parsed] == s["question"].answer)
         top = max(naive)
         assert r.extra["confidence"] == pytest.approx(1 / sum(math.exp(x - top) for x in naive), abs=1e-5)
+
+
+def test_eval_calibration_draws_runs_side_by_side_with_each_ece(tmp_path):
+    """`opengpt4 eval calibration`: the announcement's before/after figure from two runs' logs."""
+    import subprocess
+    import sys
+
+    right, chance = tmp_path / "right", tmp_path / "chance"
+    run_eval("world_exam", oracle(cloze=False), out_dir=right, cache=False, progress=False)
+    run_eval("world_exam", Scorer(set()), out_dir=chance, cache=False, progress=False)
+    png = tmp_path / "side.png"
+    cmd = [sys.executable, "-m", "opengpt4", "eval", "calibration", str(right), str(chance),
+           "--label", "knows", "--label", "guesses", "--out", str(png)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout.splitlines()[-1])["runs"]
+    assert runs["knows"]["ece"] == pytest.approx(0.0, abs=1e-6) and runs["knows"]["accuracy"] == 1.0
+    share_a = sum(q.answer == "A" for q in MINI) / len(MINI)  # it always says A at confidence 1/4
+    assert runs["guesses"]["ece"] == pytest.approx(abs(0.25 - share_a), abs=1e-6)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = subprocess.run(cmd[:6] + ["--label", "one", "--out", str(png)], capture_output=True, text=True)
+    assert r.returncode == 1 and "2 runs but 1 --label" in r.stderr and r.stderr.count("\n") == 1

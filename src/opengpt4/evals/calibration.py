@@ -42,27 +42,34 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
 def reliability_diagram(confidences: Sequence[float], correct: Sequence[bool | float], path: str | Path,
                         title: str, bins: int = 10) -> None:
     """A PNG at `path`, written to a temp file first and renamed (no half-written figure)."""
+    reliability_diagrams([(title, confidences, correct)], path, bins)
+
+
+def reliability_diagrams(panels: Sequence[tuple[str, Sequence[float], Sequence[bool | float]]], path: str | Path,
+                         bins: int = 10) -> None:
+    """One reliability diagram per (title, confidences, correct), side by side in one PNG: the
+    announcement's before/after post-training figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts, _, hit_sum = _bins(confidences, correct, bins)
-    accuracy = np.divide(hit_sum, counts, out=np.zeros(bins), where=counts > 0)
     edges = np.linspace(0, 1, bins + 1)
-    ece = expected_calibration_error(confidences, correct, bins)
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", color="#4c72b0", edgecolor="white",
-           label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="#999999", label="perfect calibration")
-    for left, n in zip(edges[:-1], counts, strict=True):
-        if n:
-            ax.text(left + 0.5 / bins, 0.01, str(int(n)), ha="center", va="bottom", fontsize=7, color="white")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="P(answer)", ylabel="P(correct)", title=f"{title}\nECE = {ece:.3f}")
-    ax.legend(loc="upper left")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.8), dpi=100, squeeze=False)
+    for ax, (title, confidences, correct) in zip(axes[0], panels, strict=True):
+        counts, _, hit_sum = _bins(confidences, correct, bins)
+        accuracy = np.divide(hit_sum, counts, out=np.zeros(bins), where=counts > 0)
+        ece = expected_calibration_error(confidences, correct, bins)
+        ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", color="#4c72b0", edgecolor="white",
+               label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="#999999", label="perfect calibration")
+        for left, n in zip(edges[:-1], counts, strict=True):
+            if n:
+                ax.text(left + 0.5 / bins, 0.01, str(int(n)), ha="center", va="bottom", fontsize=7, color="white")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="P(answer)", ylabel="P(correct)")
+        ax.set_title(f"{title}\nECE = {ece:.3f}", fontsize=9, wrap=True)
+        ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     finally:

@@ -82,6 +82,30 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(dumps(report), flush=True)
 
 
+def cmd_calibration(args: argparse.Namespace) -> None:
+    from .calibration import expected_calibration_error, reliability_diagrams
+    from .compare import read_log
+    from .runner import dumps
+
+    labels = args.label or [str(run) for run in args.runs]
+    if len(labels) != len(args.runs):
+        raise OpenGPT4Error(f"{len(args.runs)} runs but {len(labels)} --label values: give one per run or none")
+    panels, report = [], {}
+    for run, label in zip(args.runs, labels, strict=True):
+        spec, samples, _ = read_log(run)
+        scored = [(float(s["extra"]["confidence"]), s["score"] == 1) for s in samples.values()
+                  if "confidence" in s.get("extra", {}) and s.get("score") is not None]
+        if not scored:
+            raise OpenGPT4Error(f"{run}: no sample reports a confidence ({spec['eval']} is not multiple choice)")
+        confidences, correct = [c for c, _ in scored], [k for _, k in scored]
+        panels.append((f"{label} ({spec['eval']})", confidences, correct))
+        report[label] = {"run": str(run), "eval": spec["eval"], "n": len(scored),
+                         "accuracy": sum(correct) / len(correct), "mean_confidence": sum(confidences) / len(confidences),
+                         "ece": expected_calibration_error(confidences, correct, bins=args.bins)}
+    reliability_diagrams(panels, args.out, bins=args.bins)
+    print(dumps({"png": args.out, "runs": report}))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from rich.table import Table
 
@@ -119,6 +143,13 @@ def add_eval_parser(sub: Any) -> None:
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     c.add_argument("--show", type=int, default=20, help="changed samples to print (default 20; all are in the JSON)")
     c.set_defaults(func=cmd_compare)
+
+    k = verb.add_parser("calibration", help="reliability diagrams of multiple-choice runs side by side, and each ECE")
+    k.add_argument("runs", nargs="+", help="run directories (e.g. base, SFT and RLHF on the same eval)")
+    k.add_argument("--label", action="append", default=None, help="a panel title per run, in order (repeatable)")
+    k.add_argument("--bins", type=int, default=10, help="equal-width confidence bins (default 10)")
+    k.add_argument("--out", required=True, help="output PNG")
+    k.set_defaults(func=cmd_calibration)
 
     ls = verb.add_parser("list", help="every eval in the package registry and the given ones")
     ls.add_argument("--registry", action="append", default=[], help="extra registry dir (repeatable)")
