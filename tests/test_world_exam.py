@@ -137,5 +137,5 @@ def test_eval_calibration_draws_runs_side_by_side_with_each_ece(tmp_path):
     share_a = sum(q.answer == "A" for q in MINI) / len(MINI)  # it always says A at confidence 1/4
     assert runs["guesses"]["ece"] == pytest.approx(abs(0.25 - share_a), abs=1e-6)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    r = subprocess.run(cmd[:6] + ["--label", "one", "--out", str(png)], capture_output=True, text=True)
+    r = subprocess.run(cmd[:7] + ["--label", "one", "--out", str(png)], capture_output=True, text=True)
     assert r.returncode == 1 and "2 runs but 1 --label" in r.stderr and r.stderr.count("\n") == 1
