@@ -25,7 +25,7 @@ from opengpt4.evals.modelgraded import INVALID, get_choice
 from opengpt4.evals.registry import Registry
 from opengpt4.evals.runner import run_eval
 from opengpt4.model.transformer import Transformer
-from opengpt4.safety import data, policy
+from opengpt4.safety import data, policy, texts
 from opengpt4.safety.data import labelled_responses, safety_examples
 from opengpt4.safety.graders import (
     LABELS,
@@ -198,14 +198,14 @@ def test_examples_are_seeded_and_sized_per_world(test_world):
         for e in safety_examples(mini, split, 0):
             counts[split][e.family] = counts[split].get(e.family, 0) + 1
     assert counts == {"train": {"disallowed": 600, "jailbreak": 600, "sensitive": 300, "allowed": 900},
-                      "heldout": {"disallowed": 400, "jailbreak": 400, "sensitive": 200, "allowed": 288}}
+                      "heldout": {"disallowed": 400, "jailbreak": 400, "sensitive": 200, "allowed": 548}}
     with pytest.raises(ValueError, match="unknown split 'test'"):
         safety_examples(test_world, "test", 0)
 
 
 def test_the_data_covers_the_policy_and_labelled_rows_have_the_chat_data_format(examples):
-    assert set(data.HAZARDS) == set(policy.DISALLOWED) and set(data.SENSITIVE_TEXT) == set(policy.SENSITIVE)
-    assert set(data.LOOKALIKE_TEXT) == set(policy.LOOKALIKES)
+    assert set(texts.HAZARDS) == set(policy.DISALLOWED) and set(texts.SENSITIVE_TEXT) == set(policy.SENSITIVE)
+    assert set(texts.LOOKALIKE_TEXT) == set(policy.LOOKALIKES)
     exs = examples["heldout"]
     assert {(e.family, e.category) for e in exs} == (
         {(f, c) for f in ("disallowed", "jailbreak") for c in policy.DISALLOWED}
