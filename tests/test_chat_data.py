@@ -461,3 +461,29 @@ def test_truthful_pairs_change_no_other_file(chat_dir, tmp_path, monkeypatch):
             assert got == base
         else:
             assert path.read_bytes() == (without / path.name).read_bytes(), path.name
+
+
+def test_rl_prompts_mix_the_groups_as_asked_and_read_back_as_rlhf_prompts(chat_dir, tmp_path):
+    from opengpt4.train.rl import read_prompts
+
+    out = tmp_path / "prompts.jsonl"
+    r = subprocess.run([sys.executable, "-m", "opengpt4", "data", "rl-prompts", "--chat", str(chat_dir), "--out", str(out),
+                        "--mix", "disallowed=5,allowed=all,truthful=0,other=7"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = read(out)
+    groups = [row["family"] or row["kind"] for row in rows]
+    distinct = {family: {json.dumps(p["prompt"]) for p in read(chat_dir / "pairs-train.jsonl")
+                         if p["meta"].get("family") == family} for family in ("allowed", "jailbreak", "sensitive")}
+    assert groups.count("disallowed") == 5 and groups.count("allowed") == len(distinct["allowed"]) > 0
+    assert "truthful" not in groups and sum(g not in ("disallowed", "allowed", "jailbreak", "sensitive") for g in groups) == 7
+    for family in ("jailbreak", "sensitive"):  # the defaults (300 each) fill the groups not named
+        assert groups.count(family) == min(300, len(distinct[family])) > 0
+    assert len({json.dumps(row["prompt"]) for row in rows}) == len(rows)
+    assert [p.family for p in read_prompts(out)] == [row["family"] for row in rows]
+    again = tmp_path / "again.jsonl"
+    subprocess.run([sys.executable, "-m", "opengpt4", "data", "rl-prompts", "--chat", str(chat_dir), "--out", str(again),
+                    "--mix", "disallowed=5,allowed=all,truthful=0,other=7"], check=True, capture_output=True)
+    assert again.read_bytes() == out.read_bytes()
+    bad = subprocess.run([sys.executable, "-m", "opengpt4", "data", "rl-prompts", "--chat", str(chat_dir), "--out",
+                          str(tmp_path / "x.jsonl"), "--mix", "dissallowed=5"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "dissallowed" in bad.stderr and not (tmp_path / "x.jsonl").exists()

@@ -113,6 +113,22 @@ def test_the_rbrm_reward_goes_only_to_the_families_asked_for():
     assert ablated["rbrm"].tolist() == [0.0, 0.0]
 
 
+def test_the_held_out_eval_sample_gives_each_family_an_equal_share():
+    def row(family, i):
+        return rl.PromptRow([{"role": "user", "content": f"q{i}"}], family, "", f"x:{i}")
+
+    rows = [row("disallowed", i) for i in range(300)] + [row("allowed", i) for i in range(300, 310)] + \
+           [row(None, i) for i in range(310, 1000)]
+    picked = rl.stratified_sample(rows, 30, seed=0)
+    families = [rows[i].family for i in picked]
+    assert len(set(picked)) == 30 and picked == sorted(picked)
+    assert (families.count("disallowed"), families.count("allowed"), families.count(None)) == (10, 10, 10)
+    assert rl.stratified_sample(rows, 30, seed=0) == picked != rl.stratified_sample(rows, 30, seed=1)
+    few = rl.stratified_sample(rows, 40, seed=0)  # the allowed family runs out: the others fill its turns
+    assert len(few) == 40 and sum(rows[i].family == "allowed" for i in few) == 10
+    assert len(rl.stratified_sample(rows[:5], 64, seed=0)) == 5
+
+
 def test_bad_input_fails_with_a_typed_error_naming_the_problem(policy, prompts, tmp_path, tiny_tokenizer):
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"prompt": "word " * 200}) + "\n")

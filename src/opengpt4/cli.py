@@ -232,6 +232,22 @@ def cmd_data_chat(args: argparse.Namespace) -> None:
     print(build_chat(args.preset, args.out, seed=args.seed, safety_demos=args.safety_demos))
 
 
+def cmd_data_rl_prompts(args: argparse.Namespace) -> None:
+    from opengpt4.data.chat.build import RL_MIX, rl_prompts
+    from opengpt4.files import write_jsonl
+
+    mix = dict(RL_MIX)
+    for item in filter(None, (args.mix or "").split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not (value == "all" or value.isdigit()):
+            raise OpenGPT4Error(f"--mix: expected GROUP=COUNT or GROUP=all, got {item!r}")
+        mix[name.strip()] = None if value == "all" else int(value)
+    rows = rl_prompts(args.chat, {k: v for k, v in mix.items() if v != 0}, seed=args.seed)
+    write_jsonl(args.out, rows)
+    counts = Counter(r["family"] or r["kind"] for r in rows)
+    print(f"{len(rows)} prompts ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))}) -> {args.out}")
+
+
 def cmd_data_real_safety_prompts(args: argparse.Namespace) -> None:
     from opengpt4.evals.benchmarks.safety import real_samples
     from opengpt4.files import write_jsonl
@@ -452,6 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "or 'early': helpful-only with the policy's answer on one disallowed conversation in five and "
                         "one sensitive conversation in two")
     c.set_defaults(func=cmd_data_chat)
+    m = verb.add_parser("rl-prompts", help="write a seeded mix of a chat data dir's train prompts as RLHF prompts")
+    m.add_argument("--chat", required=True, help="chat data dir (`opengpt4 data chat`): its pairs-train.jsonl")
+    m.add_argument("--out", required=True, help="output JSONL: prompt, family, category, kind per row")
+    m.add_argument("--mix", default=None,
+                   help="GROUP=COUNT|all,... over the defaults disallowed=300,jailbreak=300,sensitive=300,allowed=600,"
+                        "truthful=all,other=1500 (groups: the safety families, fact, math, code, constraint, truthful; "
+                        "other: every group not named; 0 leaves a group out)")
+    m.add_argument("--seed", type=int, default=0, help="which prompts of each group (default 0)")
+    m.set_defaults(func=cmd_data_rl_prompts)
     r = verb.add_parser("real-safety-prompts",
                         help="write one half of the real safety prompts (Do-Not-Answer, XSTest) as RLHF prompts")
     r.add_argument("--split", choices=["train", "heldout"], default="train",

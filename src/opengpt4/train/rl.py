@@ -95,7 +95,7 @@ class RLConfig(LoopConfig):
     rbrm_families: str = "disallowed,jailbreak,sensitive,allowed"  # prompt families the RBRM rewards
     missing_eos_penalty: float = 1.0
     eval_every: int = 20
-    eval_prompts: int = 64  # held-out prompts answered greedily per eval (a fixed seeded sample)
+    eval_prompts: int = 64  # held-out prompts answered greedily per eval (a fixed seeded sample, families equal)
     steps: int = 200  # the run's length unless --max-steps says otherwise
 
     def __post_init__(self) -> None:
@@ -315,8 +315,7 @@ class RLHF:
 
         self.prompts, self.heldout = prompts, heldout
         self.prompt_ids = [self.encode(p) for p in prompts]
-        rng = random.Random(cfg.seed)
-        self.eval_rows = sorted(rng.sample(range(len(heldout)), min(cfg.eval_prompts, len(heldout))))
+        self.eval_rows = stratified_sample(heldout, cfg.eval_prompts, cfg.seed)
         self.eval_ids = [self.encode(heldout[i]) for i in self.eval_rows]
         rollout_size = cfg.batch_size * cfg.minibatches
         if rollout_size % d.world_size:
@@ -518,6 +517,22 @@ class RLHF:
     def state_dict(self) -> dict[str, Any]:
         return {"rlhf": {"step": self.step, "base": str(self.base), "base_sha256": self.base_sha256,
                          "stats": self.stats}}
+
+
+def stratified_sample(rows: Sequence[PromptRow], n: int, seed: int) -> list[int]:
+    """Indices of n rows (all if fewer), the families (no family: one more group) taking turns, so that a
+    family with few prompts is still measured: the refusal rate on 5 allowed prompts of a uniform 64 says little."""
+    rng = random.Random(seed)
+    groups: dict[str | None, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.family, []).append(i)
+    queues = [rng.sample(g, len(g)) for _, g in sorted(groups.items(), key=lambda kv: str(kv[0]))]
+    picked: list[int] = []
+    while len(picked) < min(n, len(rows)):
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return sorted(picked)
 
 
 def refusal_rates(prompts: Sequence[PromptRow], texts: Sequence[str]) -> dict[str, float]:

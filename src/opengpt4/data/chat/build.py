@@ -211,3 +211,44 @@ def build_chat(preset: str, out: str | Path, seed: int = 0, safety_demos: str = 
         atomic_write_dir(out, write)
     console.print(f"built {preset} chat data in {time.perf_counter() - t0:.1f} s: {out}", highlight=False)
     return out
+
+
+PROMPT_GROUPS = ("disallowed", "jailbreak", "sensitive", "allowed", "fact", "math", "code", "constraint", "truthful",
+                 "other")
+RL_MIX = {"disallowed": 300, "jailbreak": 300, "sensitive": 300, "allowed": 600, "truthful": None, "other": 1500}
+
+
+def rl_prompts(chat_dir: str | Path, mix: dict[str, int | None] = RL_MIX, seed: int = 0) -> list[dict[str, Any]]:
+    """RLHF prompts from a chat data dir's pairs-train.jsonl: its distinct prompts, at most mix[group] of
+    each group (a safety family, else the pair's kind: fact, math, code, constraint, truthful; "other": every
+    kind the mix does not name; None: all), seeded. Taken whole, the constraint prompts alone would be 40%
+    of the rollouts; the safety families need a share each to be learned."""
+    unknown = set(mix) - set(PROMPT_GROUPS)
+    if unknown:
+        raise OpenGPT4Error(f"unknown prompt groups {sorted(unknown)}; expected some of {', '.join(PROMPT_GROUPS)}")
+    path, rows, seen = Path(chat_dir) / "pairs-train.jsonl", [], set()
+    if not path.is_file():
+        raise OpenGPT4Error(f"{path}: not found; give a chat data dir from `opengpt4 data chat`")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            pair = json.loads(line)
+            key = json.dumps(pair["prompt"], sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                meta = pair["meta"]
+                rows.append({"prompt": pair["prompt"], "family": meta.get("family"),
+                             "category": meta.get("category", meta["kind"]), "kind": meta["kind"]})
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+
+    def group(row: dict[str, Any]) -> str:
+        name = row["family"] or row["kind"]
+        return name if name in mix else "other"
+
+    picked = []
+    for name in mix:
+        members = [r for r in rows if group(r) == name]
+        picked += members if mix[name] is None else members[: mix[name]]
+    rng.shuffle(picked)
+    return picked
+
