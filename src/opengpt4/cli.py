@@ -242,7 +242,7 @@ def cmd_data_rl_prompts(args: argparse.Namespace) -> None:
         if not sep or not (value == "all" or value.isdigit()):
             raise OpenGPT4Error(f"--mix: expected GROUP=COUNT or GROUP=all, got {item!r}")
         mix[name.strip()] = None if value == "all" else int(value)
-    rows = rl_prompts(args.chat, {k: v for k, v in mix.items() if v != 0}, seed=args.seed)
+    rows = rl_prompts(args.chat, mix, seed=args.seed)
     write_jsonl(args.out, rows)
     counts = Counter(r["family"] or r["kind"] for r in rows)
     print(f"{len(rows)} prompts ({', '.join(f'{k} {n}' for k, n in sorted(counts.items()))}) -> {args.out}")

@@ -45,7 +45,7 @@ from opengpt4.data.chat.conversations import (
 )
 from opengpt4.data.world import World
 from opengpt4.errors import OpenGPT4Error
-from opengpt4.files import atomic_write_dir, write_jsonl
+from opengpt4.files import atomic_write_dir, iter_jsonl, write_jsonl
 from opengpt4.safety.data import SafetyExample, labelled_responses, safety_examples
 from opengpt4.safety.graders import POLICY_LABEL
 
@@ -229,15 +229,13 @@ def rl_prompts(chat_dir: str | Path, mix: dict[str, int | None] = RL_MIX, seed: 
     path, rows, seen = Path(chat_dir) / "pairs-train.jsonl", [], set()
     if not path.is_file():
         raise OpenGPT4Error(f"{path}: not found; give a chat data dir from `opengpt4 data chat`")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            pair = json.loads(line)
-            key = json.dumps(pair["prompt"], sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                meta = pair["meta"]
-                rows.append({"prompt": pair["prompt"], "family": meta.get("family"),
-                             "category": meta.get("category", meta["kind"]), "kind": meta["kind"]})
+    for _, pair in iter_jsonl(path):  # errors name the file and line
+        key = json.dumps(pair["prompt"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            meta = pair["meta"]
+            rows.append({"prompt": pair["prompt"], "family": meta.get("family"),
+                         "category": meta.get("category", meta["kind"]), "kind": meta["kind"]})
     rng = random.Random(seed)
     rng.shuffle(rows)
 
