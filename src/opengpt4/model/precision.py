@@ -39,6 +39,17 @@ def resolve_precision(name: str = "auto") -> str:
     return name
 
 
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The training autocast dtype for a config's `dtype` (auto, bfloat16, float32) on `device`.
+    auto is bfloat16 only where the hardware multiplies it natively: oneDNN's bf16 path needs AVX-512
+    or AMX, and without it a CPU's bfloat16 matmul runs at about 1% of its float32 speed."""
+    if name == "auto":
+        native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                  else device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
 def load_dtype(precision: str) -> torch.dtype:
     """The dtype a checkpoint is loaded in before `apply_precision` (the activations' dtype)."""
     return torch.bfloat16 if resolve_precision(precision) == "bfloat16" else torch.float32

@@ -38,6 +38,7 @@ from torch import nn
 from opengpt4.config import LoopConfig, ModelConfig
 from opengpt4.errors import CheckpointError, ConfigError, OpenGPT4Error
 from opengpt4.model.checkpoint import save_checkpoint
+from opengpt4.model.precision import autocast_dtype
 from opengpt4.model.transformer import IGNORE_INDEX, Transformer
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
@@ -236,7 +237,7 @@ class Trainer:
             self.warmup_steps = max(round(cfg.warmup_fraction * self.max_steps), 1)
         if d.is_main:  # metrics.jsonl is appended as the run goes, before the first checkpoint makes `out`
             out.mkdir(parents=True, exist_ok=True)
-        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        dtype = autocast_dtype(cfg.dtype, d.device)
         self.autocast = (torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32
                          else contextlib.nullcontext())
         self.peak_flops = matmul_peak_flops(dtype, d.device)

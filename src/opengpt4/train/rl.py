@@ -57,6 +57,7 @@ from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import CheckpointError, ConfigError, DataFileError
 from opengpt4.files import iter_jsonl
 from opengpt4.model.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_model
+from opengpt4.model.precision import autocast_dtype
 from opengpt4.model.transformer import Transformer
 from opengpt4.safety.graders import LABELS, Case, Grader, refused
 from opengpt4.tokenizer import Tokenizer
@@ -329,7 +330,7 @@ class RLHF:
         self.stats: dict[str, float] = resumed["stats"] if resumed is not None else {}
         if resumed is not None and self.step % cfg.steps_per_rollout:  # killed mid-rollout: the same rollout
             self.rollout = Rollout(**load_file(str(out / ROLLOUT_FILE)))
-        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        dtype = autocast_dtype(cfg.dtype, d.device)
         # The trainer's precision, so the rollout's old log-probs come from the forward the loss runs.
         self.autocast = torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         mean_len = sum(map(len, self.prompt_ids)) / len(self.prompt_ids) + cfg.max_new_tokens
