@@ -358,6 +358,30 @@ def cmd_dpo(args: argparse.Namespace) -> None:
     dpo_from_cli(args)
 
 
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from opengpt4.pipeline import run_pipeline
+
+    summary = run_pipeline(args.preset, args.out, benchmarks=not args.no_benchmarks)
+    table = Table("stage", "this run", "wall time (s)", title=f"pipeline {args.preset}: {args.out}")
+    for s in summary["stages"]:
+        table.add_row(s["name"], s["status"], f"{s['wall_s']:.1f}")
+    console = Console(stderr=True)
+    console.print(table)
+    for line in summary["left_out"]:
+        console.print(f"left out: {line}")
+    console.print(f"{summary['wall_s']:.0f} s; the report: {Path(args.out) / 'report' / 'report.html'}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from opengpt4.report import write_report
+
+    for path in write_report(args.runs, args.out, registry=args.registry):
+        print(path)
+
+
 # --- parser --------------------------------------------------------------------------------
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -617,6 +641,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RLConfig), e.g. --set kl_coef=0.1 --set samples_per_prompt=4")
     p.set_defaults(func=cmd_rlhf)
+
+    p = sub.add_parser("pipeline", help="the whole system end to end: data, pretraining, SFT, reward model, RLHF, "
+                                        "evals, report; finished stages are skipped, a killed run continues")
+    p.add_argument("--preset", choices=["test", "mini"], default="mini",
+                   help="sizes: test (about a minute, for the tests) or mini (this machine, ~45 min; default)")
+    p.add_argument("--out", required=True, help="pipeline directory: one subdirectory per stage, logs/, the report")
+    p.add_argument("--no-benchmarks", action="store_true",
+                   help="leave out the academic benchmarks (MMLU, ARC, ...) even where their data is found")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("report", help="the technical report in miniature (Markdown + one HTML page) from run artifacts")
+    p.add_argument("--runs", nargs="+", required=True,
+                   help="directories to read: pipeline dirs, eval run dirs (results.json), scaling results "
+                        "(prediction.json), searched recursively")
+    p.add_argument("--out", required=True, help="output directory: report.md, report.html, report.json, figures")
+    p.add_argument("--registry", default=None,
+                   help="model registry YAML for the API section (default: examples/registry.yaml of the repository)")
+    p.set_defaults(func=cmd_report)
 
     from opengpt4.evals.cli import add_eval_parser  # `opengpt4 eval {run,compare,list}`
 

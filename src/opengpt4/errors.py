@@ -200,3 +200,19 @@ class SweepError(OpenGPT4Error):
 
 class PredictionMissing(OpenGPT4Error):
     """No usable pre-registered prediction for the target run: absent, made on other data, or not committed."""
+
+
+# --- `opengpt4 pipeline` and `opengpt4 report` ---
+class PipelineBusy(OpenGPT4Error):
+    """Another pipeline holds the directory's lock."""
+
+    def __init__(self, lock: str) -> None:
+        super().__init__(f"another `opengpt4 pipeline` is running in this directory ({lock} is locked)")
+
+
+class PipelineStageFailed(OpenGPT4Error):
+    """A stage's command exited non-zero; its log names what went wrong."""
+
+    def __init__(self, stage: str, code: int, log: object, tail: str) -> None:
+        self.stage, self.code, self.log = stage, code, log
+        super().__init__(f"stage {stage} failed (exit status {code}); its log is {log}; the last lines:\n{tail}")

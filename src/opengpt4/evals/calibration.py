@@ -39,6 +39,19 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
     return float(np.abs(hit_sum - conf_sum).sum() / total)  # = sum_b n_b/N * |acc_b - conf_b|
 
 
+def run_confidences(run_dir: str | Path) -> tuple[dict, list[float], list[bool]]:
+    """(spec, confidences, correct) of an eval run directory's scored multiple-choice samples."""
+    from opengpt4.errors import OpenGPT4Error
+    from opengpt4.evals.compare import read_log
+
+    spec, samples, _ = read_log(run_dir)
+    scored = [(float(s["extra"]["confidence"]), s["score"] == 1) for s in samples.values()
+              if "confidence" in s.get("extra", {}) and s.get("score") is not None]
+    if not scored:
+        raise OpenGPT4Error(f"{run_dir}: no sample reports a confidence ({spec['eval']} is not multiple choice)")
+    return spec, [c for c, _ in scored], [k for _, k in scored]
+
+
 def reliability_diagram(confidences: Sequence[float], correct: Sequence[bool | float], path: str | Path,
                         title: str, bins: int = 10) -> None:
     """A PNG at `path`, written to a temp file first and renamed (no half-written figure)."""

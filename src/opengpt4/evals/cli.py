@@ -27,16 +27,31 @@ def _fmt(value: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    """One eval, or several on one loaded model (each into --out/<eval> then), as OpenAI Evals' oaievalset."""
+    from pathlib import Path
+
+    from .runner import as_completion_fn, dumps, run_eval
+
+    if len(set(args.eval)) != len(args.eval):
+        raise OpenGPT4Error(f"an eval is named twice: {' '.join(args.eval)}")
+    model = args.model
+    if len(args.eval) > 1:  # load the weights once for all of them
+        model = as_completion_fn(args.model, cache=not args.no_cache, cache_path=None, dtype=args.dtype)
+    for name in args.eval:
+        out = args.out if len(args.eval) == 1 or args.out is None else str(Path(args.out) / name)
+        try:
+            report = run_eval(name, model, registries=args.registry, limit=args.limit, seed=args.seed,
+                              out_dir=out, workers=args.workers, grader=args.grader, data_dir=args.data_dir,
+                              cache=not args.no_cache, dtype=args.dtype)
+        except NotImplementedError as e:  # e.g. an endpoint that cannot score text (loglik evals)
+            raise OpenGPT4Error(str(e)) from None
+        _print_report(report)
+        print(dumps(report), flush=True)
+
+
+def _print_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from .runner import dumps, run_eval
-
-    try:
-        report = run_eval(args.eval, args.model, registries=args.registry, limit=args.limit, seed=args.seed,
-                          out_dir=args.out, workers=args.workers, grader=args.grader, data_dir=args.data_dir,
-                          cache=not args.no_cache, dtype=args.dtype)
-    except NotImplementedError as e:  # e.g. an endpoint that cannot score text (loglik evals)
-        raise OpenGPT4Error(str(e)) from None
     table = Table(title=f"{report['eval']} — {report['model']}", show_header=False)
     ci = report["ci95"]
     table.add_row(report["metric"], f"{_fmt(report['score'])} ± {_fmt(report['stderr'])} (stderr)")
@@ -53,7 +68,6 @@ def cmd_run(args: argparse.Namespace) -> None:
     table.add_row("time", f"{report['run_time_s']:.1f} s")
     table.add_row("run dir", report["out_dir"])
     _console().print(table)
-    print(dumps(report), flush=True)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -83,8 +97,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_calibration(args: argparse.Namespace) -> None:
-    from .calibration import expected_calibration_error, reliability_diagrams
-    from .compare import read_log
+    from .calibration import expected_calibration_error, reliability_diagrams, run_confidences
     from .runner import dumps
 
     labels = args.label or [str(run) for run in args.runs]
@@ -92,14 +105,9 @@ def cmd_calibration(args: argparse.Namespace) -> None:
         raise OpenGPT4Error(f"{len(args.runs)} runs but {len(labels)} --label values: give one per run or none")
     panels, report = [], {}
     for run, label in zip(args.runs, labels, strict=True):
-        spec, samples, _ = read_log(run)
-        scored = [(float(s["extra"]["confidence"]), s["score"] == 1) for s in samples.values()
-                  if "confidence" in s.get("extra", {}) and s.get("score") is not None]
-        if not scored:
-            raise OpenGPT4Error(f"{run}: no sample reports a confidence ({spec['eval']} is not multiple choice)")
-        confidences, correct = [c for c, _ in scored], [k for _, k in scored]
+        spec, confidences, correct = run_confidences(run)
         panels.append((f"{label} ({spec['eval']})", confidences, correct))
-        report[label] = {"run": str(run), "eval": spec["eval"], "n": len(scored),
+        report[label] = {"run": str(run), "eval": spec["eval"], "n": len(correct),
                          "accuracy": sum(correct) / len(correct), "mean_confidence": sum(confidences) / len(confidences),
                          "ece": expected_calibration_error(confidences, correct, bins=args.bins)}
     reliability_diagrams(panels, args.out, bins=args.bins)
@@ -121,15 +129,17 @@ def add_eval_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="run, compare and list evals (OpenAI Evals registry format)")
     verb = p.add_subparsers(dest="eval_command", required=True, metavar="VERB")
 
-    r = verb.add_parser("run", help="run an eval on a model; the report is the last line on stdout (JSON)")
-    r.add_argument("eval", help="eval name (base name or full id), from the package or a --registry")
+    r = verb.add_parser("run", help="run an eval (or several) on a model; each report is a JSON line on stdout")
+    r.add_argument("eval", nargs="+", help="eval name (base name or full id), from the package or a --registry; "
+                                           "several run one after the other on the model loaded once")
     r.add_argument("--model", required=True,
                    help="checkpoint dir, model name, or an endpoint http://HOST:PORT/v1#MODEL")
     r.add_argument("--registry", action="append", default=[],
                    help="extra registry dir with evals/, data/, modelgraded/ (repeatable; later ones win)")
     r.add_argument("--limit", type=int, default=None, help="run N samples, picked by a seeded shuffle")
     r.add_argument("--seed", type=int, default=0, help="seed of --limit, sampling and the bootstrap (default 0)")
-    r.add_argument("--out", default=None, help="run directory (default ./evals-runs/<time>_<eval>_<model>)")
+    r.add_argument("--out", default=None, help="run directory (default ./evals-runs/<time>_<eval>_<model>); with "
+                                                "several evals, the parent of one run directory per eval")
     r.add_argument("--workers", type=int, default=1, help="batches in flight at once (default 1)")
     r.add_argument("--grader", default=None, help="model that grades model-graded evals (default: --model)")
     r.add_argument("--data-dir", default=None, help="data directory for evals that read one (benchmarks)")
