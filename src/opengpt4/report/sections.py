@@ -165,25 +165,31 @@ def benchmarks(ctx: Context) -> Section:
     return s
 
 
-def multilingual(ctx: Context) -> Section:
-    s = Section("Multilingual")
+def _exam_breakdown(ctx: Context, title: str, key: str, what: str, figure: str, order=None) -> Section:
+    """A section of the exam's accuracy broken down by `key` (by_lang, by_category): a table of models
+    side by side and the grouped bar chart."""
+    s = Section(title)
     exam = next((e for e in ("world_exam_cloze", "world_exam") if _runs(ctx, (e,))), None)
     if exam is None:
-        s.missing = _missing(EXAMS, "their accuracy per language is this section")
+        s.missing = _missing(EXAMS, f"their accuracy per {what} is this section")
         return s
     runs = _runs(ctx, (exam,))
-    langs = sorted({lang for r in runs for lang in (_dig(r.results, ("metrics", "by_lang")) or {})},
-                   key=lambda lang: (lang != "en", lang))  # English first: the reference bar
-    rows = [[lang, *(ctx.rate(r, ("metrics", "by_lang", lang), f"{r.label} {exam} {lang}") for r in runs)]
-            for lang in langs]
-    chance = _dig(runs[0].results, ("metrics", "random_baseline"))
-    s.blocks.append(f"`{exam}` accuracy per question language, English the reference; chance "
-                    f"{ctx.value(runs[0], ('metrics', 'random_baseline'), 'chance')} (one of the options at random).")
-    s.blocks.append(Table(["language", *(r.label for r in runs)], rows))
-    grouped_bars(langs, {r.label: [_point(r, ("metrics", "by_lang", lang)) for lang in langs] for r in runs},
-                 ctx.figure("multilingual.png"), "accuracy", f"{exam} by language", chance=chance)
-    s.blocks.append(Figure("multilingual.png", "Accuracy per language and model, 95% intervals; dashed: chance."))
+    groups = sorted({g for r in runs for g in (_dig(r.results, ("metrics", key)) or {})}, key=order)
+    rows = [[g, *(ctx.rate(r, ("metrics", key, g), f"{r.label} {exam} {g}") for r in runs)] for g in groups]
+    s.blocks.append(f"`{exam}` accuracy per {what}, per model version; chance "
+                    f"{ctx.value(runs[0], ('metrics', 'random_baseline'), 'chance')} (an option at random).")
+    s.blocks.append(Table([what, *(r.label for r in runs)], rows))
+    grouped_bars(groups, {r.label: [_point(r, ("metrics", key, g)) for g in groups] for r in runs},
+                 ctx.figure(figure), "accuracy", f"{exam} by {what}",
+                 chance=_dig(runs[0].results, ("metrics", "random_baseline")))
+    s.blocks.append(Figure(figure, f"Accuracy per {what} and model, 95% intervals; dashed: chance."))
     return s
+
+
+def multilingual(ctx: Context) -> Section:
+    # English first: the reference bar of the announcement's languages figure.
+    return _exam_breakdown(ctx, "Multilingual", "by_lang", "language", "multilingual.png",
+                           order=lambda lang: (lang != "en", lang))
 
 
 def visual(ctx: Context) -> Section:
@@ -206,22 +212,8 @@ def visual(ctx: Context) -> Section:
 
 
 def factual(ctx: Context) -> Section:
-    s = Section("Factual accuracy by category")
-    exam = next((e for e in ("world_exam_cloze", "world_exam") if _runs(ctx, (e,))), None)
-    if exam is None:
-        s.missing = _missing(EXAMS, "their accuracy per category is this section")
-        return s
-    runs = _runs(ctx, (exam,))
-    categories = sorted({c for r in runs for c in (_dig(r.results, ("metrics", "by_category")) or {})})
-    rows = [[c, *(ctx.rate(r, ("metrics", "by_category", c), f"{r.label} {exam} {c}") for r in runs)]
-            for c in categories]
-    s.blocks.append(f"`{exam}` accuracy in the announcement's nine categories, per model version.")
-    s.blocks.append(Table(["category", *(r.label for r in runs)], rows))
-    grouped_bars(categories, {r.label: [_point(r, ("metrics", "by_category", c)) for c in categories] for r in runs},
-                 ctx.figure("factual.png"), "accuracy", f"{exam} by category",
-                 chance=_dig(runs[0].results, ("metrics", "random_baseline")))
-    s.blocks.append(Figure("factual.png", "Accuracy per category and model version, 95% intervals; dashed: chance."))
-    return s
+    # The announcement's internal factual eval figure: nine categories, one bar per model version.
+    return _exam_breakdown(ctx, "Factual accuracy by category", "by_category", "category", "factual.png")
 
 
 def truthfulness(ctx: Context) -> Section:
