@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from opengpt4.cli import build_parser
 from opengpt4.errors import PipelineBusy
 from opengpt4.pipeline import PRESETS, STATE_DIR, Stage, _Lock, content_hash, input_key, stages
 from opengpt4.report.document import dig
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -147,12 +147,13 @@ def test_the_html_report_is_one_page_whose_images_all_load_in_chromium(full):
 def test_a_pipeline_killed_mid_stage_finishes_with_the_numbers_of_an_uninterrupted_run(full, tmp_path):
     out = tmp_path / "killed"
     proc = pipeline(out, wait=False)
-    started = out / STATE_DIR / "sft.started.json"  # killed while SFT trains: pretraining is done
-    deadline = time.time() + 300
-    while not started.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert started.is_file(), "the pipeline never reached the sft stage"
-    time.sleep(1.0)
+    log = out / "logs" / "sft.log"  # killed once SFT has built its model: mid-stage, pretraining done
+
+    def sft_running() -> bool:
+        return proc.poll() is not None or (log.is_file() and "held-out" in log.read_text())
+
+    assert wait_for(sft_running, timeout=300) and proc.poll() is None, "the pipeline never reached the sft stage"
+    assert (out / STATE_DIR / "sft.started.json").is_file()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "pipeline.json").is_file() or statuses(out).get("sft") is None

@@ -283,9 +283,8 @@ class Pipeline:
 
     def summary(self, wall_s: float) -> dict[str, Any]:
         by_name = {s.name: s for s in self.stages}
-        models = {"base": "pretrain", "SFT": "sft", "RLHF": "rlhf"}
         return {"preset": self.preset_name, "preset_settings": dataclasses.asdict(PRESETS[self.preset_name]),
-                "wall_s": round(wall_s, 1), "models": models, "left_out": self.left_out,
+                "wall_s": round(wall_s, 1), "left_out": self.left_out,
                 "stages": [{**r.to_dict(), "model": by_name[r.name].model}
                            for r in self.results]}
 
