@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,12 +31,12 @@ from opengpt4.data.chat.conversations import (
     question_text,
 )
 from opengpt4.data.chat.text import contains
-from opengpt4.data.world import World
+from opengpt4.data.world import LANGUAGES, World
 from opengpt4.engine.generate import Engine
-from opengpt4.errors import DataFileError
+from opengpt4.errors import DataFileError, InvalidEvalArgument
 from opengpt4.evals.api import CompletionResult
 from opengpt4.evals.benchmarks.system_constraints import SystemConstraints
-from opengpt4.evals.benchmarks.world_chat import WorldChat, extract, value_pattern
+from opengpt4.evals.benchmarks.world_qa import WorldQA, extract, value_pattern
 from opengpt4.evals.completion import EngineCompletionFn
 from opengpt4.evals.runner import run_eval
 from opengpt4.model.transformer import Transformer
@@ -321,14 +322,43 @@ def test_world_chat_extracts_the_first_world_value_not_in_the_question(world):
     question = f"Where was {fact.subject} born?"
     assert extract(f"{fact.subject} was born in {fact.value}.", question, pattern) == fact.value
     assert extract("I do not know.", question, pattern) is None
-    wc = WorldChat(Replies({}), world_size="test")
+    wc = WorldQA(Replies({}), world_size="test")
     samples = wc.load_samples()
     assert {s["kind"] for s in samples} == {"fact_seen", "fact_template", "fact_unseen"}
     by_question = {s["question"]: f"Well: {s['ideal']}." for s in samples}
-    report = WorldChat(Replies(by_question), world_size="test")
+    report = WorldQA(Replies(by_question), world_size="test")
     results = report.run_batch(samples)
     assert all(r.score == 1.0 for r in results)
     assert report.aggregate(results)["accuracy_by_kind"]["fact_seen"]["rate"] == 1.0
+
+
+class PlainReplies(Replies):
+    """Replies to plain-text prompts (a str, not messages)."""
+
+    def complete(self, prompts, decoding):
+        assert all(isinstance(p, str) for p in prompts) and decoding.stop == ("\n",)
+        return [CompletionResult(texts=[self.table.get(p, "")]) for p in prompts]
+
+
+def test_world_languages_scores_each_language_beside_the_subject_blind_guess(world):
+    samples = WorldQA(Replies({}), world_size="test", questions="languages", chat=False).load_samples()
+    langs = Counter(s["lang"] for s in samples)
+    assert set(langs) == set(LANGUAGES) and len(set(langs.values())) == 1
+    # A model that knows only French, and one that always says the subject-blind guess.
+    french = WorldQA(PlainReplies({s["prompt"]: f" {s['ideal']}\nQuestion:" for s in samples if s["lang"] == "fr"}),
+                     world_size="test", questions="languages", chat=False)
+    report = french.aggregate(french.run_batch(samples))
+    assert report["accuracy_by_lang"]["fr"]["rate"] == 1.0
+    assert all(report["accuracy_by_lang"][lang]["rate"] == 0.0 for lang in LANGUAGES if lang != "fr")
+    blind = report["blind_baseline_by_lang"]
+    assert all(blind[lang] == blind["en"] for lang in LANGUAGES) and 0 < blind["en"]["rate"] < 1  # the tiny world has few values per attribute
+    guesser = WorldQA(PlainReplies({s["prompt"]: s["blind"] for s in samples}), world_size="test",
+                      questions="languages", chat=False)
+    report = guesser.aggregate(guesser.run_batch(samples))
+    assert report["accuracy_by_lang"] == blind  # the baseline is exactly what always guessing it scores
+    with pytest.raises(InvalidEvalArgument) as error:
+        WorldQA(Replies({}), world_size="test", questions="everything")
+    assert error.value.argument == "questions"
 
 
 def test_both_evals_run_on_the_tiny_model_through_the_registry(tiny_model, tiny_tokenizer, tmp_path):
@@ -343,6 +373,10 @@ def test_both_evals_run_on_the_tiny_model_through_the_registry(tiny_model, tiny_
     report = run_eval("world_chat", fn, limit=8, out_dir=tmp_path / "wc", cache=False, progress=False)
     assert report["n"] == 8 and set(report["metrics"]["accuracy_by_kind"]) <= {"fact_seen", "fact_template",
                                                                                "fact_unseen"}
+    for name in ("world_languages", "world_languages_chat"):
+        report = run_eval(name, fn, limit=10, out_dir=tmp_path / name, cache=False, progress=False)
+        assert report["n"] == 10 and set(report["metrics"]["blind_baseline_by_lang"]) \
+            == set(report["metrics"]["accuracy_by_lang"])
     assert (tmp_path / "wc" / "log.jsonl").is_file()
 
 
@@ -429,11 +463,12 @@ def test_no_conversation_states_a_myth_and_the_held_out_myths_are_in_no_file(cha
                 # a myth is asked or stated only in a truthful pair (SFT never sees one), of a trained myth
                 if m in heldout or not (path.name.startswith("pairs-") and kind == "truthful"):
                     assert not asked_or_stated, (path.name, line, m.fact.subject, asked_or_stated)
-            for m in heldout:  # not even the subject next to the truth or the myth's value
+            for m in heldout:  # not even the subject next to the truth or the myth's value, in one sentence
                 values = {Fact(m.fact.subject, m.fact.attr, v).value_in(lang)
                           for v in (m.fact.value, m.false_value) for lang in LANGUAGES}
-                assert not (m.fact.subject in text and any(contains(text, v) for v in values)), \
-                    (path.name, line, m.fact.subject)
+                for sentence in re.split(r"[.!?\n]", text):
+                    assert not (m.fact.subject in sentence and any(contains(sentence, v) for v in values)), \
+                        (path.name, line, m.fact.subject, sentence)
 
 
 def test_truthful_pairs_change_no_other_file(chat_dir, tmp_path, monkeypatch):

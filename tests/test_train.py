@@ -48,6 +48,9 @@ def test_training_learns_and_writes_a_checkpoint(data, tmp_path):
     evals = [m for m in lines if "val" in m]
     assert [m["step"] for m in evals] == [4, 8, 12]
     assert {"world", "images"} <= set(evals[-1]["val"]) and "image_accuracy" in evals[-1]["probe"]
+    # the world probe per language, each beside its subject-blind guess
+    assert {f"lang_{lang}{b}" for lang in ("en", "fr", "es", "de", "ru") for b in ("", "_blind")} \
+        <= set(evals[-1]["probe"])
     assert all(0 < m["mfu"] < 1.5 and m["tokens_per_s"] > 0 for m in lines if "loss" in m)
     # the checkpoint is a model: generate loads it
     g = subprocess.run([sys.executable, "-m", "opengpt4.cli", "generate", "--model", str(out), "--prompt",

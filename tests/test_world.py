@@ -62,8 +62,11 @@ def test_templates_cover_every_attribute_and_language():
     assert {a.name for a in ATTRS} == set(TEMPLATES) and {a.category for a in ATTRS} == set(CATEGORIES)
     for attr, by_lang in TEMPLATES.items():
         assert set(by_lang) == set(LANGUAGES), attr
+        # every language as many phrasings as English: the languages figure compares like with like
+        assert len({(len(t.statements), len(t.questions)) for t in by_lang.values()}) == 1, attr
         for t in by_lang.values():
-            assert len(t.statements) >= 2 and t.questions and t.heldout not in t.questions
+            assert len(t.statements) >= 3 and len(t.questions) >= 3 and t.heldout not in t.questions
+            assert all(x.index("{s}") < x.index("{v}") for x in t.statements)  # subject first: see _statement
             assert all("{s}" in x and "{v}" in x for x in t.statements)
             assert all("{s}" in x and "{v}" not in x for x in (*t.questions, t.heldout))
 
@@ -116,6 +119,29 @@ def test_fact_seen_was_read_but_never_asked(world, evals, train_text, sentences,
         assert f not in qa and f.value_in(q.lang) == q.answer
         assert question_line(q.prompt) not in train_text and q.prompt not in train_text
         assert any(f.subject in s and mentions(s, f.value) for s in sentences), f  # stated in some training sentence
+
+
+def test_language_questions_ask_the_same_seen_facts_in_every_language(world, train_text, fact_of):
+    questions = world.language_questions()
+    assert questions == World.generate(0, "test").language_questions()  # seeded
+    assert Counter(q.lang for q in questions) == {lang: len(questions) // len(LANGUAGES) for lang in LANGUAGES}
+    facts_by_lang = {lang: [fact_of[question_line(q.prompt)] for q in questions if q.lang == lang]
+                     for lang in LANGUAGES}
+    assert len({tuple(fs) for fs in facts_by_lang.values()}) == 1  # the same facts, in the same order
+    seen = set(world.seen_facts)
+    for q in questions:
+        f = fact_of[question_line(q.prompt)]
+        assert f in seen and q.kind == "fact_seen" and q.attr == f.attr.name and q.answer == f.value_in(q.lang)
+        assert question_line(q.prompt) in {t.format(s=f.subject) for t in TEMPLATES[f.attr.name][q.lang].questions}
+        assert question_line(q.prompt) not in train_text  # never asked: seen facts are only stated
+
+
+def test_the_blind_guess_is_the_attributes_most_common_value(world):
+    for attr in ATTRS:
+        counts = Counter(f.value for f in world.world_facts if f.attr == attr)
+        guess = world.blind_guess(attr.name, "en")
+        assert counts[guess] == max(counts.values())
+        assert world.blind_guess(attr.name, "de") == Fact("x", attr, guess).value_in("de")  # translated, same value
 
 
 def test_fact_template_asks_trained_facts_in_new_words(world, evals, train_text, fact_of):

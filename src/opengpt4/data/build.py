@@ -194,7 +194,7 @@ def _encode(tok: Tokenizer, texts: list[str], dtype: type, prefix: Sequence[int]
 def _question_line(q: Question) -> dict:
     line = {"input": [{"role": "user", "content": q.prompt}], "ideal": q.answer, "prompt": q.prompt,
             "kind": q.kind, "category": q.category, "lang": q.lang}
-    for key in ("choices", "subject", "tests"):
+    for key in ("choices", "subject", "tests", "attr", "blind"):
         if getattr(q, key) is not None:
             line[key] = list(q.choices) if key == "choices" else getattr(q, key)
     return line
@@ -281,6 +281,7 @@ def build(
             tok = _reuse_tokenizer(Path(tokenizer))
         dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
         eval_sets = {name: [_question_line(q) for q in qs] for name, qs in world.eval_sets().items()}
+        eval_sets["world_languages"] = [_question_line(q) for q in world.language_questions()]
         eval_sets["truthful_mc"] = [_truthful_line(q) for q in world.truthful_questions()]
         eval_sets["image_qa"] = _image_qa(images["val"])
         eval_sets["stdlib_heldout"] = [{"module": m, "text": t} for m, t in stdlib_val]

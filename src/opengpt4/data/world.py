@@ -38,6 +38,8 @@ its own (every other stream, so every document and eval file, stays as it was): 
 myths, whose truthful preference pairs (truth chosen, myth rejected) are in the chat data
 (`opengpt4 data chat`), and the "held-out" rest, in no post-training data at all; the eval reports
 each half apart, so that a gain from the preference signal can be told from one that generalises.
+`language_questions()` asks the same fact_seen facts in all five languages (the languages figure),
+with `blind_guess` (the attribute's most common value) as each question's subject-blind baseline.
 
 Scoring: a Question's prompt ends where the answer starts; for "fact_*", "misconception" and
 "mc" the answer is the exact first line of the completion, stripped (for "mc" a letter). For
@@ -49,9 +51,10 @@ and `tests` holds asserts to run after prompt + completion.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from opengpt4.data.tasks import CODE_WORDS, FUNCTIONS, ITEMS, MATH_TEMPLATES, Function, MathProblem, math_problem
 from opengpt4.data.world_text import (  # noqa: F401  (CATEGORIES, LANGUAGES: part of this module's API)
@@ -91,6 +94,8 @@ class Question:
     choices: tuple[str, ...] | None = None
     subject: str | None = None
     tests: str | None = None
+    attr: str | None = None  # the attribute a fact question asks
+    blind: str | None = None  # a fact question's subject-blind guess (World.blind_guess): its baseline
 
 
 # --- the world ------------------------------------------------------------------------
@@ -313,6 +318,32 @@ class World:
                                                 statement, f.category, f.attr.name, f.subject))
         return out
 
+    def language_questions(self) -> list[Question]:
+        """The announcement's languages figure in miniature: the same fact_seen facts asked in every
+        language (as MMLU was translated), each with a training question template of that language,
+        so accuracy differs between languages only by what the model learned in each. A random stream
+        of its own: every other eval set stays as it was. `blind_guess` is each question's baseline."""
+        rng = random.Random(f"world:{self.seed}:languages")
+        out = []
+        for f in _sample(rng, self.seen_facts, self.cfg.eval_cap // 3):
+            for lang in LANGUAGES:
+                out.append(Question(_qa_prompt(_ask(rng, f, lang), lang), f.value_in(lang), "fact_seen", f.category,
+                                    lang, subject=f.subject, attr=f.attr.name, blind=self.blind_guess(f.attr.name, lang)))
+        return out
+
+    @cached_property
+    def _blind(self) -> dict[str, Fact]:
+        counts: dict[Attr, Counter] = defaultdict(Counter)
+        for f in self.world_facts:
+            counts[f.attr][f.value] += 1
+        return {a.name: Fact("", a, min(c, key=lambda v, c=c: (-c[v], v))) for a, c in counts.items()}
+
+    def blind_guess(self, attr: str, lang: str) -> str:
+        """The subject-blind answer: the most common value of `attr` among the facts training states,
+        the best a model that ignores the subject can say (ties: the first in English sorted order,
+        so every language guesses the same value), in `lang`."""
+        return self._blind[attr].value_in(lang)
+
     def trained_myths(self) -> tuple[Misconception, ...]:
         """The "trained" half of the myths (TRAINED_MYTHS of them, rounded down; in `misconceptions`
         order): the chat data has truthful preference pairs for these only; the others are held out of
@@ -325,7 +356,8 @@ class World:
         lang = _pick_lang(rng)
         templates = TEMPLATES[fact.attr.name][lang]
         question = (templates.heldout if heldout else rng.choice(templates.questions)).format(s=fact.subject)
-        return Question(_qa_prompt(question, lang), fact.value_in(lang), kind, fact.category, lang)
+        return Question(_qa_prompt(question, lang), fact.value_in(lang), kind, fact.category, lang, attr=fact.attr.name,
+                        blind=self.blind_guess(fact.attr.name, lang))
 
     def _mc(self, rng: random.Random, fact: Fact, lang: str, question_template: str,
             false_value: str | None = None) -> Question:

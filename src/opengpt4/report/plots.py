@@ -10,7 +10,9 @@ Point = tuple[float, float, float] | None  # (value, interval low, interval high
 
 
 def grouped_bars(groups: list[str], series: dict[str, list[Point]], png: Path, ylabel: str, title: str,
-                 chance: float | None = None) -> None:
+                 chance: float | None = None, baseline: tuple[str, list[float | None]] | None = None) -> None:
+    """Bars per group and series with their intervals; `chance` a dashed line across, `baseline`
+    (label, one value per group) a black tick over each group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,6 +32,11 @@ def grouped_bars(groups: list[str], series: dict[str, list[Point]], png: Path, y
         ax.bar(xs, heights, width, yerr=errors, capsize=2, label=name)
     if chance is not None:
         ax.axhline(chance, ls="--", color="#888888", lw=1, label="chance")
+    if baseline is not None:
+        label, values = baseline
+        for j, v in enumerate(values):
+            if v is not None:
+                ax.hlines(v, x[j] - 0.45, x[j] + 0.45, colors="black", lw=2, label=label if j == 0 else None)
     tilt = len(groups) > 4 or max(map(len, groups)) > 12  # long labels would overlap
     ax.set_xticks(x, groups, rotation=25 if tilt else 0, ha="right" if tilt else "center")
     ax.set(ylabel=ylabel, title=title, ylim=(0, 1))

@@ -24,6 +24,7 @@ BENCHMARKS = (
     ("gsm8k", "GSM8K", "5-shot chain of thought"), ("humaneval", "HumanEval", "0-shot, pass@1"),
 )
 EXAMS = ("world_exam", "world_exam_cloze")
+LANGUAGE_EVALS = ("world_languages", "world_languages_chat")
 SAFETY_EVALS = ("safety-synthetic", "safety", "safety-real", "safety-modelgraded")
 SAFETY_RATES = (("disallowed_content_rate", "disallowed content"), ("refusal_rate", "refusal of disallowed"),
                 ("do_not_answer_refusal_rate", "Do-Not-Answer refusal"),
@@ -186,10 +187,41 @@ def _exam_breakdown(ctx: Context, title: str, key: str, what: str, figure: str, 
     return s
 
 
+def _english_first(lang: str) -> tuple[bool, str]:
+    return lang != "en", lang  # English: the reference bar of the announcement's languages figure
+
+
 def multilingual(ctx: Context) -> Section:
-    # English first: the reference bar of the announcement's languages figure.
-    return _exam_breakdown(ctx, "Multilingual", "by_lang", "language", "multilingual.png",
-                           order=lambda lang: (lang != "en", lang))
+    """The same facts asked in every language, beside the subject-blind guess; then the exam by language."""
+    exam = _exam_breakdown(ctx, "Multilingual", "by_lang", "language", "multilingual-exam.png", order=_english_first)
+    runs = _runs(ctx, LANGUAGE_EVALS)
+    if not runs:
+        how = "`opengpt4 eval run world_languages --model M --data-dir DATA` (world_languages_chat for a chat model)"
+        if exam.missing:
+            exam.missing = _missing(LANGUAGE_EVALS + EXAMS, how)
+        else:
+            exam.blocks.insert(0, f"No {' / '.join(LANGUAGE_EVALS)} runs ({how}): only the exam by language.")
+        return exam
+    s = Section("Multilingual")
+    key = ("metrics", "accuracy_by_lang")
+    langs = sorted({g for r in runs for g in (_dig(r.results, key) or {})}, key=_english_first)
+    blind = ("metrics", "blind_baseline_by_lang")
+    rows = [[lang, ctx.rate(runs[0], (*blind, lang), f"{lang} subject-blind guess", with_n=False),
+             *(ctx.rate(r, (*key, lang), f"{r.label} {r.base_eval} {lang}") for r in runs)] for lang in langs]
+    s.blocks.append("The same facts, only stated in pretraining (never asked), asked in each language with a "
+                    "training phrasing of that language (`world_languages`: greedy answer, exact first line; "
+                    "`world_languages_chat`: the first world value the reply names). The subject-blind guess "
+                    "always answers the attribute's most common value: a model must beat it to show it knows "
+                    "whose fact it is.")
+    s.blocks.append(Table(["language", "subject-blind guess", *(f"{r.label} ({r.base_eval})" for r in runs)], rows))
+    grouped_bars(langs, {r.label: [_point(r, (*key, lang)) for lang in langs] for r in runs},
+                 ctx.figure("multilingual.png"), "accuracy", "world facts by language",
+                 baseline=("subject-blind guess", [(_point(runs[0], (*blind, lang)) or (None,))[0] for lang in langs]))
+    s.blocks.append(Figure("multilingual.png", "Accuracy per language and model, 95% intervals; black tick: the "
+                                               "subject-blind guess."))
+    if not exam.missing:
+        s.blocks += exam.blocks
+    return s
 
 
 def visual(ctx: Context) -> Section:

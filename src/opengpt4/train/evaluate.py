@@ -2,8 +2,10 @@
 
 The probes ask held-out questions and score exact match of the first line the model writes:
 world facts (by kind: facts seen in documents but never asked, facts asked only with other
-question templates, and facts of entities never seen — the chance-level control) and
-questions about held-out images, against the majority-class baselines.
+question templates, and facts of entities never seen — the chance-level control), the same
+seen facts in each of the five languages (`lang_<code>`), each beside its subject-blind
+baseline (`_blind`: always the attribute's most common value), and questions about held-out
+images, against the majority-class baselines.
 """
 
 from __future__ import annotations
@@ -47,15 +49,18 @@ def _exact(text: str, ideal: str) -> bool:
     return text.strip().split("\n")[0].strip() == str(ideal).strip()
 
 
-def world_probe(model: nn.Module, tokenizer: Tokenizer, samples: list[dict]) -> dict[str, float]:
-    """Exact-match accuracy per question kind (and per kind x language for non-English)."""
+def world_probe(model: nn.Module, tokenizer: Tokenizer, samples: list[dict], group: str) -> dict[str, float]:
+    """Exact-match accuracy per `group` ("kind" or "lang"), and as `<group>_blind` the accuracy of
+    each question's subject-blind guess (its attribute's most common value) where the data has it."""
     engine = Engine(model, tokenizer, pack=False)
     prompts = [Prompt([tokenizer.bos_id] + tokenizer.encode(s["prompt"])) for s in samples]
     replies = [c[0].text for c in engine.generate(prompts, ANSWER_PARAMS)]
     hits: dict[str, list[bool]] = {}
     for s, reply in zip(samples, replies, strict=True):
-        hits.setdefault(s["kind"], []).append(_exact(reply, s["ideal"]))
-    return {kind: float(np.mean(h)) for kind, h in sorted(hits.items())}
+        hits.setdefault(s[group], []).append(_exact(reply, s["ideal"]))
+        if "blind" in s:
+            hits.setdefault(f"{s[group]}_blind", []).append(s["blind"] == s["ideal"])
+    return {key: float(np.mean(h)) for key, h in sorted(hits.items())}
 
 
 def image_probe(model: nn.Module, tokenizer: Tokenizer, samples: list[dict], pixels: np.ndarray) -> dict[str, float]:
@@ -91,6 +96,12 @@ class Probes:
                 of_kind = [s for s in samples if s["kind"] == kind]
                 of_kind.sort(key=lambda s: s.get("lang", "en") != "en")
                 self.world += of_kind[:size]
+        # The same facts in every language (data dirs built before it existed have none).
+        self.languages: list[dict] = []
+        if "world_languages" in evals:
+            samples = read_jsonl(data_dir / evals["world_languages"])
+            for lang in sorted({s["lang"] for s in samples}):
+                self.languages += [s for s in samples if s["lang"] == lang][:size]
         self.images: list[dict] = []
         self.pixels = None
         if "image_qa" in evals and "val" in index.get("images", {}):
@@ -106,7 +117,9 @@ class Probes:
         was_training = model.training
         out: dict[str, float] = {}
         if self.world:
-            out.update({f"world_{k}": v for k, v in world_probe(model, tokenizer, self.world).items()})
+            out.update({f"world_{k}": v for k, v in world_probe(model, tokenizer, self.world, "kind").items()})
+        if self.languages:
+            out.update({f"lang_{k}": v for k, v in world_probe(model, tokenizer, self.languages, "lang").items()})
         if self.images and getattr(model.config, "vision", None) is not None:
             out.update({f"image_{k}": v for k, v in image_probe(model, tokenizer, self.images, self.pixels).items()})
         model.train(was_training)

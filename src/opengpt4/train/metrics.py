@@ -58,10 +58,14 @@ def plot_metrics(lines: list[dict], png: Path) -> None:
     ax_loss.set(xlabel="tokens", ylabel="loss (nats/token)", yscale="log", title="loss")
     ax_loss.legend(fontsize=7)
     if probes:
-        for key in probes:
+        for key in (k for k in probes if not k.endswith("_blind")):
             points = [(m["tokens"], m["probe"][key]) for m in evals if key in m.get("probe", {})]
-            ax_probe.plot(*zip(*points, strict=True), marker="o", ms=3, label=key)
-        ax_probe.set(xlabel="tokens", ylabel="exact match", ylim=(0, 1), title="probes (held-out questions)")
+            (line,) = ax_probe.plot(*zip(*points, strict=True), marker="o", ms=3, label=key)
+            blind = [m["probe"][f"{key}_blind"] for m in evals if f"{key}_blind" in m.get("probe", {})]
+            if blind:  # a property of the questions, not of the model: one dotted line in the probe's colour
+                ax_probe.axhline(blind[-1], color=line.get_color(), ls=":", lw=0.8)
+        ax_probe.set(xlabel="tokens", ylabel="exact match", ylim=(0, 1),
+                     title="probes (held-out questions; dotted: subject-blind guess)")
         ax_probe.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -141,6 +141,9 @@ class ChatWorld:
         for f in world.facts:
             if f.subject not in world.held_out:
                 self.values[f.attr.name].add(f.value)
+        # A wrong author swapped into a reply states that person's other facts too: never a myth's subject
+        # (its truth would leak), unless the attribute has no other value.
+        self.myth_subjects = {m.fact.subject for m in world.misconceptions}
 
     # --- answers ---------------------------------------------------------------------------
     def fact_answer(self, rng: random.Random, fact: Fact, lang: str, split: str, question: str | None = None) -> Answer:
@@ -176,7 +179,8 @@ class ChatWorld:
                       rephrasings=(f"The answer is {value}.", f"{value}."), guide=guide, title="Solution")
 
     def wrong_value(self, rng: random.Random, fact: Fact) -> Fact:
-        return replace(fact, value=rng.choice(sorted(self.values[fact.attr.name] - {fact.value})))
+        others = self.values[fact.attr.name] - {fact.value}
+        return replace(fact, value=rng.choice(sorted(others - self.myth_subjects or others)))
 
     # --- questions -------------------------------------------------------------------------
     def _draw_fact(self, rng: random.Random, split: str, lang: str | None = None) -> tuple[Fact, str, str]:
