@@ -1,11 +1,13 @@
 """Benchmark evals: prompt formats on real rows, scoring logic on known numbers, runs on the tiny model."""
 
+import bz2
 import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from opengpt4.evals.benchmarks import world_truthful
 from opengpt4.evals.benchmarks.common import centered, default_data_dir, join, score_choices
 from opengpt4.evals.benchmarks.gauntlet import GauntletTask, core_average
 from opengpt4.evals.benchmarks.gsm8k import GSM8K, last_number
-from opengpt4.evals.benchmarks.hellaswag import HellaSwag, load_hellaswag
+from opengpt4.evals.benchmarks.hellaswag import HellaSwag, load_hellaswag, load_hellaswag_text
 from opengpt4.evals.benchmarks.mmlu import MMLU
 from opengpt4.evals.benchmarks.truthfulqa import TruthfulQA
 from opengpt4.evals.benchmarks.winogrande import WinoGrande, load_winogrande
@@ -264,6 +266,41 @@ def test_winogrande_and_hellaswag_loaders_read_their_original_formats():
     assert swag[0]["choices"][2:] == ["paints the kettle blue.", "sings to the stove and leaves."]
     assert swag[1]["query"] == "Home and Garden: How to water a cactus. Check the soil first."
     assert swag[2]["query"] == "Playing chess: Two players sit at a board. One of them" and swag[2]["gold"] == 0
+
+
+def test_hellaswag_text_version_reads_llama_cpps_six_line_items(tmp_path):
+    text = ("Making tea: A man fills a kettle with water and puts it on the stove. he\n0\nwaits for the water to boil.\n"
+            "throws the kettle out of the window.\npaints the kettle blue.\nsings to the stove and leaves.\n"
+            "Home and Garden: How to water a cactus. Check the soil first.\n2\nWater only when the soil is dry.\n"
+            "Pour milk on it.\nSing to the cactus loudly.\nKeep the cactus in a freezer.\n")
+    path = tmp_path / "hellaswag" / "hellaswag_val_full.txt.bz2"
+    path.parent.mkdir()
+    path.write_bytes(bz2.compress(text.encode()))
+    swag = HellaSwag(Canned(), data_dir=str(tmp_path), path="hellaswag/hellaswag_val_full.txt.bz2").load_samples()
+    original = load_hellaswag(FIXTURES / "hellaswag_val.jsonl")
+    # the same items as the JSONL original, but for ctx_b's capital, which the text version does not keep
+    assert swag[0]["query"] == original[0]["query"][:-2] + "he" and swag[0]["choices"] == original[0]["choices"]
+    assert swag[1]["query"] == original[1]["query"] and (swag[0]["gold"], swag[1]["gold"]) == (0, 2)
+    for broken, where in ((text.replace("\n2\n", "\n7\n"), ":8: the gold label must be 0-3, got '7'"),
+                          (text.rsplit("\n", 3)[0], ": 10 lines; the text version has 6 per item")):
+        path.write_bytes(bz2.compress(broken.encode()))
+        with pytest.raises(DataFileError) as e:
+            load_hellaswag_text(path)
+        assert str(e.value).startswith(f"{path}{where}")
+    path.write_bytes(bz2.compress(text.encode())[:40])  # a truncated download
+    with pytest.raises(DataFileError, match="not a readable HellaSwag text file"):
+        load_hellaswag_text(path)
+    path.unlink()
+    with pytest.raises(BenchmarkDataMissing) as e:
+        HellaSwag(Canned(), data_dir=str(tmp_path), path="hellaswag/hellaswag_val_full.txt.bz2").load_samples()
+    assert "klosax/hellaswag_text_data" in e.value.source
+
+
+@pytest.mark.skipif(not (DATA / "hellaswag" / "hellaswag_val_full.txt.bz2").is_file(), reason="no HellaSwag text file")
+def test_the_shared_hellaswag_text_file_has_every_validation_item():
+    swag = load_hellaswag_text(DATA / "hellaswag" / "hellaswag_val_full.txt.bz2")
+    assert len(swag) == 10_042 and all(len(s["choices"]) == 4 for s in swag)
+    assert Counter(s["gold"] for s in swag) == {0: 2515, 1: 2485, 2: 2584, 3: 2458}  # its README's counts
 
 
 def test_truthfulqa_mc1_and_mc2_scores_on_known_probabilities():

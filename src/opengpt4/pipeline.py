@@ -92,7 +92,7 @@ PRESETS: dict[str, Preset] = {
                    reward_steps=40, reward_set=(), rlhf_steps=40, rlhf_set=RLHF_SET, rl_mix=None,
                    eval_limit=600,
                    benchmarks=("mmlu", "arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag",
-                               "truthfulqa_mc1"),
+                               "hellaswag_text", "truthfulqa_mc1"),
                    benchmark_limit=100, smollm2=True, generative=("gsm8k", "humaneval"), generative_limit=20),
 }
 

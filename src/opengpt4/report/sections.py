@@ -20,7 +20,8 @@ from opengpt4.report.plots import grouped_bars
 BENCHMARKS = (
     ("mmlu", "MMLU", "5-shot"), ("arc_easy", "ARC-Easy", "0-shot"), ("arc_challenge", "ARC-Challenge", "0-shot"),
     ("piqa", "PIQA", "0-shot"), ("winogrande", "WinoGrande", "0-shot, partial scoring"),
-    ("hellaswag", "HellaSwag", "0-shot"), ("truthfulqa_mc1", "TruthfulQA MC1", "0-shot"),
+    ("hellaswag", "HellaSwag", "0-shot"), ("hellaswag_text", "HellaSwag (llama.cpp's text version)", "0-shot"),
+    ("truthfulqa_mc1", "TruthfulQA MC1", "0-shot"),
     ("gsm8k", "GSM8K", "5-shot chain of thought"), ("humaneval", "HumanEval", "0-shot, pass@1"),
 )
 EXAMS = ("world_exam", "world_exam_cloze")
