@@ -207,7 +207,7 @@ def multilingual(ctx: Context) -> Section:
     key = ("metrics", "accuracy_by_lang")
     langs = sorted({g for r in runs for g in (_dig(r.results, key) or {})}, key=_english_first)
     blind = ("metrics", "blind_baseline_by_lang")
-    rows = [[lang, ctx.rate(runs[0], (*blind, lang), f"{lang} subject-blind guess", with_n=False),
+    rows = [[lang, ctx.value(runs[0], (*blind, lang, "rate"), f"{lang} subject-blind guess"),
              *(ctx.rate(r, (*key, lang), f"{r.label} {r.base_eval} {lang}") for r in runs)] for lang in langs]
     s.blocks.append("The same facts, only stated in pretraining (never asked), asked in each language with a "
                     "training phrasing of that language (`world_languages`: greedy answer, exact first line; "
