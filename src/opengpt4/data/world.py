@@ -399,6 +399,11 @@ class World:
 
 
 # --- rendering helpers -----------------------------------------------------------------
+def first_line(completion: str) -> str:
+    """A fact question's answer: the first line of the completion, stripped (see Scoring above)."""
+    return completion.strip().split("\n")[0].strip()
+
+
 def _pick_lang(rng: random.Random) -> str:
     return rng.choice(LANGUAGES[1:]) if rng.random() < NON_ENGLISH else "en"
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from opengpt4.data.world import first_line
 from opengpt4.engine.generate import Engine, Prompt
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.files import read_jsonl
@@ -46,7 +47,7 @@ def val_losses(model: nn.Module, batches: dict[str, list], autocast: AbstractCon
 
 
 def _exact(text: str, ideal: str) -> bool:
-    return text.strip().split("\n")[0].strip() == str(ideal).strip()
+    return first_line(text) == str(ideal).strip()
 
 
 def world_probe(model: nn.Module, tokenizer: Tokenizer, samples: list[dict], group: str) -> dict[str, float]:

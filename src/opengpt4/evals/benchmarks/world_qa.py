@@ -29,7 +29,7 @@ import re
 from typing import Any
 
 from opengpt4.data.chat.conversations import question_text
-from opengpt4.data.world import LANGUAGES, World
+from opengpt4.data.world import LANGUAGES, World, first_line
 from opengpt4.errors import InvalidEvalArgument
 from opengpt4.evals.api import Decoding, Eval, SampleResult
 from opengpt4.evals.benchmarks.common import world_for
@@ -52,10 +52,6 @@ def extract(reply: str, question: str, pattern: re.Pattern) -> str | None:
     return None
 
 
-def first_line(text: str) -> str:
-    return text.strip().split("\n")[0].strip()
-
-
 class WorldQA(Eval):
     batch_size = 16
     metric = "accuracy"
@@ -68,7 +64,8 @@ class WorldQA(Eval):
             raise InvalidEvalArgument("questions", f"must be one of {', '.join(QUESTION_SETS)}, got {questions!r}")
         self.world = world_for(data_dir, world_size, world_seed)
         self.questions, self.chat = questions, bool(chat)
-        self.patterns = {lang: value_pattern(self.world, lang) for lang in LANGUAGES}
+        # Chat replies are searched for world values; a plain answer is its first line, no regex needed.
+        self.patterns = {lang: value_pattern(self.world, lang) for lang in LANGUAGES} if self.chat else {}
         # A chat reply is a sentence; a plain answer is one line (the probe's 12 tokens).
         self.decoding = Decoding(max_tokens=max_tokens or (48 if self.chat else 12), temperature=0.0,
                                  stop=() if self.chat else ("\n",))
