@@ -43,11 +43,13 @@ redis-server:
 		(apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) || \
 		echo "redis-server not installed: the Redis rate-limit tests will be skipped"
 
+# One pytest-xdist worker per core, a test file per worker at a time (module fixtures run once);
+# `$(PY) -m pytest tests/test_x.py` runs in one process as usual.
 test: setup browser redis-server
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto --dist loadfile -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -13,6 +14,16 @@ from opengpt4.tokenizer import Tokenizer
 # live_server and wait_for are only re-exported, for modules not yet switched to `tests.helpers`
 # (test_serve.py, test_serve_schema.py, test_serve_accounts.py); new code imports them from there.
 from tests.helpers import corpus, live_server, wait_for  # noqa: F401
+
+
+def pytest_configure(config):
+    # `make test` runs the files on pytest-xdist workers, one per core: a worker with as many
+    # threads as there are cores would oversubscribe them (OpenMP's spinning threads then wait on
+    # each other). One thread per worker, inherited by the commands the tests start.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
 
 
 @pytest.fixture(scope="session")

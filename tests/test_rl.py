@@ -2,6 +2,7 @@
 match hand computations, a killed run resumes exactly, and bad input fails with a typed error."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -78,6 +79,28 @@ def test_a_killed_run_resumes_mid_rollout_with_the_same_updates(policy, prompts,
         assert torch.equal(x, y), name
     losses = [[line["loss"] for line in t.metrics.lines if "loss" in line] for t in (straight, resumed)]
     assert losses[0] == losses[1]
+
+
+def test_old_logprobs_are_those_of_the_tempered_distribution_the_rollout_was_sampled_from(policy, tmp_path):
+    # One prompt, 512 one-token replies sampled at temperature 0.3: each token's frequency is what
+    # the rollout's log-prob says. (Scored untempered, the most likely token, drawn 54% of the time,
+    # read 3%.)
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"prompt": [{"role": "user", "content": "Tell me about item 3."}]}) + "\n")
+    cfg = toy_config("grpo", samples_per_prompt=512, batch_size=256, minibatches=2, max_new_tokens=1, temperature=0.3)
+    objective = rl.build_trainer(policy, ContainsWord(), one, tmp_path / "t", cfg).objective
+    rollout = objective.make_rollout(0)
+    start = int(rollout.mask[0].nonzero()[0])  # the position that scores the reply's token
+    tokens = rollout.input_ids[:, start + 1]
+    logprob = {int(t): float(lp) for t, lp in zip(tokens, rollout.old_logprobs[:, start], strict=True)}
+    assert len(logprob) > 1  # at 0.3 the tiny model still varies
+    counts = torch.bincount(tokens).tolist()
+    top = max(logprob, key=logprob.get)
+    for token, lp in logprob.items():  # binomial standard error at 512 draws: <= 0.022
+        assert abs(counts[token] / len(tokens) - math.exp(lp)) < 0.07, (token, counts[token], math.exp(lp))
+    assert math.exp(logprob[top]) > 0.3
+    with pytest.raises(ConfigError):
+        toy_config("ppo", temperature=0.0)
 
 
 def test_gae_matches_a_hand_computation():

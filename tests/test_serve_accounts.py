@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import urllib.error
@@ -207,6 +208,22 @@ def test_metrics_exposition(server):
     assert 'opengpt4_tokens_total{kind="completion",model="tiny-20261129"}' in text
     assert 'opengpt4_queue_depth{model="tiny-20261129"} 0.0' in text
     assert "opengpt4_request_latency_seconds_bucket" in text
+
+    # The KV pool and the prefix cache: the same long system message twice, the second from the cache.
+    def sample(name: str, **labels: str) -> float:
+        selector = ",".join(f'{k}="{v}"' for k, v in sorted((labels | {"model": "tiny-20261129"}).items()))
+        [value] = re.findall(rf"^{name}{{{re.escape(selector)}}} (\S+)$", scrape(), re.M)
+        return float(value)
+
+    before = sample("opengpt4_prefix_cache_hits_total"), sample("opengpt4_prefix_cache_queries_total")
+    system = [{"role": "system", "content": "the cat sat on the mat and the dog ran to the park " * 4}]
+    for _ in range(2):
+        client(server).chat.completions.create(model="tiny-latest", messages=system + HELLO, max_tokens=2)
+    hits = sample("opengpt4_prefix_cache_hits_total") - before[0]
+    queries = sample("opengpt4_prefix_cache_queries_total") - before[1]
+    assert 32 <= hits < queries  # at least two 16-token blocks of the system message; never the last token
+    assert sample("opengpt4_kv_cache_blocks", state="max") >= sample("opengpt4_kv_cache_blocks", state="allocated") > 0
+    assert sample("opengpt4_kv_cache_blocks", state="in_use") == 0 == sample("opengpt4_kv_cache_usage_ratio")  # idle
 
 
 # --- /v1/completions ------------------------------------------------------------------------------

@@ -167,6 +167,10 @@ class Scheduler:
         self.idle = threading.Event()  # set while nothing waits, prefills or decodes (background mode)
         self.idle.set()
         self._thread: threading.Thread | None = None
+        # Prefix-cache counters for /metrics: prompt tokens admitted, and those whose keys and values
+        # came from the cache instead of a forward (vLLM's prefix_cache_queries / _hits).
+        self.prompt_tokens = 0
+        self.prefix_hit_tokens = 0
         self.heartbeat = time.monotonic()  # when the loop last started a step: a watchdog sees a stall
         self.died: BaseException | None = None  # what ended the loop's thread, if it did not stop cleanly
 
@@ -284,6 +288,8 @@ class Scheduler:
                     seq.free()
                     return
                 self.waiting.popleft()
+                self.prompt_tokens += len(ids)
+                self.prefix_hit_tokens += seq.length
                 request.seq = seq
                 request.budget = need
                 self.outstanding += need
@@ -300,6 +306,7 @@ class Scheduler:
                 break
             hits = request.seq.reuse(request.prompt.ids, request.names)
             request.budget -= hits  # blocks it will not allocate: its worst case shrinks as much
+            self.prefix_hit_tokens += hits * self.pool.block_size
             self.outstanding -= hits
             ids, start = request.prompt.ids, request.seq.length
             end = min(start + left, len(ids))

@@ -85,6 +85,9 @@ class RLConfig(LoopConfig):
     ppo_epochs: int = 2  # passes over each rollout (GRPO's "iterations")
     samples_per_prompt: int = 1  # GRPO's group size (>= 2); PPO may sample several too
     max_new_tokens: int = 64
+    # Rollouts are sampled from softmax(logits / temperature); the policy, its old self and the
+    # reference are all scored under that same tempered distribution (as TRL's trainers do), so the
+    # PPO ratio and the KL are about the distribution the responses came from.
     temperature: float = 1.0
     clip: float = 0.2  # the ratio's clip range
     kl_coef: float = 0.05  # beta
@@ -105,6 +108,8 @@ class RLConfig(LoopConfig):
             raise ConfigError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
         if self.algo == "grpo" and self.samples_per_prompt < 2:
             raise ConfigError("GRPO compares responses within a group: samples_per_prompt must be >= 2")
+        if not self.temperature > 0:  # also NaN
+            raise ConfigError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
         for name in ("minibatches", "ppo_epochs", "samples_per_prompt", "max_new_tokens", "steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -221,14 +226,14 @@ class PolicyWithValue(nn.Module):
         return logits, self.value(taken[0]).squeeze(-1).float()
 
 
-def token_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
-    """(B, T-1): log P(input_ids[:, t+1] | ...) from logits (B, T, V), in float32."""
-    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+def token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """(B, T-1): log P(input_ids[:, t+1] | ...) under softmax(logits / temperature), in float32."""
+    return torch.log_softmax(logits[:, :-1].float() / temperature, -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
-def entropy(logits: Tensor) -> Tensor:
-    """(B, T-1) per-position entropy of the next-token distribution."""
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """(B, T-1) per-position entropy of the next-token distribution softmax(logits / temperature)."""
+    logp = torch.log_softmax(logits[:, :-1].float() / temperature, -1)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -377,8 +382,8 @@ class RLHF:
             with self.autocast:
                 out = model(ids)
             logits, value = out if with_values else (out, torch.zeros(ids.shape))
-            logps.append(token_logprobs(logits, ids).cpu())
-            ents.append(entropy(logits).cpu())
+            logps.append(token_logprobs(logits, ids, self.cfg.temperature).cpu())
+            ents.append(entropy(logits, self.cfg.temperature).cpu())
             values.append(value[:, :-1].float().cpu())
         return torch.cat(logps), torch.cat(ents), torch.cat(values)
 
@@ -464,7 +469,7 @@ class RLHF:
         ids, mask = r.input_ids.to(device), r.mask.to(device)
         out = model(ids)
         logits, values = out if cfg.algo == "ppo" else (out, None)
-        logp = token_logprobs(logits, ids)
+        logp = token_logprobs(logits, ids, cfg.temperature)
         ratio = torch.exp(logp - r.old_logprobs.to(device))
         adv = r.advantages.to(device)
         per_token = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
