@@ -25,7 +25,6 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-
 @pytest.fixture(scope="session")
 def tiny_tokenizer() -> Tokenizer:
     # Made for the tiny model, which takes images: <|image|> expands to the test preset's tokens per image.
