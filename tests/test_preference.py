@@ -306,10 +306,29 @@ def test_dpo_raises_the_held_out_margin_and_writes_a_plain_checkpoint(tmp_path, 
     assert not (out / HEAD_CONFIG).exists() and load_checkpoint(out)[0].config == load_checkpoint(base)[0].config
 
 
-def test_dpo_resumes_exactly_and_only_on_its_own_data(tmp_path, base, pairs_dir):
-    """A run that dies right after its step-4 checkpoint, continued, equals one that never stopped."""
+def test_dpo_with_lora_learns_against_its_own_base_with_the_adapters_off(tmp_path, base, pairs_dir):
+    out = tmp_path / "dpo-lora"
+    cfg = DPOConfig(batch_size=8, lr=3e-2, warmup_steps=3, eval_every=10, eval_at_start=True, ckpt_every=0,
+                    eval_rows=48, dtype="float32", lora_rank=4)
+    trainer = dpo_trainer(base, pairs_dir, out, cfg, max_steps=20)
+    assert trainer.objective.reference is None  # no second copy of the weights
+    assert all(n.endswith((".lora_A", ".lora_B")) for n in trainer.param_names)
+    trainer.run()
+    first, last = [m for m in metrics(out) if "val" in m][::2]
+    assert first["rewards/margins"] == 0 and abs(first["val"]["heldout"] - 0.6931) < 1e-3  # B = 0: the reference
+    assert last["rewards/margins"] > 0.2 and last["rewards/chosen"] > last["rewards/rejected"], last
+    merged, original = load_checkpoint(out)[0].state_dict(), load_checkpoint(base)[0].state_dict()
+    moved = {k for k in merged if not torch.equal(merged[k], original[k])}
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert moved and all(k.endswith(tuple(f"{p}.weight" for p in projections)) for k in moved), moved
+
+
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_dpo_resumes_exactly_and_only_on_its_own_data(tmp_path, base, pairs_dir, lora_rank):
+    """A run that dies right after its step-4 checkpoint, continued, equals one that never stopped
+    (with LoRA: from the base and its saved adapters)."""
     cfg = DPOConfig(batch_size=4, micro_batch_size=2, lr=3e-3, warmup_steps=2, eval_every=4, ckpt_every=4,
-                    eval_rows=8, dtype="float32")
+                    eval_rows=8, dtype="float32", lora_rank=lora_rank)
     dpo_trainer(base, pairs_dir, tmp_path / "straight", cfg, max_steps=8).run()
     dying = dpo_trainer(base, pairs_dir, tmp_path / "stopped", cfg, max_steps=8)
     save = dying.save

@@ -66,8 +66,11 @@ def test_rl_learns_the_toy_reward_with_a_bounded_kl(algo, policy, prompts, tmp_p
     assert not any(name.startswith("value") for name in model.state_dict())
 
 
-def test_a_killed_run_resumes_mid_rollout_with_the_same_updates(policy, prompts, tmp_path):
-    cfg = toy_config("ppo", minibatches=2, ppo_epochs=2)  # 4 steps a rollout: stop at 3, inside the first
+@pytest.mark.parametrize("lora_rank", [0, 4])
+def test_a_killed_run_resumes_mid_rollout_with_the_same_updates(policy, prompts, tmp_path, lora_rank):
+    # 4 steps a rollout: stop at 3, inside the first. With LoRA the reference is the policy with its
+    # adapters off, and a resume starts from the base and the saved adapters.
+    cfg = toy_config("ppo", minibatches=2, ppo_epochs=2, lora_rank=lora_rank)
     straight = rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "a", cfg, max_steps=6)
     straight.run()
     rl.build_trainer(policy, ContainsWord(), prompts, tmp_path / "b", cfg, max_steps=3).run()
@@ -79,6 +82,11 @@ def test_a_killed_run_resumes_mid_rollout_with_the_same_updates(policy, prompts,
         assert torch.equal(x, y), name
     losses = [[line["loss"] for line in t.metrics.lines if "loss" in line] for t in (straight, resumed)]
     assert losses[0] == losses[1]
+    first = next(line for line in straight.metrics.lines if "kl_k1" in line)
+    assert first["kl_k1"] == 0.0  # the policy is its reference before the first update, bit for bit
+    assert (straight.objective.reference is None) == bool(lora_rank)
+    base, _ = load_checkpoint(policy)
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), base.state_dict().values(), strict=True))
 
 
 def test_old_logprobs_are_those_of_the_tempered_distribution_the_rollout_was_sampled_from(policy, tmp_path):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from opengpt4.config import SFTConfig
 from opengpt4.data.chat_io import Conversation, parse_conversation, read_chat_data, read_conversations
 from opengpt4.errors import ChatDataError, DataFileError
+from opengpt4.model import lora
 from opengpt4.model.checkpoint import load_checkpoint, save_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
@@ -328,6 +329,9 @@ def test_lora_trains_only_adapters_and_the_merged_checkpoint_gives_the_adapted_l
     assert set(load_file(str(out / "adapter.safetensors"))) == names
     with torch.no_grad():  # and the adapters changed the model
         assert (load_checkpoint(base)[0](ids) - plain).abs().max() > 1e-2
+        with lora.adapters_off(model):  # the frozen base, bit for bit: DPO's and RLHF's reference with LoRA
+            assert torch.equal(model(ids), load_checkpoint(base)[0].eval()(ids))
+        assert torch.equal(model(ids), adapted)  # on again after the block
 
 
 def test_resume_after_sigkill_gives_the_same_losses_and_weights(base, chat_dir, tmp_path):

@@ -400,6 +400,12 @@ def _add_sampling(p: argparse.ArgumentParser, max_tokens: int = 256, temperature
     p.add_argument("--dtype", choices=["auto", *PRECISIONS], default="auto", help=PRECISION_HELP)
 
 
+def add_lora_flag(p: argparse.ArgumentParser, more: str = "") -> None:
+    p.add_argument("--lora", type=int, default=None, metavar="RANK",
+                   help="train rank-RANK LoRA adapters on the attention and MLP projections (merged into the written "
+                        f"weights) instead of every weight, at 10x the default lr{more}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opengpt4", description="The GPT-4 system in miniature.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -540,9 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a chat data dir (train.jsonl, heldout.jsonl) or a JSONL file: OpenAI fine-tuning "
                         "{\"messages\": [...]}, or the same under \"chat\" / \"conversations\" (ShareGPT turns too)")
     p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
-    p.add_argument("--lora", type=int, default=None, metavar="RANK",
-                   help="train rank-RANK LoRA adapters on the attention and MLP projections (merged into the "
-                        "written weights) instead of every weight; default lr then 1e-3 instead of 1e-4")
+    add_lora_flag(p)
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
     stop.add_argument("--epochs", type=float, default=None,
@@ -616,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
     stop.add_argument("--max-minutes", type=float, default=None,
                       help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    add_lora_flag(p, "; the reference is then the policy with its adapters off (no second copy of the weights)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (DPOConfig), e.g. --set beta=0.1 --set lr=5e-5")
@@ -637,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run (default: --set steps=200)")
     stop.add_argument("--max-minutes", type=float, default=None,
                       help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    add_lora_flag(p, "; the KL reference is then the policy with its adapters off (no second copy of the weights)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RLConfig), e.g. --set kl_coef=0.1 --set samples_per_prompt=4")

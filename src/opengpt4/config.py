@@ -301,12 +301,30 @@ class TrainConfig(LoopConfig):
         _require(self.seq_len > 0, f"seq_len must be positive, got {self.seq_len}")
 
 
-LORA_LR = 1e-3  # `opengpt4 sft --lora`'s default lr: adapters start at zero and want ~10x full fine-tuning's
-# rate (Schulman et al., "LoRA Without Regret", 2025); not tuned here
+LORA_LR_SCALE = 10  # `--lora`: the default lr times this. Adapters start at zero and want ~10x full
+# fine-tuning's rate (Schulman et al., "LoRA Without Regret", 2025); not tuned here
 
 
 @dataclass
-class SFTConfig(LoopConfig):
+class FineTuneConfig(LoopConfig):
+    """LoopConfig plus how a fine-tuning run (SFT, DPO, RLHF) trains the checkpoint it starts from:
+    in full, or as LoRA adapters on it frozen (train/finetune.py)."""
+
+    lora_rank: int = 0  # 0: full fine-tuning; r > 0: LoRA adapters of rank r (model/lora.py)
+    lora_alpha: float = 16.0  # LoRA's update is scaled by lora_alpha / lora_rank
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
+
+    def use_lora(self, rank: int | None) -> None:
+        """`--lora RANK`: adapters of that rank at LORA_LR_SCALE x the default rate (a --set lr still wins)."""
+        if rank:
+            self.lora_rank, self.lr = rank, self.lr * LORA_LR_SCALE
+
+
+@dataclass
+class SFTConfig(FineTuneConfig):
     """Supervised fine-tuning settings (`opengpt4 sft --set name=value`): LoopConfig's fields with defaults
     for a model of up to ~135M parameters on 2 CPU cores, and the SFT-only ones."""
 
@@ -322,14 +340,14 @@ class SFTConfig(LoopConfig):
     seq_len: int = 512  # tokens per packed row; longer conversations are skipped and counted
     epochs: float = 2.0  # the length of the run unless --max-steps says otherwise
     eval_rows: int = 32  # held-out rows (of seq_len) per eval
-    lora_rank: int = 0  # 0: full fine-tuning; r > 0: LoRA adapters of rank r (model/lora.py)
-    lora_alpha: float = 16.0  # LoRA's update is scaled by lora_alpha / lora_rank
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("seq_len", "epochs", "eval_rows"):
             _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        _require(self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}")
+
+
+LORA_LR = SFTConfig.lr * LORA_LR_SCALE  # SFT's (and vision stage 2's) rate with LoRA: 1e-3
 
 
 def apply_overrides(obj: Any, assignments: list[str]) -> Any:

@@ -18,6 +18,8 @@ block-diagonal matrix).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,11 @@ class LoRALinear(Linear):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's (and nn.Linear's) init for A
 
+    enabled = True  # adapters_off: the frozen base alone
+
     def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return super().forward(x)
         if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
             return self.forward(x.to(self.weight.dtype)).to(x.dtype)
         # The scale goes on the narrow (parts x r) side, and B as one block-diagonal matrix gives each
@@ -83,6 +89,19 @@ def apply_lora(model: Transformer, rank: int, alpha: float) -> Transformer:
 
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Run `model` as its frozen base: every adapter of it skipped until the block ends."""
+    modules = list(lora_modules(model).values())
+    for m in modules:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.enabled = True
 
 
 def merge(model: nn.Module, params: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -58,19 +58,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opengpt4.config import LoopConfig, apply_overrides
+from opengpt4.config import FineTuneConfig, LoopConfig, apply_overrides
 from opengpt4.data.chat_io import ROLES, Conversation
 from opengpt4.errors import CheckpointError, ConfigError, ContextLengthExceeded, DataFileError, PairTooLong
 from opengpt4.files import iter_jsonl, write_text
-from opengpt4.model.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_model
+from opengpt4.model.checkpoint import load_checkpoint, resolve_model
 from opengpt4.model.heads import HeadConfig, HeadModel, load_head_checkpoint, pad_right
-from opengpt4.model.transformer import IGNORE_INDEX
+from opengpt4.model.transformer import IGNORE_INDEX, Transformer
 from opengpt4.safety.classifier import by_length, head_snapshot
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
-from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, plain_model, read_state
+from opengpt4.train.finetune import (
+    describe_mode,
+    freeze_image_path,
+    frozen_flops,
+    load_trainable,
+    reference,
+    sha256,
+    snapshot,
+)
+from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state
 from opengpt4.train.sft import encode as encode_chat
-from opengpt4.train.sft import sha256
 
 PAIRS_FILE = "pairs-{split}.jsonl"
 REWARD_HEAD = HeadConfig("scalar", ("reward",))
@@ -120,7 +128,7 @@ class RewardConfig(PairConfig):
 
 
 @dataclass
-class DPOConfig(PairConfig):
+class DPOConfig(PairConfig, FineTuneConfig):
     """`opengpt4 dpo --set name=value`: TRL's defaults where they carry over (beta 0.1, the sigmoid loss),
     a learning rate for a small decoder (d4, ~5M parameters) on 2 CPU cores."""
 
@@ -365,15 +373,11 @@ class PairTraining:
     """The part of loop.Objective the reward model and DPO share: the training pairs visited in SeededEpochs
     order, micro-batches of pairs with both sides of each in one forward, the seeded held-out sample."""
 
-    def __init__(self, model: str | Path, data: str | Path, cfg: PairConfig, d: distributed.Dist,
-                 start: Path | None = None) -> None:
-        """`start`: the checkpoint to load the decoder from instead of `model` (a run being resumed)."""
-        self.cfg, self.dist, self.base = cfg, d, resolve_model(model)
-        self.decoder, self.tokenizer = load_checkpoint(start or self.base)
-        self.model_config = self.decoder.config
-        for tower in ("vision", "projector"):  # text only: the image path stays as it is
-            if hasattr(self.decoder, tower):
-                getattr(self.decoder, tower).requires_grad_(False)
+    def __init__(self, base: Path, decoder: Transformer, tokenizer: Tokenizer, data: str | Path, cfg: PairConfig,
+                 d: distributed.Dist) -> None:
+        """`decoder`: loaded from the checkpoint `base` (or the run being resumed), its image path frozen."""
+        self.cfg, self.dist, self.base = cfg, d, base
+        self.decoder, self.tokenizer, self.model_config = decoder, tokenizer, decoder.config
         context = self.model_config.max_seq_len
         self.max_len = min(cfg.max_len or context, context)
         self.train_file = pairs_file(data, "train")
@@ -465,7 +469,10 @@ class RewardTraining(PairTraining):
     name = "reward"
 
     def __init__(self, model: str | Path, data: str | Path, cfg: RewardConfig, d: distributed.Dist) -> None:
-        super().__init__(model, data, cfg, d)
+        base = resolve_model(model)
+        decoder, tokenizer = load_checkpoint(base)
+        freeze_image_path(decoder)
+        super().__init__(base, decoder, tokenizer, data, cfg, d)
         torch.manual_seed(cfg.seed)  # the head's initial weights
         self.model = HeadModel(self.decoder, REWARD_HEAD).train()
         self.flops_per_token = self.model_config.flops_per_token(round(self.mean_len))
@@ -566,38 +573,34 @@ class DPO(PairTraining):
     def __init__(self, policy: str | Path, data: str | Path, out: Path, cfg: DPOConfig, d: distributed.Dist,
                  state: dict | None) -> None:
         resumed = state["dpo"] if state is not None else None
-        # A resumed policy continues from its checkpoint; the reference is always the starting model.
-        super().__init__(policy, data, cfg, d, start=out if resumed is not None else None)
-        self.model = self.decoder.train()
-        self.reference = load_checkpoint(self.base)[0].requires_grad_(False).eval()
-        self.base_sha256, self.data_sha256 = sha256(self.base / WEIGHTS_FILE), sha256(self.train_file)
+        # A resumed policy continues from its checkpoint (or the base and its adapters); the reference
+        # is always the starting model: a frozen copy of it, or (LoRA) the policy with its adapters off.
+        trainable = load_trainable(policy, out, resumed, cfg, "--policy")
+        super().__init__(trainable.base, trainable.decoder, trainable.tokenizer, data, cfg, d)
+        self.model, self.base_sha256 = self.decoder, trainable.base_sha256
+        self.reference = None if cfg.lora_rank else load_checkpoint(self.base)[0].requires_grad_(False).eval()
+        self.data_sha256 = sha256(self.train_file)
         if resumed is not None:
-            self._check_resume(resumed, out)
+            if resumed["data_sha256"] != self.data_sha256:
+                raise CheckpointError(f"{self.train_file} is not the data {out} was trained on ({resumed['data']}): "
+                                      "resume with the same pairs")
             self.step = resumed["step"]
-        # The policy's forward and backward (6N per token) and the reference's forward (2N).
-        self.flops_per_token = self.model_config.flops_per_token(round(self.mean_len)) * 8 / 6
+        # The policy's forward and backward (6N per token, 4N with LoRA) and the reference's forward (2N).
+        n = self.model_config.flops_per_token(round(self.mean_len))
+        self.flops_per_token = n * 8 / 6 - (frozen_flops(self.model_config) if cfg.lora_rank else 0)
         self.heldout_reference: Tensor | None = None  # the reference's held-out log-probs: computed once
 
-    def _check_resume(self, resumed: dict[str, Any], out: Path) -> None:
-        if resumed["data_sha256"] != self.data_sha256:
-            raise CheckpointError(f"{self.train_file} is not the data {out} was trained on ({resumed['data']}): "
-                                  "resume with the same pairs")
-        if resumed["base_sha256"] != self.base_sha256:
-            raise CheckpointError(f"{self.base} is not the policy {out} started from ({resumed['base']}), so not its "
-                                  "reference: resume with the same --policy")
-
     def describe(self) -> str:
-        return (f"policy {self.base.name} ({self.model_config.num_params() / 1e6:.2f}M parameters, full fine-tuning) "
-                f"against a frozen copy, DPO sigmoid loss, beta {self.cfg.beta:g}; {self.describe_data()}")
-
-    def _reference(self, device: torch.device) -> nn.Module:
-        return self.reference.to(device)  # a no-op once there: the Trainer moves only `model`
+        against = "a frozen copy" if self.reference is not None else "itself with the adapters off"
+        return (f"policy {self.base.name} ({self.model_config.num_params() / 1e6:.2f}M parameters, "
+                f"{describe_mode(self.model)}) against {against}, DPO sigmoid loss, beta {self.cfg.beta:g}; "
+                f"{self.describe_data()}")
 
     def loss(self, model: nn.Module, batch: RowBatch) -> Tensor:
+        with torch.no_grad(), reference(model, self.reference) as ref:
+            reference_logps = response_logps(ref, batch)
         policy = response_logps(model, batch)
-        with torch.no_grad():
-            reference = response_logps(self._reference(policy.device), batch)
-        return bradley_terry(*dpo_rewards(policy, reference, self.cfg.beta)).sum()
+        return bradley_terry(*dpo_rewards(policy, reference_logps, self.cfg.beta)).sum()
 
     def evaluate(self, model: nn.Module, autocast: AbstractContextManager) -> dict[str, Any]:
         """TRL's DPO metrics on the held-out sample (rewards/chosen, rewards/rejected: the mean implicit
@@ -606,8 +609,8 @@ class DPO(PairTraining):
             return {}
         rows, size = self.heldout.rows, self.cfg.eval_batch_size
         if self.heldout_reference is None:
-            device = next(model.parameters()).device
-            self.heldout_reference = each_row(response_logps, self._reference(device), rows, size, autocast)
+            with reference(model, self.reference) as ref:
+                self.heldout_reference = each_row(response_logps, ref, rows, size, autocast)
         policy = each_row(response_logps, model, rows, size, autocast)
         chosen, rejected = dpo_rewards(policy, self.heldout_reference, self.cfg.beta)
         report = pairwise(chosen, rejected, self.heldout.pairs)
@@ -624,7 +627,7 @@ class DPO(PairTraining):
                 f"{result['rewards/rejected']:.3f})")
 
     def snapshot(self, model: nn.Module) -> Snapshot:
-        return Snapshot(plain_model(model, self.model_config))
+        return snapshot(model, self.model_config)
 
     def state_dict(self) -> dict[str, Any]:
         return {"dpo": {**self.data_state(), "base_sha256": self.base_sha256, "data_sha256": self.data_sha256}}
@@ -650,6 +653,7 @@ def reward_train_from_cli(args) -> None:
 
 def dpo_from_cli(args) -> None:
     cfg = DPOConfig()
+    cfg.use_lora(args.lora)
     apply_overrides(cfg, args.set)
     build_dpo_trainer(args.policy, args.pairs, Path(args.out), cfg, max_steps=args.max_steps,
                       max_minutes=args.max_minutes, resume=args.resume).run()

@@ -51,19 +51,19 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from opengpt4.config import LoopConfig, apply_overrides
+from opengpt4.config import FineTuneConfig, apply_overrides
 from opengpt4.engine.generate import Engine, Prompt
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import CheckpointError, ConfigError, DataFileError
 from opengpt4.files import iter_jsonl
-from opengpt4.model.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_model
+from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.model.precision import autocast_dtype
 from opengpt4.model.transformer import Transformer
 from opengpt4.safety.graders import LABELS, Case, Grader, refused
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
-from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, plain_model, read_state
-from opengpt4.train.sft import sha256
+from opengpt4.train.finetune import describe_mode, frozen_flops, load_trainable, reference, snapshot
+from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state
 
 ALGOS = ("ppo", "grpo")
 VALUE_FILE, ROLLOUT_FILE, PLOT_FILE = "value_head.safetensors", "rollout.safetensors", "rl.png"
@@ -71,8 +71,8 @@ SAFETY_FAMILIES = tuple(LABELS)
 
 
 @dataclass
-class RLConfig(LoopConfig):
-    """`opengpt4 rlhf --set name=value`: LoopConfig's fields (batch_size: sequences per optimizer step)
+class RLConfig(FineTuneConfig):
+    """`opengpt4 rlhf --set name=value`: FineTuneConfig's fields (batch_size: sequences per optimizer step)
     with RL defaults, and the algorithm's own."""
 
     algo: str = "ppo"
@@ -298,21 +298,15 @@ class RLHF:
                  reward_tokenizer: Tokenizer | None = None) -> None:
         self.cfg, self.dist, self.reward, self.out = cfg, d, reward, out
         self.name = cfg.algo
-        self.base = resolve_model(policy)
-        self.base_sha256 = sha256(self.base / WEIGHTS_FILE)
         resumed = state["rlhf"] if state is not None else None
-        if resumed is not None and resumed["base_sha256"] != self.base_sha256:
-            raise CheckpointError(f"{self.base} is not the policy {out} started from ({resumed['base']}): "
-                                  "resume with the same --policy")
-        decoder, self.tokenizer = load_checkpoint(out if resumed is not None else self.base)
+        trainable = load_trainable(policy, out, resumed, cfg, "--policy")
+        decoder, self.tokenizer, self.base, self.base_sha256 = (trainable.decoder, trainable.tokenizer, trainable.base,
+                                                                trainable.base_sha256)
         if reward_tokenizer is not None and not same_tokenizer(self.tokenizer, reward_tokenizer):
             raise CheckpointError(f"the reward model's tokenizer differs from the policy's ({self.base}): a reward "
                                   "model is trained from the policy's own SFT checkpoint")
-        self.reference, _ = load_checkpoint(self.base)  # frozen: the KL leash's anchor
-        self.reference.requires_grad_(False).eval()
-        for tower in ("vision", "projector"):  # text prompts: the image path stays as it is
-            if hasattr(decoder, tower):
-                getattr(decoder, tower).requires_grad_(False)
+        # The KL leash's anchor: a frozen copy of the starting policy, or (LoRA) the policy with its adapters off.
+        self.reference = None if cfg.lora_rank else load_checkpoint(self.base)[0].requires_grad_(False).eval()
         self.decoder, self.model_config = decoder.train(), decoder.config
         torch.manual_seed(cfg.seed)
         self.model: nn.Module = PolicyWithValue(decoder) if cfg.algo == "ppo" else decoder
@@ -339,7 +333,8 @@ class RLHF:
         # The trainer's precision, so the rollout's old log-probs come from the forward the loss runs.
         self.autocast = torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         mean_len = sum(map(len, self.prompt_ids)) / len(self.prompt_ids) + cfg.max_new_tokens
-        self.flops_per_token = self.model_config.flops_per_token(round(mean_len))
+        self.flops_per_token = self.model_config.flops_per_token(round(mean_len)) - (
+            frozen_flops(self.model_config) if cfg.lora_rank else 0)
 
     def encode(self, p: PromptRow) -> list[int]:
         ids = self.tokenizer.render_chat(p.messages, add_generation_prompt=True).ids
@@ -406,7 +401,8 @@ class RLHF:
 
         self.model.eval()
         old, ent, values = self.forward_all(self.model, input_ids, cfg.algo == "ppo")
-        ref, _, _ = self.forward_all(self.reference, input_ids, False)
+        with reference(self.decoder, self.reference) as ref_model:
+            ref, _, _ = self.forward_all(ref_model, input_ids, False)
         self.model.train()
         texts = [self.text(r) for r in responses]  # decoded once: the reward and the refusal rates read them
         parts = self.score(prompts, texts, ended)
@@ -436,7 +432,8 @@ class RLHF:
     # --- the objective -----------------------------------------------------------------------------
     def describe(self) -> str:
         c, cfg = self.model_config, self.cfg
-        return (f"{cfg.algo.upper()} on {self.base.name} ({c.num_params() / 1e6:.2f}M parameters): {len(self.prompts):,} "
+        return (f"{cfg.algo.upper()} on {self.base.name} ({c.num_params() / 1e6:.2f}M parameters, "
+                f"{describe_mode(self.decoder)}): {len(self.prompts):,} "
                 f"prompts, {self.prompts_per_rollout} x {cfg.samples_per_prompt} responses of <= {cfg.max_new_tokens} "
                 f"tokens per rollout, {cfg.ppo_epochs} epochs x {cfg.minibatches} steps of {cfg.batch_size} sequences "
                 f"each; KL coefficient {cfg.kl_coef:g}; held-out eval: {len(self.eval_ids)} prompts")
@@ -509,11 +506,11 @@ class RLHF:
     def snapshot(self, model: nn.Module) -> Snapshot:
         unwrapped = distributed.unwrap(model)
         decoder = unwrapped.decoder if self.cfg.algo == "ppo" else unwrapped
-        state = {k: p.detach().cpu() for k, p in decoder.named_parameters()}
+        params = {k: p.detach().cpu() for k, p in decoder.named_parameters()}
         files = {ROLLOUT_FILE: self.rollout.tensors()} if self.rollout is not None else {}
         if self.cfg.algo == "ppo":
             files[VALUE_FILE] = {k: v.detach().cpu() for k, v in unwrapped.value.state_dict().items()}
-        return Snapshot(plain_model(model, self.model_config, state), files, write_extra=self.write_plot)
+        return snapshot(decoder, self.model_config, params, files, write_extra=self.write_plot)
 
     def write_plot(self, tmp: Path) -> None:
         lines = [json.loads(line) for line in (self.out / "metrics.jsonl").read_text().splitlines()] \
@@ -595,6 +592,7 @@ def rlhf_from_cli(args) -> None:
     from opengpt4.train.preference import RewardModel
 
     cfg = RLConfig(algo=args.algo, samples_per_prompt=8 if args.algo == "grpo" else 1)
+    cfg.use_lora(args.lora)
     apply_overrides(cfg, args.set)
     cfg.__post_init__()
     reward_model = RewardModel.load(args.reward)

@@ -31,7 +31,6 @@ step, and any (ranks x micro-batches) split of the same batch sees the same rows
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left, insort
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -40,37 +39,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from opengpt4.config import LORA_LR, SFTConfig, apply_overrides
+from opengpt4.config import SFTConfig, apply_overrides
 from opengpt4.data.chat_io import ChatData, Conversation, read_chat_data
 from opengpt4.errors import ChatDataError, CheckpointError, ConfigError
-from opengpt4.model import lora
-from opengpt4.model.checkpoint import WEIGHTS_FILE, load_checkpoint, resolve_model
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
+from opengpt4.train.finetune import describe_mode, frozen_flops, load_trainable, sha256, snapshot
 from opengpt4.train.loop import (
     SeededEpochs,
     Snapshot,
     Trainer,
-    gather_parameters,
     micro_batches,
-    plain_model,
     read_state,
     target_count,
 )
-
-ADAPTER_FILE = "adapter.safetensors"  # LoRA's A and B, unmerged: what a resume continues from
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def encode(tokenizer: Tokenizer, conversation: Conversation) -> tuple[np.ndarray, np.ndarray]:
@@ -180,26 +165,18 @@ class SFT:
     def __init__(self, model: str, data: ChatData, out: Path, cfg: SFTConfig, d: distributed.Dist,
                  state: dict | None) -> None:
         self.cfg, self.dist, self.data = cfg, d, data
-        self.base = resolve_model(model)
         resumed = state["sft"] if state is not None else None
-        # Full fine-tuning resumes from the checkpoint's weights; LoRA from the base and its adapters.
-        start = out if resumed is not None and not cfg.lora_rank else self.base
-        self.model, self.tokenizer = load_checkpoint(start)
+        self.data_sha256 = sha256(data.train_file)
+        if resumed is not None and resumed["data_sha256"] != self.data_sha256:
+            raise CheckpointError(f"{data.train_file} is not the data {out} was trained on "
+                                  f"({resumed['data']}): resume with the same file")
+        torch.manual_seed(cfg.seed)
+        trainable = load_trainable(model, out, resumed, cfg, "--model")
+        self.model, self.tokenizer, self.base, self.base_sha256 = (trainable.decoder, trainable.tokenizer,
+                                                                   trainable.base, trainable.base_sha256)
         config = self.model_config = self.model.config
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
-        self.model.train()
-        for tower in ("vision", "projector"):  # text chats: the image path stays as it is
-            if hasattr(self.model, tower):
-                getattr(self.model, tower).requires_grad_(False)
-        torch.manual_seed(cfg.seed)
-        self.base_sha256 = None
-        if cfg.lora_rank:
-            self.base_sha256 = sha256(self.base / WEIGHTS_FILE)  # a resume must start from the very same weights
-            lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)
-        self.data_sha256 = sha256(data.train_file)
-        if resumed is not None:
-            self._check_resume(resumed, out)
 
         pad = self.tokenizer.pad_id
         self.train = PackedChats(data.train, self.tokenizer, cfg.seq_len, cfg.seed, pad)
@@ -208,29 +185,13 @@ class SFT:
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = resumed["step"] if resumed is not None else 0
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
-        flops = config.flops_per_token(cfg.seq_len)
-        if cfg.lora_rank:  # frozen weights get no weight gradients: ~4N per token instead of 6N
-            flops -= 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
-        self.flops_per_token = flops
-
-    def _check_resume(self, resumed: dict, out: Path) -> None:
-        if resumed["data_sha256"] != self.data_sha256:
-            raise CheckpointError(f"{self.data.train_file} is not the data {out} was trained on "
-                                  f"({resumed['data']}): resume with the same file")
-        if self.cfg.lora_rank:
-            if resumed["base_sha256"] != self.base_sha256:
-                raise CheckpointError(f"{self.base} is not the model {out}'s adapters were trained on "
-                                      f"({resumed['base']}): resume with the same --model")
-            lora.load_adapters(self.model, load_file(str(out / ADAPTER_FILE)), str(out / ADAPTER_FILE))
+        self.flops_per_token = config.flops_per_token(cfg.seq_len) - (frozen_flops(config) if cfg.lora_rank else 0)
 
     # --- the objective ---------------------------------------------------------------------
     def describe(self) -> str:
         c, cfg = self.model_config, self.cfg
-        mode = (f"LoRA rank {cfg.lora_rank} (alpha {cfg.lora_alpha:g}) on {len(lora.lora_modules(self.model))} "
-                "projections" if cfg.lora_rank else "full fine-tuning")
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        text = (f"model {self.base.name} ({c.num_params() / 1e6:.2f}M parameters), {mode}: {trainable / 1e6:.2f}M "
-                f"trained; train: {self.train.stats.describe(cfg.seq_len)}; "
+        text = (f"model {self.base.name} ({c.num_params() / 1e6:.2f}M parameters), {describe_mode(self.model)}; "
+                f"train: {self.train.stats.describe(cfg.seq_len)}; "
                 f"{cfg.batch_size} rows/step, {self.steps_for(1.0):,} steps/epoch")
         if self.heldout is not None:
             text += f"; held-out: {self.heldout.stats.describe(cfg.seq_len)}"
@@ -281,11 +242,7 @@ class SFT:
         return f"step {result['step']}: held-out loss {result['val']['heldout']:.4f}"
 
     def snapshot(self, model: nn.Module) -> Snapshot:
-        if not self.cfg.lora_rank:
-            return Snapshot(plain_model(model, self.model_config))
-        params = gather_parameters(model)  # collective under FSDP
-        merged = lora.merge(distributed.unwrap(model), params)
-        return Snapshot(plain_model(model, self.model_config, merged), {ADAPTER_FILE: lora.adapter_tensors(params)})
+        return snapshot(model, self.model_config)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sft": {"step": self.step, "base": str(self.base), "base_sha256": self.base_sha256,
@@ -308,7 +265,8 @@ def build_trainer(model: str, data: str | Path, out: Path, cfg: SFTConfig, *, ma
 
 
 def sft_from_cli(args) -> None:
-    cfg = SFTConfig(lr=LORA_LR if args.lora else SFTConfig.lr, lora_rank=args.lora or 0)
+    cfg = SFTConfig()
+    cfg.use_lora(args.lora)
     if args.epochs is not None:
         cfg.epochs = args.epochs
     apply_overrides(cfg, args.set)

@@ -63,8 +63,9 @@ from opengpt4.model.transformer import Transformer
 from opengpt4.model.vision import VisionEncoder, load_image, preprocess
 from opengpt4.tokenizer import Tokenizer, read_backend
 from opengpt4.train import distributed
+from opengpt4.train.finetune import ADAPTER_FILE, frozen_flops
 from opengpt4.train.loop import SeededEpochs, Trainer, micro_batches, read_state
-from opengpt4.train.sft import ADAPTER_FILE, SFT, ChatBatch, PackedChats
+from opengpt4.train.sft import SFT, ChatBatch, PackedChats
 from opengpt4.vision.data import DIGIT_CAPTION, iter_images, read_eval, read_visual_chats
 from opengpt4.vision.templates import CAPTION_REQUESTS, TASKS
 
@@ -293,7 +294,7 @@ class VisualAlign(SFT):
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
         flops = config.flops_per_token(cfg.seq_len)
         if stage == 1 or (stage == 2 and cfg.lora_rank):  # the LM's frozen weights get no weight gradients: ~4N, not 6N
-            flops -= 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
+            flops -= frozen_flops(config)
         self.flops_per_token = flops
 
     def describe(self) -> str:

@@ -24,8 +24,8 @@ from opengpt4.config import VisionConfig
 from opengpt4.errors import CheckpointError
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import WEIGHTS_FILE, read_config, read_safetensors, save_checkpoint
+from opengpt4.train.finetune import ADAPTER_FILE
 from opengpt4.train.loop import plain_model, read_state
-from opengpt4.train.sft import ADAPTER_FILE
 from opengpt4.vision.align import attach_vision
 
 FORMAT = "opengpt4-vision-delta/1"
