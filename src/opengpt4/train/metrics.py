@@ -56,7 +56,8 @@ def plot_metrics(lines: list[dict], png: Path) -> None:
         points = [(m["tokens"], m["val"][domain]) for m in evals if domain in m["val"]]
         ax_loss.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"val {domain}")
     ax_loss.set(xlabel="tokens", ylabel="loss (nats/token)", yscale="log", title="loss")
-    ax_loss.legend(fontsize=7)
+    if ax_loss.lines:  # nothing to label before the first step's line
+        ax_loss.legend(fontsize=7)
     if probes:
         for key in (k for k in probes if not k.endswith("_blind")):
             points = [(m["tokens"], m["probe"][key]) for m in evals if key in m.get("probe", {})]
