@@ -71,6 +71,7 @@ from opengpt4.safety.graders import (
 from opengpt4.safety.policy import SENSITIVE
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
+from opengpt4.train.finetune import freeze_image_path
 from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, gather_parameters, micro_batches, plain_model
 
 RUBRIC_LABELS = tuple(dict.fromkeys(label for labels in LABELS.values() for label in labels))
@@ -237,9 +238,7 @@ class RBRMTraining:
 
         torch.manual_seed(cfg.seed)  # the head's initial weights
         decoder, self.tokenizer = load_checkpoint(self.base)
-        for tower in ("vision", "projector"):  # text only: the image path stays as it is
-            if hasattr(decoder, tower):
-                getattr(decoder, tower).requires_grad_(False)
+        freeze_image_path(decoder)  # text only
         self.model = HeadModel(decoder, HeadConfig("classifier", RUBRIC_LABELS)).train()
         self.model_config = decoder.config
         self.max_len = min(cfg.max_len or decoder.config.max_seq_len, decoder.config.max_seq_len)

@@ -56,10 +56,6 @@ class Trainable:
     base: Path  # the checkpoint it started from
     base_sha256: str
 
-    @property
-    def lora(self) -> bool:
-        return bool(lora.lora_modules(self.decoder))
-
 
 def load_trainable(model: str | Path, out: Path, resumed: dict | None, cfg: FineTuneConfig, flag: str) -> Trainable:
     """The decoder a run trains. `resumed`: the objective's part of the run's trainer_state.json
