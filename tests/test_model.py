@@ -88,6 +88,19 @@ def test_loss_is_near_uniform_at_init_and_falls_with_training():
     assert loss.item() < loss0.item() - 1.0
 
 
+
+def test_where_returns_the_logits_of_the_chosen_positions_only():
+    # RL asks for the logits of a response's positions: the same numbers as the full forward's there.
+    torch.manual_seed(4)
+    model = Transformer(tiny_config(True)).eval()
+    model.init_weights()
+    ids = torch.randint(0, 300, (3, 12))
+    where = torch.rand(3, 12) < 0.4
+    full = model(ids)
+    picked = model(ids, where=where)
+    assert picked.shape == (int(where.sum()), 300)
+    torch.testing.assert_close(picked, full[where], rtol=1e-5, atol=1e-5)
+
 def multimodal_batch(cfg: ModelConfig, images_per_row=(0, 1, 2), length=24):
     """Rows with 0, 1 and 2 images: each image is K placeholder ids somewhere in the row."""
     k = cfg.vision.tokens_per_image

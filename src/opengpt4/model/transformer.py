@@ -371,6 +371,7 @@ class Transformer(nn.Module):
         last_only: bool = False,
         reduction: str = "mean",
         segments: Tensor | None = None,
+        where: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, V) — or the mean cross-entropy when `targets` is given.
 
@@ -386,6 +387,8 @@ class Transformer(nn.Module):
         segments: (B, T) ids of the sequences packed into each row (SFT's conversations): a token
         attends only to earlier tokens of its own segment, so each is computed exactly as if alone
         (rotary embeddings are relative: where it sits in the row changes nothing). No cache.
+        where: (B, T) bool: the logits of these positions only, (n, V) in row-major order (RL scores
+        a response's tokens, not its prompt's).
         """
         B, T = input_ids.shape
         x = self.embed(input_ids, images)
@@ -411,6 +414,8 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, i, step, mask)
         if cache is not None:
             cache.lengths += num_valid
+        if where is not None:
+            return self.lm_head(self.model.norm(x[where]))
         if targets is not None:
             # Only the positions with a target reach the norm and the head: in chat and visual rows most
             # tokens are prompt, and the head is the widest matmul (SmolLM2: 49k x 576, a fifth of its FLOPs).

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from opengpt4.config import FineTuneConfig, apply_overrides
 from opengpt4.engine.generate import Engine, Prompt
@@ -207,7 +208,8 @@ class PreferenceReward:
 # --- the policy ------------------------------------------------------------------------------------
 class PolicyWithValue(nn.Module):
     """The policy and PPO's value head on its final hidden state (a shared trunk, as TRL's
-    AutoModelForCausalLMWithValueHead): forward -> (logits (B, T, V), values (B, T))."""
+    AutoModelForCausalLMWithValueHead): forward(input_ids, where) -> (logits (n, V), values (n,)) at
+    the positions `where` picks (Transformer.forward)."""
 
     def __init__(self, decoder: Transformer) -> None:
         super().__init__()
@@ -216,25 +218,38 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value.weight)
         nn.init.zeros_(self.value.bias)
 
-    def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, input_ids: Tensor, where: Tensor) -> tuple[Tensor, Tensor]:
         taken: list[Tensor] = []
         hook = self.decoder.lm_head.register_forward_pre_hook(lambda _m, args: taken.append(args[0]))
         try:
-            logits = self.decoder(input_ids)
+            logits = self.decoder(input_ids, where=where)
         finally:
             hook.remove()
         return logits, self.value(taken[0]).squeeze(-1).float()
 
 
-def token_logprobs(logits: Tensor, input_ids: Tensor, temperature: float = 1.0) -> Tensor:
-    """(B, T-1): log P(input_ids[:, t+1] | ...) under softmax(logits / temperature), in float32."""
-    return torch.log_softmax(logits[:, :-1].float() / temperature, -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+def scored(mask: Tensor) -> Tensor:
+    """(B, T): the positions whose logits score a response token, from a rollout's (B, T-1) mask.
+    Only they reach the LM head: prompts are most of a row, and SmolLM2's head is 49k wide."""
+    return F.pad(mask, (0, 1))
+
+
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
+    """(n,): log P(target) under softmax(logits / temperature), from logits (n, V), in float32."""
+    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """(B, T-1) per-position entropy of the next-token distribution softmax(logits / temperature)."""
-    logp = torch.log_softmax(logits[:, :-1].float() / temperature, -1)
+    """(n,) entropy of each next-token distribution softmax(logits / temperature), logits (n, V)."""
+    logp = torch.log_softmax(logits.float() / temperature, -1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def spread(values: Tensor, mask: Tensor) -> Tensor:
+    """(B, T-1) zeros with `values` (n,) at the mask's positions, in row-major order."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    out[mask] = values.float().cpu()
+    return out
 
 
 # --- rollouts --------------------------------------------------------------------------------------
@@ -368,18 +383,21 @@ class RLHF:
         return parts
 
     @torch.no_grad()
-    def forward_all(self, model: nn.Module, input_ids: Tensor, with_values: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """(log-probs, entropies, values) of every row, in micro-batches, under the training precision."""
+    def forward_all(self, model: nn.Module, input_ids: Tensor, mask: Tensor,
+                    with_values: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The response tokens' log-probs and values, (N, T-1) each (zero off the mask), and their
+        entropies (n,), in micro-batches, under the training precision."""
         logps, ents, values = [], [], []
         m = self.rows_per_micro
         for lo in range(0, len(input_ids), m):
-            ids = input_ids[lo : lo + m].to(self.dist.device)
+            ids, on = input_ids[lo : lo + m].to(self.dist.device), mask[lo : lo + m]
             with self.autocast:
-                out = model(ids)
-            logits, value = out if with_values else (out, torch.zeros(ids.shape))
-            logps.append(token_logprobs(logits, ids, self.cfg.temperature).cpu())
+                out = model(ids, where=scored(on).to(self.dist.device))
+            logits, value = out if with_values else (out, torch.zeros(int(on.sum())))
+            targets = ids[:, 1:][on.to(self.dist.device)]
+            logps.append(spread(token_logprobs(logits, targets, self.cfg.temperature), on))
             ents.append(entropy(logits, self.cfg.temperature).cpu())
-            values.append(value[:, :-1].float().cpu())
+            values.append(spread(value, on))
         return torch.cat(logps), torch.cat(ents), torch.cat(values)
 
     def make_rollout(self, index: int) -> Rollout:
@@ -400,9 +418,9 @@ class RLHF:
             mask[k, start - 1 : len(row) - 1] = True  # position t scores token t+1: the response's tokens
 
         self.model.eval()
-        old, ent, values = self.forward_all(self.model, input_ids, cfg.algo == "ppo")
+        old, ent, values = self.forward_all(self.model, input_ids, mask, cfg.algo == "ppo")
         with reference(self.decoder, self.reference) as ref_model:
-            ref, _, _ = self.forward_all(ref_model, input_ids, False)
+            ref, _, _ = self.forward_all(ref_model, input_ids, mask, False)
         self.model.train()
         texts = [self.text(r) for r in responses]  # decoded once: the reward and the refusal rates read them
         parts = self.score(prompts, texts, ended)
@@ -412,21 +430,21 @@ class RLHF:
             rewards = -cfg.kl_coef * log_ratio
             last = torch.tensor([len(row) - 2 for row in rows])  # the position scoring the response's last token
             rewards[torch.arange(len(rows)), last] += scores
-            advantages = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
-            returns = advantages + values * mask
+            advantages = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            returns = advantages + values
             advantages = whiten(advantages, mask)
         else:
             advantages = group_advantages(scores, group)[:, None] * mask
             returns = torch.zeros_like(old)
         self.stats = self.rollout_stats(prompts, texts, parts, log_ratio, ent, mask)
-        return Rollout(input_ids, mask, old, ref, advantages, returns, values * mask)
+        return Rollout(input_ids, mask, old, ref, advantages, returns, values)
 
     def rollout_stats(self, prompts: Sequence[PromptRow], texts: list[str], parts: dict[str, Tensor],
                       log_ratio: Tensor, ent: Tensor, mask: Tensor) -> dict[str, float]:
         stats = {name: float(v.mean()) for name, v in parts.items()}
         k3 = (torch.exp(-log_ratio) + log_ratio - 1) * mask
         stats |= {"kl_k1": float(log_ratio.sum(1).mean()), "kl_k3": float(k3.sum(1).mean()),
-                  "entropy": float(ent[mask].mean()), "response_tokens": float(mask.sum(1).float().mean())}
+                  "entropy": float(ent.mean()), "response_tokens": float(mask.sum(1).float().mean())}
         return stats | refusal_rates(prompts, texts)
 
     # --- the objective -----------------------------------------------------------------------------
@@ -464,20 +482,20 @@ class RLHF:
         r, cfg = batch.rollout, self.cfg
         device = next(model.parameters()).device
         ids, mask = r.input_ids.to(device), r.mask.to(device)
-        out = model(ids)
+        out = model(ids, where=scored(mask))
         logits, values = out if cfg.algo == "ppo" else (out, None)
-        logp = token_logprobs(logits, ids, cfg.temperature)
-        ratio = torch.exp(logp - r.old_logprobs.to(device))
-        adv = r.advantages.to(device)
+        logp = token_logprobs(logits, ids[:, 1:][mask], cfg.temperature)  # (n,): the response's tokens
+        ratio = torch.exp(logp - r.old_logprobs.to(device)[mask])
+        adv = r.advantages.to(device)[mask]
         per_token = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
         if values is not None:
-            v, old_v, ret = values[:, :-1], r.old_values.to(device), r.returns.to(device)
-            clipped = old_v + (v - old_v).clamp(-cfg.value_clip, cfg.value_clip)
-            per_token = per_token + cfg.vf_coef * 0.5 * torch.max((v - ret) ** 2, (clipped - ret) ** 2)
+            old_v, ret = r.old_values.to(device)[mask], r.returns.to(device)[mask]
+            clipped = old_v + (values - old_v).clamp(-cfg.value_clip, cfg.value_clip)
+            per_token = per_token + cfg.vf_coef * 0.5 * torch.max((values - ret) ** 2, (clipped - ret) ** 2)
         else:
-            ref_minus = r.ref_logprobs.to(device) - logp
+            ref_minus = r.ref_logprobs.to(device)[mask] - logp
             per_token = per_token + cfg.kl_coef * (torch.exp(ref_minus) - ref_minus - 1)
-        return (per_token * mask).sum()
+        return per_token.sum()
 
     def step_metrics(self) -> dict[str, float]:
         """The current rollout's statistics, for the step's metrics line."""
