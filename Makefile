@@ -57,6 +57,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/rl_scoring.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
