@@ -19,7 +19,7 @@ import time
 import torch
 
 from opengpt4.model.checkpoint import load_checkpoint
-from opengpt4.train.rl import scored, token_logprobs
+from opengpt4.train.rl import scored, tempered_logprobs, token_logprobs
 
 
 def full_row_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -29,7 +29,7 @@ def full_row_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature:
 
 
 def response_logprobs(model, ids: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    return token_logprobs(model(ids, where=scored(mask)), ids[:, 1:][mask], temperature)
+    return token_logprobs(tempered_logprobs(model(ids, where=scored(mask)), temperature), ids[:, 1:][mask])
 
 
 def median_seconds(fn, reps: int) -> float:

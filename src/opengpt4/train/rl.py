@@ -234,14 +234,18 @@ def scored(mask: Tensor) -> Tensor:
     return F.pad(mask, (0, 1))
 
 
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
-    """(n,): log P(target) under softmax(logits / temperature), from logits (n, V), in float32."""
-    return torch.log_softmax(logits.float() / temperature, -1).gather(-1, targets[:, None]).squeeze(-1)
+def tempered_logprobs(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """(n, V) log softmax(logits / temperature) in float32, logits (n, V)."""
+    return torch.log_softmax(logits.float() / temperature, -1)
 
 
-def entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """(n,) entropy of each next-token distribution softmax(logits / temperature), logits (n, V)."""
-    logp = torch.log_softmax(logits.float() / temperature, -1)
+def token_logprobs(logp: Tensor, targets: Tensor) -> Tensor:
+    """(n,): log P(target), from tempered_logprobs (n, V)."""
+    return logp.gather(-1, targets[:, None]).squeeze(-1)
+
+
+def entropy(logp: Tensor) -> Tensor:
+    """(n,) entropy of each next-token distribution, from tempered_logprobs (n, V)."""
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -395,8 +399,9 @@ class RLHF:
                 out = model(ids, where=scored(on).to(self.dist.device))
             logits, value = out if with_values else (out, torch.zeros(int(on.sum())))
             targets = ids[:, 1:][on.to(self.dist.device)]
-            logps.append(spread(token_logprobs(logits, targets, self.cfg.temperature), on))
-            ents.append(entropy(logits, self.cfg.temperature).cpu())
+            logp = tempered_logprobs(logits, self.cfg.temperature)  # once: the log-probs and the entropies read it
+            logps.append(spread(token_logprobs(logp, targets), on))
+            ents.append(entropy(logp).cpu())
             values.append(spread(value, on))
         return torch.cat(logps), torch.cat(ents), torch.cat(values)
 
@@ -484,7 +489,7 @@ class RLHF:
         ids, mask = r.input_ids.to(device), r.mask.to(device)
         out = model(ids, where=scored(mask))
         logits, values = out if cfg.algo == "ppo" else (out, None)
-        logp = token_logprobs(logits, ids[:, 1:][mask], cfg.temperature)  # (n,): the response's tokens
+        logp = token_logprobs(tempered_logprobs(logits, cfg.temperature), ids[:, 1:][mask])  # (n,): the response's tokens
         ratio = torch.exp(logp - r.old_logprobs.to(device)[mask])
         adv = r.advantages.to(device)[mask]
         per_token = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip, 1 + cfg.clip) * adv)
