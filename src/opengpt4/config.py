@@ -134,6 +134,19 @@ class ModelConfig:
         n = self.num_params(include_embeddings=False) - gains + self.vocab_size * self.n_embd
         return 6 * n + 12 * self.n_layer * self.n_embd * t
 
+    def step_flops(self, tokens: int, row_len: int, head_positions: int, per_weight: float = 6.0) -> float:
+        """FLOPs of `tokens` tokens in rows of `row_len` through the trunk, with the LM head run at only
+        `head_positions` of them: fine-tuning runs it where a loss is (Transformer.forward), and it is the
+        widest matmul. `per_weight` FLOPs per weight and token: 6 to train (forward 2, backward 4), 4 for
+        frozen weights (no weight gradients: LoRA, a frozen LM), 2 forward only (a reference model). The
+        attention scores' backward (2x their forward) runs whenever anything below them trains. With the head
+        everywhere at 6, this is flops_per_token(row_len) x tokens."""
+        scores = 4 * self.n_layer * self.n_embd * row_len  # forward FLOPs per token: q.k and the weighted values
+        head = self.vocab_size * self.n_embd
+        trunk = (self.flops_per_token(row_len) - 3 * scores) / 6 - head  # the trunk's weights
+        return (per_weight * (trunk * tokens + head * head_positions)
+                + scores * tokens * (3 if per_weight > 2 else 1))
+
     def compute_optimal_tokens(self) -> int:
         """Chinchilla's ~20 tokens per parameter."""
         return 20 * self.num_params()

@@ -253,8 +253,6 @@ class RBRMTraining:
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = 0
         self.epochs = SeededEpochs(len(self.train_rows), cfg.batch_size, cfg.seed)
-        mean_len = sum(map(len, self.train[0])) / len(self.train[0])
-        self.flops_per_token = decoder.config.flops_per_token(round(mean_len))
 
     def _encode(self, rows: list[dict[str, Any]]) -> tuple[tuple[list[list[int]], Tensor, Tensor], int]:
         """((token ids per row, family masks, target label indices), how many rows were cut to max_len)."""
@@ -295,6 +293,10 @@ class RBRMTraining:
 
     def tokens(self, batch: Batch) -> int:
         return batch.input_ids.numel()
+
+    def flops(self, batch: Batch) -> float:
+        # The classification head reads one position per row: no LM head anywhere.
+        return self.model_config.step_flops(batch.input_ids.numel(), batch.input_ids.shape[1], 0)
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         logits = masked_logits(model, batch.input_ids, batch.lengths, batch.mask)

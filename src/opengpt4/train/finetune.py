@@ -86,12 +86,6 @@ def describe_mode(decoder: nn.Module) -> str:
     return f"LoRA rank {rank} (alpha {adapters[0].scale * rank:g}) on {len(adapters)} projections: {trained / 1e6:.2f}M trained"
 
 
-def frozen_flops(config: ModelConfig) -> float:
-    """FLOPs per token LoRA saves in a training step: frozen weights get no weight gradients (~4N
-    per token instead of 6N)."""
-    return 2 * (config.num_params(include_embeddings=False) + config.vocab_size * config.n_embd)
-
-
 def snapshot(model: nn.Module, config: ModelConfig, params: dict[str, torch.Tensor] | None = None,
              files: dict[str, dict[str, torch.Tensor]] | None = None,
              write_extra: Callable[[Path], None] | None = None) -> Snapshot:

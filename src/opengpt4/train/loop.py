@@ -79,7 +79,6 @@ class Objective(Protocol):
     name: str  # the run's label in the progress bar: "train", "sft"
     model: nn.Module
     tokenizer: Tokenizer  # saved with every checkpoint
-    flops_per_token: float  # training FLOPs per token fed to the model (the MFU numerator)
 
     def describe(self) -> str:
         """One line about the run, printed when it starts."""
@@ -94,7 +93,11 @@ class Objective(Protocol):
         """How many things `loss(batch)` sums over (target tokens, pairs): the step divides by the global total."""
 
     def tokens(self, batch: Any) -> int:
-        """Tokens the batch feeds the model (for tokens/s and MFU)."""
+        """Tokens the batch feeds the model (for tokens/s)."""
+
+    def flops(self, batch: Any) -> float:
+        """FLOPs the batch's forward and backward cost (the MFU numerator): ModelConfig.step_flops with
+        the LM head counted where it runs and frozen weights at 4 per weight, not 6."""
 
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
         """The batch's summed loss, a scalar; called under autocast with the wrapped model."""
@@ -281,8 +284,9 @@ class Trainer:
         d, cfg, objective = self.dist, self.cfg, self.objective
         start = time.perf_counter()
         micro_batches = objective.next_batches()
-        local = [sum(objective.count(b) for b in micro_batches), sum(objective.tokens(b) for b in micro_batches)]
-        counted, tokens = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64), d).tolist()
+        local = [sum(objective.count(b) for b in micro_batches), sum(objective.tokens(b) for b in micro_batches),
+                 sum(objective.flops(b) for b in micro_batches)]
+        counted, tokens, flops = distributed.all_reduce_sum(torch.tensor(local, dtype=torch.float64), d).tolist()
         lr = lr_at(cfg, self.step, self.schedule_progress, self.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
@@ -308,7 +312,7 @@ class Trainer:
         self.tokens += int(tokens)
         line = {"step": self.step, "tokens": self.tokens, "loss": loss, "lr": lr,
                 "grad_norm": float(distributed.full_tensor(grad_norm)), "tokens_per_s": tokens / seconds,
-                "mfu": objective.flops_per_token * tokens / seconds / (self.peak_flops * d.world_size)}
+                "mfu": flops / seconds / (self.peak_flops * d.world_size)}
         # An objective with more to log per step (RL: the rollout's rewards, KL, refusal rates) says so.
         step_metrics = getattr(objective, "step_metrics", None)
         return line | step_metrics() if step_metrics is not None else line

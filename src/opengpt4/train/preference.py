@@ -71,13 +71,12 @@ from opengpt4.train import distributed
 from opengpt4.train.finetune import (
     describe_mode,
     freeze_image_path,
-    frozen_flops,
     load_trainable,
     reference,
     sha256,
     snapshot,
 )
-from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state
+from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state, target_count
 from opengpt4.train.sft import encode as encode_chat
 
 PAIRS_FILE = "pairs-{split}.jsonl"
@@ -388,7 +387,6 @@ class PairTraining:
         self.pairs_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
         self.step = 0
-        self.mean_len = sum(map(len, self.train.rows.ids)) / len(self.train.rows)
 
     def training_pairs(self, pairs: list[Pair]) -> list[Pair]:
         """The pairs trained on, from those read (the reward model adds mismatched ones)."""
@@ -428,6 +426,10 @@ class PairTraining:
 
     def tokens(self, batch: RowBatch) -> int:
         return batch.input_ids.numel()
+
+    def flops(self, batch: RowBatch) -> float:
+        # A reward model reads one position per row through its scalar head: no LM head anywhere.
+        return self.model_config.step_flops(batch.input_ids.numel(), batch.input_ids.shape[1], 0)
 
     def data_state(self) -> dict[str, Any]:
         return {"step": self.step, "base": str(self.base), "data": str(self.train_file), "pairs": len(self.train),
@@ -475,7 +477,6 @@ class RewardTraining(PairTraining):
         super().__init__(base, decoder, tokenizer, data, cfg, d)
         torch.manual_seed(cfg.seed)  # the head's initial weights
         self.model = HeadModel(self.decoder, REWARD_HEAD).train()
-        self.flops_per_token = self.model_config.flops_per_token(round(self.mean_len))
 
     def training_pairs(self, pairs: list[Pair]) -> list[Pair]:
         return pairs + mismatched_pairs(pairs, self.cfg.mismatched, self.cfg.seed)
@@ -585,9 +586,7 @@ class DPO(PairTraining):
                 raise CheckpointError(f"{self.train_file} is not the data {out} was trained on ({resumed['data']}): "
                                       "resume with the same pairs")
             self.step = resumed["step"]
-        # The policy's forward and backward (6N per token, 4N with LoRA) and the reference's forward (2N).
-        n = self.model_config.flops_per_token(round(self.mean_len))
-        self.flops_per_token = n * 8 / 6 - (frozen_flops(self.model_config) if cfg.lora_rank else 0)
+        self.flops_per_weight = 4.0 if cfg.lora_rank else 6.0  # LoRA: the frozen base gets no weight gradients
         self.heldout_reference: Tensor | None = None  # the reference's held-out log-probs: computed once
 
     def describe(self) -> str:
@@ -595,6 +594,11 @@ class DPO(PairTraining):
         return (f"policy {self.base.name} ({self.model_config.num_params() / 1e6:.2f}M parameters, "
                 f"{describe_mode(self.model)}) against {against}, DPO sigmoid loss, beta {self.cfg.beta:g}; "
                 f"{self.describe_data()}")
+
+    def flops(self, batch: RowBatch) -> float:
+        # The policy's forward and backward and the reference's forward, each with the head on the responses.
+        shape = (batch.input_ids.numel(), batch.input_ids.shape[1], target_count(batch))
+        return self.model_config.step_flops(*shape, self.flops_per_weight) + self.model_config.step_flops(*shape, 2.0)
 
     def loss(self, model: nn.Module, batch: RowBatch) -> Tensor:
         with torch.no_grad(), reference(model, self.reference) as ref:

@@ -128,6 +128,9 @@ class Pretraining:
     def tokens(self, batch: Batch) -> int:
         return batch.input_ids.numel()
 
+    def flops(self, batch: Batch) -> float:
+        return self.model_config.step_flops(batch.input_ids.numel(), batch.input_ids.shape[1], target_count(batch))
+
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return next_token_loss(model, batch)
 

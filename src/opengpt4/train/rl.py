@@ -63,7 +63,7 @@ from opengpt4.model.transformer import Transformer
 from opengpt4.safety.graders import LABELS, Case, Grader, refused
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
-from opengpt4.train.finetune import describe_mode, frozen_flops, load_trainable, reference, snapshot
+from opengpt4.train.finetune import describe_mode, load_trainable, reference, snapshot
 from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state
 
 ALGOS = ("ppo", "grpo")
@@ -351,9 +351,7 @@ class RLHF:
         dtype = autocast_dtype(cfg.dtype, d.device)
         # The trainer's precision, so the rollout's old log-probs come from the forward the loss runs.
         self.autocast = torch.autocast(d.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        mean_len = sum(map(len, self.prompt_ids)) / len(self.prompt_ids) + cfg.max_new_tokens
-        self.flops_per_token = self.model_config.flops_per_token(round(mean_len)) - (
-            frozen_flops(self.model_config) if cfg.lora_rank else 0)
+        self.flops_per_weight = 4.0 if cfg.lora_rank else 6.0  # LoRA: the frozen base gets no weight gradients
 
     def encode(self, p: PromptRow) -> list[int]:
         ids = self.tokenizer.render_chat(p.messages, add_generation_prompt=True).ids
@@ -482,6 +480,12 @@ class RLHF:
 
     def tokens(self, batch: RLBatch) -> int:
         return batch.rollout.input_ids.numel()
+
+    def flops(self, batch: RLBatch) -> float:
+        # The optimizer step's forward and backward, the head on the response tokens only (the rollout's
+        # sampling and scoring are not counted: MFU reads low on a step that makes a rollout).
+        ids = batch.rollout.input_ids
+        return self.model_config.step_flops(ids.numel(), ids.shape[1], self.count(batch), self.flops_per_weight)
 
     def loss(self, model: nn.Module, batch: RLBatch) -> Tensor:
         r, cfg = batch.rollout, self.cfg

@@ -47,7 +47,7 @@ from opengpt4.errors import ChatDataError, CheckpointError, ConfigError
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import distributed
-from opengpt4.train.finetune import describe_mode, frozen_flops, load_trainable, sha256, snapshot
+from opengpt4.train.finetune import describe_mode, load_trainable, sha256, snapshot
 from opengpt4.train.loop import (
     SeededEpochs,
     Snapshot,
@@ -185,7 +185,7 @@ class SFT:
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = resumed["step"] if resumed is not None else 0
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
-        self.flops_per_token = config.flops_per_token(cfg.seq_len) - (frozen_flops(config) if cfg.lora_rank else 0)
+        self.flops_per_weight = 4.0 if cfg.lora_rank else 6.0  # LoRA: the frozen base gets no weight gradients
 
     # --- the objective ---------------------------------------------------------------------
     def describe(self) -> str:
@@ -214,6 +214,10 @@ class SFT:
 
     def tokens(self, batch: ChatBatch) -> int:
         return batch.input_ids.numel()
+
+    def flops(self, batch: ChatBatch) -> float:
+        return self.model_config.step_flops(batch.input_ids.numel(), batch.input_ids.shape[1], target_count(batch),
+                                            self.flops_per_weight)
 
     def loss(self, model: nn.Module, batch: ChatBatch) -> torch.Tensor:
         device = next(model.parameters()).device

@@ -63,7 +63,7 @@ from opengpt4.model.transformer import Transformer
 from opengpt4.model.vision import VisionEncoder, load_image, preprocess
 from opengpt4.tokenizer import Tokenizer, read_backend
 from opengpt4.train import distributed
-from opengpt4.train.finetune import ADAPTER_FILE, frozen_flops
+from opengpt4.train.finetune import ADAPTER_FILE
 from opengpt4.train.loop import SeededEpochs, Trainer, micro_batches, read_state
 from opengpt4.train.sft import SFT, ChatBatch, PackedChats
 from opengpt4.vision.data import DIGIT_CAPTION, iter_images, read_eval, read_visual_chats
@@ -292,10 +292,8 @@ class VisualAlign(SFT):
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = resumed["step"] if resumed is not None else 0
         self.epochs = SeededEpochs(len(self.train), cfg.batch_size, cfg.seed)
-        flops = config.flops_per_token(cfg.seq_len)
-        if stage == 1 or (stage == 2 and cfg.lora_rank):  # the LM's frozen weights get no weight gradients: ~4N, not 6N
-            flops -= frozen_flops(config)
-        self.flops_per_token = flops
+        # The LM's frozen weights get no weight gradients: 4 FLOPs per weight and token, not 6.
+        self.flops_per_weight = 4.0 if stage == 1 or (stage == 2 and cfg.lora_rank) else 6.0
 
     def describe(self) -> str:
         trained = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
