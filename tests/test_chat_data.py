@@ -36,7 +36,7 @@ from opengpt4.engine.generate import Engine
 from opengpt4.errors import DataFileError, InvalidEvalArgument
 from opengpt4.evals.api import CompletionResult
 from opengpt4.evals.benchmarks.system_constraints import SystemConstraints
-from opengpt4.evals.benchmarks.world_qa import WorldQA, extract, value_pattern
+from opengpt4.evals.benchmarks.world_qa import WorldQA, extract, value_patterns
 from opengpt4.evals.completion import EngineCompletionFn
 from opengpt4.evals.runner import run_eval
 from opengpt4.model.transformer import Transformer
@@ -316,12 +316,20 @@ def test_system_constraints_reads_a_chat_data_dir_and_names_a_bad_line(tmp_path,
         SystemConstraints(Replies({}), data_dir=str(tmp_path)).load_samples()
 
 
-def test_world_chat_extracts_the_first_world_value_not_in_the_question(world):
+def test_world_chat_extracts_the_first_value_of_the_asked_attribute_not_in_the_question(world):
     fact = next(f for f in world.seen_facts if f.attr.name == "born_in")
-    pattern = value_pattern(world, "en")
+    other = next(f for f in world.seen_facts if f.subject == fact.subject and f.attr.name != "born_in")
+    patterns = value_patterns(world)
     question = f"Where was {fact.subject} born?"
-    assert extract(f"{fact.subject} was born in {fact.value}.", question, pattern) == fact.value
-    assert extract("I do not know.", question, pattern) is None
+    assert extract(f"{fact.subject} was born in {fact.value}.", question, patterns["born_in", "en"]) == fact.value
+    assert extract("I do not know.", question, patterns["born_in", "en"]) is None
+    # Another attribute's value answers nothing, before or instead of the asked one.
+    assert extract(f"{fact.subject}: {other.value}.", question, patterns["born_in", "en"]) is None
+    assert extract(f"{other.value}, and born in {fact.value}.", question, patterns["born_in", "en"]) == fact.value
+    # A word that is some other attribute's value (French "a été …" is the season "été") is not an answer.
+    season = next(f.value_in("fr") for f in world.facts if f.attr.name == "season")
+    reply = f"{fact.subject} a {season} été élevé à {fact.value}."
+    assert extract(reply, f"Où est né {fact.subject} ?", patterns["born_in", "fr"]) == fact.value
     wc = WorldQA(Replies({}), world_size="test")
     samples = wc.load_samples()
     assert {s["kind"] for s in samples} == {"fact_seen", "fact_template", "fact_unseen"}

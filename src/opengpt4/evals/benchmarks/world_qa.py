@@ -14,9 +14,12 @@ Two formats:
 - plain (`chat: false`, base models): the probe's "Question: …\\nAnswer:" prompt, correct when the
   first line of the greedy completion is exactly the ideal (the probe's rule).
 - chat: the question as a user message. A chat reply is a sentence ("Kefaloth Geiksor works for
-  Maxgagu."), so the answer is the first value of the world (any fact's value, in the question's
-  language) that the reply names as a whole word, case-sensitively, skipping values the question
-  itself names (the subject). `exact_first_line` reports the probe's rule next to it.
+  Maxgagu."), so the answer is the first value of the asked attribute (any fact's value for it, in
+  the question's language) that the reply names as a whole word, case-sensitively, skipping values
+  the question itself names (the subject). Only the asked attribute's values count: French "a été
+  écrit par …" names the season "été", and a reply about another attribute of the subject ("… is
+  a builder by profession" to "Who employs …?") answers nothing. `exact_first_line` reports the
+  probe's rule next to it.
 
 Baseline: every question also carries its subject-blind guess (`World.blind_guess`, the most common
 value of the asked attribute); `blind_baseline_by_lang` / `_by_kind` is the accuracy of always
@@ -38,14 +41,18 @@ from opengpt4.evals.benchmarks.system_constraints import rate
 QUESTION_SETS = ("probe", "languages")
 
 
-def value_pattern(world: World, lang: str) -> re.Pattern:
-    """Every fact value of the world in `lang`, longest first, as whole words."""
-    values = sorted({f.value_in(lang) for f in world.facts}, key=lambda v: (-len(v), v))
-    return re.compile(r"(?<!\w)(" + "|".join(map(re.escape, values)) + r")(?!\w)")
+def value_patterns(world: World) -> dict[tuple[str, str], re.Pattern]:
+    """By (attribute, language): every value of that attribute in the world, longest first, as whole words."""
+    values: dict[tuple[str, str], set[str]] = {}
+    for f in world.facts:
+        for lang in LANGUAGES:
+            values.setdefault((f.attr.name, lang), set()).add(f.value_in(lang))
+    return {key: re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(v, key=lambda v: (-len(v), v)))) + r")(?!\w)")
+            for key, v in values.items()}
 
 
 def extract(reply: str, question: str, pattern: re.Pattern) -> str | None:
-    """The first world value the reply names that the question does not."""
+    """The first value `pattern` finds in the reply that the question does not name."""
     for m in pattern.finditer(reply):
         if not re.search(rf"(?<!\w){re.escape(m.group(1))}(?!\w)", question):
             return m.group(1)
@@ -64,8 +71,8 @@ class WorldQA(Eval):
             raise InvalidEvalArgument("questions", f"must be one of {', '.join(QUESTION_SETS)}, got {questions!r}")
         self.world = world_for(data_dir, world_size, world_seed)
         self.questions, self.chat = questions, bool(chat)
-        # Chat replies are searched for world values; a plain answer is its first line, no regex needed.
-        self.patterns = {lang: value_pattern(self.world, lang) for lang in LANGUAGES} if self.chat else {}
+        # Chat replies are searched for the asked attribute's values; a plain answer is its first line.
+        self.patterns = value_patterns(self.world) if self.chat else {}
         # A chat reply is a sentence; a plain answer is one line (the probe's 12 tokens).
         self.decoding = Decoding(max_tokens=max_tokens or (48 if self.chat else 12), temperature=0.0,
                                  stop=() if self.chat else ("\n",))
@@ -74,7 +81,7 @@ class WorldQA(Eval):
         qs = self.world.eval_sets()["world_qa"] if self.questions == "probe" else self.world.language_questions()
         name = "world_chat" if self.questions == "probe" else "world_languages"
         return [{"sample_id": f"{name}/{i}", "prompt": q.prompt, "question": question_text(q.prompt, q.lang),
-                 "ideal": q.answer, "blind": q.blind, "kind": q.kind, "lang": q.lang,
+                 "ideal": q.answer, "blind": q.blind, "kind": q.kind, "lang": q.lang, "attr": q.attr,
                  "category": q.category}
                 for i, q in enumerate(qs)]
 
@@ -85,7 +92,8 @@ class WorldQA(Eval):
         for sample, prompt, completion in zip(samples, prompts, completions, strict=True):
             reply = completion.texts[0]
             exact = first_line(reply) == sample["ideal"]
-            answer = extract(reply, sample["question"], self.patterns[sample["lang"]]) if self.chat else first_line(reply)
+            answer = extract(reply, sample["question"], self.patterns[sample["attr"], sample["lang"]]) if self.chat \
+                else first_line(reply)
             results.append(SampleResult(
                 sample_id=sample["sample_id"], prompt=prompt, output=reply, parsed=answer, ideal=sample["ideal"],
                 score=float(answer == sample["ideal"]),
