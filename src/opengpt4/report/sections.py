@@ -211,7 +211,7 @@ def multilingual(ctx: Context) -> Section:
              *(ctx.rate(r, (*key, lang), f"{r.label} {r.base_eval} {lang}") for r in runs)] for lang in langs]
     s.blocks.append("The same facts, only stated in pretraining (never asked), asked in each language with a "
                     "training phrasing of that language (`world_languages`: greedy answer, exact first line; "
-                    "`world_languages_chat`: the first world value the reply names). The subject-blind guess "
+                    "`world_languages_chat`: the first value of the asked attribute the reply names). The subject-blind guess "
                     "always answers the attribute's most common value: a model must beat it to show it knows "
                     "whose fact it is.")
     s.blocks.append(Table(["language", "subject-blind guess", *(f"{r.label} ({r.base_eval})" for r in runs)], rows))
