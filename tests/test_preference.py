@@ -36,16 +36,9 @@ from opengpt4.train.preference import (
 from opengpt4.train.preference import build_dpo_trainer as dpo_trainer
 from tests.helpers import WORDS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MARKER = "blue"  # what every chosen response has and no rejected one does
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from a second intra-op thread, and on a busy machine its spin-waits cost."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def marker_pairs(n: int, seed: int) -> list[dict]:
@@ -85,12 +78,6 @@ def pairs_dir(tmp_path_factory) -> Path:
     write_jsonl(d / "pairs-train.jsonl", marker_pairs(192, seed=0))
     write_jsonl(d / "pairs-heldout.jsonl", marker_pairs(48, seed=1))
     return d
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, tiny_model, tiny_tokenizer) -> Path:
-    """The tiny random model (context 128) as a checkpoint dir: what the reward model and DPO start from."""
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "tiny", tiny_model, tiny_tokenizer)
 
 
 # --- reading pairs -----------------------------------------------------------------------------------
@@ -141,7 +128,7 @@ def test_only_the_response_and_its_im_end_are_scored(tiny_tokenizer):
     assert targets[first:-1] == ids[first + 1 :] and targets[-1] == IGNORE_INDEX
 
 
-def test_a_pair_over_the_context_is_an_error_naming_it_unless_skipping_is_asked(tmp_path, tiny_tokenizer, base,
+def test_a_pair_over_the_context_is_an_error_naming_it_unless_skipping_is_asked(tmp_path, tiny_tokenizer, tiny_checkpoint,
                                                                                  capsys):
     long = " ".join(["seven blue birds sang"] * 40)  # well over the tiny model's 128 tokens
     rows = marker_pairs(3, seed=2)
@@ -154,7 +141,7 @@ def test_a_pair_over_the_context_is_an_error_naming_it_unless_skipping_is_asked(
     skipping = EncodedPairs(read_pairs(file), tiny_tokenizer, limit=128, skip_too_long=True)
     assert len(skipping) == 2 and skipping.skipped == 1 and skipping.first_skipped == f"{file}:2"
 
-    assert main(["reward", "train", "--model", str(base), "--pairs", str(file), "--out", str(tmp_path / "rm")]) == 1
+    assert main(["reward", "train", "--model", str(tiny_checkpoint), "--pairs", str(file), "--out", str(tmp_path / "rm")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{file}:2" in err
     assert not (tmp_path / "rm").exists()
@@ -162,12 +149,12 @@ def test_a_pair_over_the_context_is_an_error_naming_it_unless_skipping_is_asked(
 
 # --- the reward model ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained_rm(tmp_path_factory, base, pairs_dir):
+def trained_rm(tmp_path_factory, tiny_checkpoint, pairs_dir):
     out = tmp_path_factory.mktemp("rm") / "reward"
     # mismatched=0: the marker pairs alone, so 20 steps show the Bradley-Terry fit (mismatched_pairs has its own test)
     cfg = RewardConfig(batch_size=8, lr=3e-3, warmup_steps=3, eval_every=10, eval_rows=48, dtype="float32",
                        mismatched=0)
-    return out, train_reward_model(base, pairs_dir, out, cfg, max_steps=20)
+    return out, train_reward_model(tiny_checkpoint, pairs_dir, out, cfg, max_steps=20)
 
 
 def test_the_reward_model_learns_which_response_is_preferred(trained_rm):
@@ -202,17 +189,17 @@ def test_a_saved_reward_model_loads_and_scores_the_same(trained_rm, pairs_dir):
     assert abs(float((chosen - rejected).mean()) - final["margin"]) < 1e-4
 
 
-def test_only_a_scalar_head_is_a_reward_model(tmp_path, tiny_model, tiny_tokenizer, base):
+def test_only_a_scalar_head_is_a_reward_model(tmp_path, tiny_model, tiny_tokenizer, tiny_checkpoint):
     classifier = save_head_checkpoint(tmp_path / "rbrm", HeadModel(tiny_model, HeadConfig("classifier", ("A", "B"))),
                                       tiny_tokenizer)
-    for path in (classifier, base):  # an RBRM classifier; a plain decoder
+    for path in (classifier, tiny_checkpoint):  # an RBRM classifier; a plain decoder
         with pytest.raises(CheckpointError):
             RewardModel.load(path)
 
 
-def test_reward_commands(tmp_path, base, pairs_dir, trained_rm, capsys):
+def test_reward_commands(tmp_path, tiny_checkpoint, pairs_dir, trained_rm, capsys):
     out = tmp_path / "cli-rm"
-    assert main(["reward", "train", "--model", str(base), "--pairs", str(pairs_dir), "--out", str(out),
+    assert main(["reward", "train", "--model", str(tiny_checkpoint), "--pairs", str(pairs_dir), "--out", str(out),
                  "--max-steps", "2", "--set", "batch_size=8", "--set", "eval_rows=8"]) == 0
     assert json.loads((out / "trainer_state.json").read_text())["step"] == 2
     capsys.readouterr()
@@ -226,12 +213,12 @@ def test_reward_commands(tmp_path, base, pairs_dir, trained_rm, capsys):
     assert main(["reward", "score", "--model", str(trained_rm[0]), "--pairs", str(pairs_dir), "--limit", "10"]) == 0
     assert "10 of 48 pairs" in capsys.readouterr().out
 
-    assert main(["reward", "score", "--model", str(base), "--pairs", str(pairs_dir)]) == 1  # no head
+    assert main(["reward", "score", "--model", str(tiny_checkpoint), "--pairs", str(pairs_dir)]) == 1  # no head
     assert capsys.readouterr().err.count("\n") == 1
 
 
 # --- DPO ---------------------------------------------------------------------------------------------
-def test_dpo_loss_equals_trls_dpo_trainer_on_one_batch(tmp_path, base, pairs_dir, capsys, monkeypatch):
+def test_dpo_loss_equals_trls_dpo_trainer_on_one_batch(tmp_path, tiny_checkpoint, pairs_dir, capsys, monkeypatch):
     """The acceptance test of the loss: our objective's loss, and its implicit rewards, on four pairs against
     TRL's DPOTrainer.compute_loss on the same pairs, both models exported to transformers' Llama."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach the hub
@@ -241,7 +228,7 @@ def test_dpo_loss_equals_trls_dpo_trainer_on_one_batch(tmp_path, base, pairs_dir
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     cfg = DPOConfig(batch_size=4, micro_batch_size=4, eval_rows=4, dtype="float32", beta=0.5)
-    objective = DPO(base, pairs_dir, tmp_path / "unused", cfg, distributed.init(), None)
+    objective = DPO(tiny_checkpoint, pairs_dir, tmp_path / "unused", cfg, distributed.init(), None)
     torch.manual_seed(0)
     with torch.no_grad():  # a policy that differs from its reference, so that the loss is not log 2
         for p in objective.model.parameters():
@@ -254,7 +241,7 @@ def test_dpo_loss_equals_trls_dpo_trainer_on_one_batch(tmp_path, base, pairs_dir
 
     hf_dir = convert.export_hf(save_checkpoint(tmp_path / "policy", policy, objective.tokenizer), tmp_path / "hf-policy")
     hf_policy = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    hf_reference = transformers.LlamaForCausalLM.from_pretrained(convert.export_hf(base, tmp_path / "hf-reference"),
+    hf_reference = transformers.LlamaForCausalLM.from_pretrained(convert.export_hf(tiny_checkpoint, tmp_path / "hf-reference"),
                                                                  dtype=torch.float32)
     capsys.readouterr()  # the exports' warnings about the vision tower they leave out
     pairs = objective.train.pairs[:4]
@@ -291,11 +278,11 @@ def test_dpo_loss_equals_trls_dpo_trainer_on_one_batch(tmp_path, base, pairs_dir
         assert abs(float(value) - logged[name][-1]) <= 1e-5, (name, float(value), logged[name])
 
 
-def test_dpo_raises_the_held_out_margin_and_writes_a_plain_checkpoint(tmp_path, base, pairs_dir):
+def test_dpo_raises_the_held_out_margin_and_writes_a_plain_checkpoint(tmp_path, tiny_checkpoint, pairs_dir):
     out = tmp_path / "dpo"
     cfg = DPOConfig(batch_size=8, lr=3e-3, warmup_steps=3, eval_every=10, eval_at_start=True, ckpt_every=0,
                     eval_rows=48, dtype="float32")
-    dpo_trainer(base, pairs_dir, out, cfg, max_steps=20).run()
+    dpo_trainer(tiny_checkpoint, pairs_dir, out, cfg, max_steps=20).run()
     evals = [m for m in metrics(out) if "val" in m]
     assert [m["step"] for m in evals] == [0, 10, 20]
     first, last = evals[0], evals[-1]
@@ -303,34 +290,34 @@ def test_dpo_raises_the_held_out_margin_and_writes_a_plain_checkpoint(tmp_path, 
     assert last["rewards/margins"] > 0.5 and last["rewards/accuracies"] >= 0.85, last
     assert last["rewards/chosen"] > last["rewards/rejected"] and last["val"]["heldout"] < 0.5
     assert set(last["probe"]) == {"rewards/accuracies", "cat", "mat"}
-    assert not (out / HEAD_CONFIG).exists() and load_checkpoint(out)[0].config == load_checkpoint(base)[0].config
+    assert not (out / HEAD_CONFIG).exists() and load_checkpoint(out)[0].config == load_checkpoint(tiny_checkpoint)[0].config
 
 
-def test_dpo_with_lora_learns_against_its_own_base_with_the_adapters_off(tmp_path, base, pairs_dir):
+def test_dpo_with_lora_learns_against_its_own_base_with_the_adapters_off(tmp_path, tiny_checkpoint, pairs_dir):
     out = tmp_path / "dpo-lora"
     cfg = DPOConfig(batch_size=8, lr=3e-2, warmup_steps=3, eval_every=10, eval_at_start=True, ckpt_every=0,
                     eval_rows=48, dtype="float32", lora_rank=4)
-    trainer = dpo_trainer(base, pairs_dir, out, cfg, max_steps=20)
+    trainer = dpo_trainer(tiny_checkpoint, pairs_dir, out, cfg, max_steps=20)
     assert trainer.objective.reference is None  # no second copy of the weights
     assert all(n.endswith((".lora_A", ".lora_B")) for n in trainer.param_names)
     trainer.run()
     first, last = [m for m in metrics(out) if "val" in m][::2]
     assert first["rewards/margins"] == 0 and abs(first["val"]["heldout"] - 0.6931) < 1e-3  # B = 0: the reference
     assert last["rewards/margins"] > 0.2 and last["rewards/chosen"] > last["rewards/rejected"], last
-    merged, original = load_checkpoint(out)[0].state_dict(), load_checkpoint(base)[0].state_dict()
+    merged, original = load_checkpoint(out)[0].state_dict(), load_checkpoint(tiny_checkpoint)[0].state_dict()
     moved = {k for k in merged if not torch.equal(merged[k], original[k])}
     projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     assert moved and all(k.endswith(tuple(f"{p}.weight" for p in projections)) for k in moved), moved
 
 
 @pytest.mark.parametrize("lora_rank", [0, 4])
-def test_dpo_resumes_exactly_and_only_on_its_own_data(tmp_path, base, pairs_dir, lora_rank):
+def test_dpo_resumes_exactly_and_only_on_its_own_data(tmp_path, tiny_checkpoint, pairs_dir, lora_rank):
     """A run that dies right after its step-4 checkpoint, continued, equals one that never stopped
     (with LoRA: from the base and its saved adapters)."""
     cfg = DPOConfig(batch_size=4, micro_batch_size=2, lr=3e-3, warmup_steps=2, eval_every=4, ckpt_every=4,
                     eval_rows=8, dtype="float32", lora_rank=lora_rank)
-    dpo_trainer(base, pairs_dir, tmp_path / "straight", cfg, max_steps=8).run()
-    dying = dpo_trainer(base, pairs_dir, tmp_path / "stopped", cfg, max_steps=8)
+    dpo_trainer(tiny_checkpoint, pairs_dir, tmp_path / "straight", cfg, max_steps=8).run()
+    dying = dpo_trainer(tiny_checkpoint, pairs_dir, tmp_path / "stopped", cfg, max_steps=8)
     save = dying.save
 
     def save_and_die():
@@ -345,16 +332,16 @@ def test_dpo_resumes_exactly_and_only_on_its_own_data(tmp_path, base, pairs_dir,
     other.mkdir()
     write_jsonl(other / "pairs-train.jsonl", marker_pairs(32, seed=5))
     with pytest.raises(CheckpointError):
-        dpo_trainer(base, other, tmp_path / "stopped", cfg, resume=True)
-    dpo_trainer(base, pairs_dir, tmp_path / "stopped", cfg, resume=True).run()
+        dpo_trainer(tiny_checkpoint, other, tmp_path / "stopped", cfg, resume=True)
+    dpo_trainer(tiny_checkpoint, pairs_dir, tmp_path / "stopped", cfg, resume=True).run()
     assert stable(metrics(tmp_path / "stopped")) == stable(metrics(tmp_path / "straight"))
     a, b = (load_checkpoint(tmp_path / d)[0].state_dict() for d in ("straight", "stopped"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_dpo_command(tmp_path, base, pairs_dir, capsys):
+def test_dpo_command(tmp_path, tiny_checkpoint, pairs_dir, capsys):
     out = tmp_path / "cli-dpo"
-    args = ["dpo", "--policy", str(base), "--pairs", str(pairs_dir), "--out", str(out), "--set", "batch_size=8",
+    args = ["dpo", "--policy", str(tiny_checkpoint), "--pairs", str(pairs_dir), "--out", str(out), "--set", "batch_size=8",
             "--set", "eval_rows=8", "--set", "beta=0.5"]
     assert main([*args, "--max-steps", "2"]) == 0
     state = json.loads((out / "trainer_state.json").read_text())

@@ -34,17 +34,9 @@ from opengpt4.safety.data import labelled_responses, safety_examples
 from opengpt4.safety.graders import LABELS, REWARDS, Case, Grade, agreement, oracle_label
 from tests.helpers import tiny_decoder
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LABELS4 = HeadConfig("classifier", ("A", "B", "C", "D"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from a second intra-op thread, and on a busy machine its
-    spin-waits cost: a tiny training step took 5.3 s with 2 threads, 0.11 s with 1 (load 8 on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rows_of(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
@@ -128,16 +120,11 @@ def safety_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, tiny_model, tiny_tokenizer) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "tiny", tiny_model, tiny_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, base, safety_dir) -> Path:
+def trained(tmp_path_factory, tiny_checkpoint, safety_dir) -> Path:
     out = tmp_path_factory.mktemp("rbrm") / "classifier"
     cfg = RBRMConfig(batch_size=16, lr=3e-3, warmup_steps=5, eval_every=20, eval_rows=48, max_len=80,
                      dtype="float32")
-    train_rbrm(base, safety_dir, out, cfg, max_steps=40)
+    train_rbrm(tiny_checkpoint, safety_dir, out, cfg, max_steps=40)
     return out
 
 
@@ -189,9 +176,9 @@ def test_bad_labelled_rows_name_the_line(tmp_path, safety_dir):
 
 
 # --- the CLI (in process: the same main() the console script runs) --------------------------------
-def test_cli_train_and_agreement(tmp_path, base, safety_dir, trained, capsys):
+def test_cli_train_and_agreement(tmp_path, tiny_checkpoint, safety_dir, trained, capsys):
     out = tmp_path / "cli-rbrm"
-    assert main(["rbrm", "train", "--model", str(base), "--data", str(safety_dir), "--out", str(out),
+    assert main(["rbrm", "train", "--model", str(tiny_checkpoint), "--data", str(safety_dir), "--out", str(out),
                  "--max-steps", "2", "--set", "batch_size=8", "--set", "eval_rows=8", "--set", "max_len=48"]) == 0
     assert (out / HEAD_CONFIG).is_file() and json.loads((out / "trainer_state.json").read_text())["step"] == 2
 

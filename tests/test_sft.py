@@ -19,11 +19,13 @@ from opengpt4.config import SFTConfig
 from opengpt4.data.chat_io import Conversation, parse_conversation, read_chat_data, read_conversations
 from opengpt4.errors import ChatDataError, DataFileError
 from opengpt4.model import lora
-from opengpt4.model.checkpoint import load_checkpoint, save_checkpoint
+from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
 from opengpt4.train import sft
 from tests.helpers import kill_after_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # SmolLM2-135M-Instruct's template (tests/test_tokenizer.py checks it is the GGUF's), with transformers'
 # {% generation %} markers around what the assistant writes: transformers then computes the
@@ -75,21 +77,6 @@ def chat_dir(tmp_path_factory) -> Path:
     write_jsonl(d / "train.jsonl", chats(96, seed=0))
     write_jsonl(d / "heldout.jsonl", chats(24, seed=1))
     return d
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, tiny_model, tiny_tokenizer) -> Path:
-    """The tiny random model as a checkpoint dir: what `sft --model` starts from."""
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "tiny", tiny_model, tiny_tokenizer)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model trains fastest on one thread, the more so on a busy shared machine (6x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 FAST = ["--set", "seq_len=128", "--set", "batch_size=8", "--set", "micro_batch_size=4", "--set", "warmup_steps=2"]
@@ -279,11 +266,11 @@ def test_best_fit_puts_each_item_in_the_fullest_row_with_room():
 
 
 # --- training ----------------------------------------------------------------------------------
-def test_sft_lowers_the_held_out_loss_and_writes_a_normal_checkpoint(base, chat_dir, tmp_path):
+def test_sft_lowers_the_held_out_loss_and_writes_a_normal_checkpoint(tiny_checkpoint, chat_dir, tmp_path):
     out = tmp_path / "sft"
     cfg = SFTConfig(seq_len=128, batch_size=8, micro_batch_size=4, warmup_steps=2, lr=3e-3, eval_every=20,
                     ckpt_every=0)
-    sft.build_trainer(str(base), chat_dir, out, cfg, max_steps=60).run()
+    sft.build_trainer(str(tiny_checkpoint), chat_dir, out, cfg, max_steps=60).run()
     evals = [m for m in metrics(out) if "val" in m]
     assert [m["step"] for m in evals] == [0, 20, 40, 60]  # the untrained model's first
     before, after = evals[0]["val"]["heldout"], evals[-1]["val"]["heldout"]
@@ -304,12 +291,12 @@ def test_sft_lowers_the_held_out_loss_and_writes_a_normal_checkpoint(base, chat_
             assert case(reply), (system, thing, reply)
 
 
-def test_lora_trains_only_adapters_and_the_merged_checkpoint_gives_the_adapted_logits(base, chat_dir, tmp_path,
+def test_lora_trains_only_adapters_and_the_merged_checkpoint_gives_the_adapted_logits(tiny_checkpoint, chat_dir, tmp_path,
                                                                                      tiny_model):
     out = tmp_path / "lora"
     cfg = SFTConfig(seq_len=128, batch_size=8, micro_batch_size=4, warmup_steps=2, lr=1e-2, eval_every=0,
                     ckpt_every=0, eval_at_start=False, lora_rank=4)
-    trainer = sft.build_trainer(str(base), chat_dir, out, cfg, max_steps=8)
+    trainer = sft.build_trainer(str(tiny_checkpoint), chat_dir, out, cfg, max_steps=8)
     names = set(trainer.param_names)
     assert names and all(n.endswith((".lora_A", ".lora_B")) for n in names)
     assert len(names) == 2 * 4 * trainer.objective.model_config.n_layer  # A and B on qkv, o, gate_up, down
@@ -328,14 +315,14 @@ def test_lora_trains_only_adapters_and_the_merged_checkpoint_gives_the_adapted_l
     assert (adapted - plain).abs().max() < 1e-4, (adapted - plain).abs().max()
     assert set(load_file(str(out / "adapter.safetensors"))) == names
     with torch.no_grad():  # and the adapters changed the model
-        assert (load_checkpoint(base)[0](ids) - plain).abs().max() > 1e-2
-        with lora.adapters_off(model):  # the frozen base, bit for bit: DPO's and RLHF's reference with LoRA
-            assert torch.equal(model(ids), load_checkpoint(base)[0].eval()(ids))
+        assert (load_checkpoint(tiny_checkpoint)[0](ids) - plain).abs().max() > 1e-2
+        with lora.adapters_off(model):  # the frozen tiny_checkpoint, bit for bit: DPO's and RLHF's reference with LoRA
+            assert torch.equal(model(ids), load_checkpoint(tiny_checkpoint)[0].eval()(ids))
         assert torch.equal(model(ids), adapted)  # on again after the block
 
 
-def test_resume_after_sigkill_gives_the_same_losses_and_weights(base, chat_dir, tmp_path):
-    args = ["--model", str(base), "--data", str(chat_dir), "--lora", "4", "--max-steps", "12", *FAST,
+def test_resume_after_sigkill_gives_the_same_losses_and_weights(tiny_checkpoint, chat_dir, tmp_path):
+    args = ["--model", str(tiny_checkpoint), "--data", str(chat_dir), "--lora", "4", "--max-steps", "12", *FAST,
             "--set", "ckpt_every=3", "--set", "eval_every=6"]
     r = run_sft(*args, "--out", str(tmp_path / "straight"))
     assert r.returncode == 0, r.stderr
@@ -351,13 +338,13 @@ def test_resume_after_sigkill_gives_the_same_losses_and_weights(base, chat_dir, 
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
 
 
-def test_full_fine_tuning_resumes_from_its_own_weights_exactly(base, chat_dir, tmp_path):
+def test_full_fine_tuning_resumes_from_its_own_weights_exactly(tiny_checkpoint, chat_dir, tmp_path):
     """A run that dies right after its step-4 checkpoint, continued, equals one that never stopped (LoRA's
     resume, from the base plus its adapters, is the SIGKILL test above)."""
     cfg = SFTConfig(seq_len=128, batch_size=8, micro_batch_size=4, warmup_steps=2, lr=3e-3, eval_every=0,
                     ckpt_every=4, eval_at_start=False)
-    sft.build_trainer(str(base), chat_dir, tmp_path / "straight", cfg, max_steps=8).run()
-    dying = sft.build_trainer(str(base), chat_dir, tmp_path / "stopped", cfg, max_steps=8)
+    sft.build_trainer(str(tiny_checkpoint), chat_dir, tmp_path / "straight", cfg, max_steps=8).run()
+    dying = sft.build_trainer(str(tiny_checkpoint), chat_dir, tmp_path / "stopped", cfg, max_steps=8)
     save = dying.save
 
     def save_and_die():
@@ -368,17 +355,17 @@ def test_full_fine_tuning_resumes_from_its_own_weights_exactly(base, chat_dir, t
     with pytest.raises(KeyboardInterrupt):
         dying.run()
     assert json.loads((tmp_path / "stopped" / "trainer_state.json").read_text())["step"] == 4
-    sft.build_trainer(str(base), chat_dir, tmp_path / "stopped", cfg, resume=True).run()
+    sft.build_trainer(str(tiny_checkpoint), chat_dir, tmp_path / "stopped", cfg, resume=True).run()
     assert stable(metrics(tmp_path / "stopped")) == stable(metrics(tmp_path / "straight"))
     a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("straight", "stopped"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- the command -------------------------------------------------------------------------------
-def test_cli_refuses_bad_data_in_one_line_naming_the_line(base, tmp_path):
+def test_cli_refuses_bad_data_in_one_line_naming_the_line(tiny_checkpoint, tmp_path):
     data = write_jsonl(tmp_path / "bad.jsonl", [GOOD, {"messages": [{"role": "user", "content": "hi"},
                                                                     {"role": "assistant", "content": ""}]}])
-    r = run_sft("--model", str(base), "--data", str(data), "--out", str(tmp_path / "o"), "--max-steps", "1")
+    r = run_sft("--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "o"), "--max-steps", "1")
     assert r.returncode == 1 and r.stderr == f"error: {data}:2: message 1: empty assistant message\n", r.stderr
     good = write_jsonl(tmp_path / "good.jsonl", [GOOD])
     r = run_sft("--model", str(tmp_path / "nope"), "--data", str(good), "--out", str(tmp_path / "o"))
@@ -388,9 +375,9 @@ def test_cli_refuses_bad_data_in_one_line_naming_the_line(base, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed next to this Python")
 @pytest.mark.parametrize("fsdp", [False, True])
-def test_torchrun_two_ranks_match_one_process(base, chat_dir, tmp_path, fsdp):
+def test_torchrun_two_ranks_match_one_process(tiny_checkpoint, chat_dir, tmp_path, fsdp):
     """LoRA SFT, same global batch: 2 ranks x 4 rows (DDP or FSDP2) vs 1 process x 2 micro-batches of 4."""
-    common = ["--model", str(base), "--data", str(chat_dir), "--lora", "4", "--max-steps", "4", *FAST,
+    common = ["--model", str(tiny_checkpoint), "--data", str(chat_dir), "--lora", "4", "--max-steps", "4", *FAST,
               "--set", "eval_every=0", "--set", 'dtype="float32"']
     single = run_sft(*common, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr

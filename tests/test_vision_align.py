@@ -23,15 +23,9 @@ from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpo
 from opengpt4.vision import align, bundle
 from opengpt4.vision.data import build_visual_data
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DIGIT = "images/train/000060.png"  # the test preset's first digit (after 60 synthetic images)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
