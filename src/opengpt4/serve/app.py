@@ -149,8 +149,17 @@ class TicketMiddleware:
                 complete = True
             await send(message)
 
+        async def watched_receive() -> dict:
+            # Whichever part of the app hears the hang-up (a stream's check, starlette's listener, a
+            # route's watcher), the ticket knows. uvicorn drops sends to a closed connection silently,
+            # so a stream cut off can still send its closing message: `complete` alone would bill it 200.
+            message = await receive()
+            if message["type"] == "http.disconnect" and not complete:
+                ticket.disconnected = True
+            return message
+
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, watched_receive, send_with_headers)
         finally:
             seconds = time.perf_counter() - start
             ticket.disconnected |= not complete
@@ -300,8 +309,7 @@ async def unless_disconnected(request: Request, ticket: Ticket, work: Awaitable[
     task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(hang_up())
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            ticket.disconnected = True
+        if not task.done():  # the hang-up (watched_receive marked the ticket)
             for handle in ticket.handles:
                 handle.cancel()
         return await task

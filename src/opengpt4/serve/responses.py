@@ -114,13 +114,10 @@ def sse(obj: dict[str, Any]) -> str:
 
 
 async def read_deltas(handle: RequestHandle, request: Request) -> AsyncIterator[Delta]:
-    """A handle's deltas on the event loop; stops early if the client went away. The ticket is
-    marked here, where the fact is known: uvicorn drops sends to a closed connection silently, so
-    the stream's closing message would otherwise look like a complete response (billed 200)."""
+    """A handle's deltas on the event loop; stops early if the client went away."""
     async for d in handle.adeltas():
         yield d
         if await request.is_disconnected():
-            request.state.ticket.disconnected = True
             handle.cancel()
             return
 
