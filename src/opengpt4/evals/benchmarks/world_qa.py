@@ -47,8 +47,9 @@ def value_patterns(world: World) -> dict[tuple[str, str], re.Pattern]:
     for f in world.facts:
         for lang in LANGUAGES:
             values.setdefault((f.attr.name, lang), set()).add(f.value_in(lang))
-    return {key: re.compile(r"(?<!\w)(" + "|".join(map(re.escape, sorted(v, key=lambda v: (-len(v), v)))) + r")(?!\w)")
-            for key, v in values.items()}
+    longest_first = {key: sorted(found, key=lambda v: (-len(v), v)) for key, found in values.items()}
+    return {key: re.compile(r"(?<!\w)(" + "|".join(map(re.escape, found)) + r")(?!\w)")
+            for key, found in longest_first.items()}
 
 
 def extract(reply: str, question: str, pattern: re.Pattern) -> str | None:
