@@ -1,6 +1,7 @@
 """Vision tower, projector, placeholder scatter, and image loading."""
 
 import base64
+import dataclasses
 import io
 
 import numpy as np
@@ -8,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from opengpt4.config import get_preset
-from opengpt4.errors import ImageError
+from opengpt4.config import VisionConfig, get_preset
+from opengpt4.errors import ConfigError, ImageError
 from opengpt4.model.multimodal import Projector, pixel_shuffle, scatter_image_features
 from opengpt4.model.vision import MAX_ENCODED_BYTES, VisionEncoder, load_image, preprocess
 
@@ -69,6 +70,22 @@ def test_encoder_init_has_unit_norms_zero_biases_and_small_mlp_weights():
     assert torch.equal(enc.blocks[0].attn.qkv.bias, torch.zeros(3 * VCFG.width))
     assert 0.015 < enc.blocks[0].mlp.fc1.weight.std().item() < 0.025
     assert enc.blocks[0].mlp.fc1.out_features == int(VCFG.width * VCFG.mlp_ratio)
+
+
+def test_conv_stem_halves_the_image_per_layer_down_to_the_patch_grid_and_keeps_the_signal():
+    """The convolutional stem gives the patch conv's grid (log2(patch) stride-2 convs, then a 1x1), and
+    its He init keeps the activations' scale through the stack (N(0, 0.02) would shrink it ~20x a layer)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(VCFG, conv_stem=True)
+    enc = VisionEncoder(cfg)
+    convs = [m for m in enc.patch_embed if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * (cfg.patch_size.bit_length() - 1) + [(1, 1)]
+    x = torch.randn(4, 3, cfg.image_size, cfg.image_size)
+    assert enc.patch_embed(x).shape == (4, cfg.width, cfg.grid_size, cfg.grid_size)
+    assert enc(x).shape == (4, cfg.grid_size**2, cfg.width)
+    assert enc.patch_embed(x).std() > 0.3
+    with pytest.raises(ConfigError, match="power of 2"):
+        VisionConfig(image_size=48, patch_size=6, conv_stem=True)
 
 
 def test_projector_gives_tokens_per_image_vectors_of_the_model_width():

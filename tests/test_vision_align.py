@@ -166,9 +166,18 @@ def test_stage0_trains_a_captioner_from_scratch(lm, data_dir, tmp_path):
         align.build_trainer(0, str(lm), data_dir, tmp_path, cfg, max_steps=30).run()
     losses = evals(tmp_path)
     model, tokenizer = load_checkpoint(tmp_path)
-    assert model.config.n_layer == 1 and model.config.vision is not None
+    assert model.config.n_layer == 1 and model.config.vision is not None and model.config.vision.conv_stem
     assert tokenizer.image_id == model.config.image_token_id and tokenizer.vocab_size > model.config.image_token_id
     assert losses[0] > 0.9 * math.log(model.config.vocab_size) and losses[-1] < 0.65 * losses[0], losses
+
+
+def test_stage0_learns_from_the_captions_and_the_image_questions_not_the_text_only_chats(data_dir):
+    """The ViT's pretraining data: every caption, every visual chat with an image, no text-only chat."""
+    chats = align.stage_chats(data_dir, 0)
+    captions, visual = align.stage_chats(data_dir, 1), align.stage_chats(data_dir, 2)
+    with_images = [c for c in visual if c.meta["kind"] != "text-only"]
+    assert len(with_images) < len(visual)  # the test preset has text-only chats to leave out
+    assert [c.source for c in chats] == [c.source for c in captions + with_images]
 
 
 def test_cli_runs_all_stages_into_a_vision_checkpoint(lm, tower, data_dir, tmp_path):

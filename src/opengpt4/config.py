@@ -41,6 +41,7 @@ class VisionConfig:
     n_head: int = 3
     mlp_ratio: float = 4.0
     pixel_shuffle: int = 2  # s x s neighbouring patches become one token (s*s*width wide)
+    conv_stem: bool = False  # patches from a stack of stride-2 3x3 convolutions instead of one patch_size conv
     norm_eps: float = 1e-6
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -62,6 +63,9 @@ class VisionConfig:
             self.width % self.n_head == 0,
             f"vision.n_head ({self.n_head}) must divide vision.width ({self.width})",
         )
+        _require(not self.conv_stem or self.patch_size & (self.patch_size - 1) == 0,
+                 f"vision.conv_stem halves the image per convolution: vision.patch_size ({self.patch_size}) "
+                 "must be a power of 2")
         _require(len(self.image_mean) == 3 and len(self.image_std) == 3, "vision.image_mean/std need 3 values (RGB)")
 
     @property

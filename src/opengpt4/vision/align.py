@@ -143,10 +143,10 @@ def captioner(lm_dir: Path, depth: int, seed: int) -> tuple[Transformer, Tokeniz
     """Stage 0's model: a fresh ViT and projector in front of a small decoder trained from scratch with
     them (the one-knob family at `depth`, on `lm_dir`'s tokenizer with <|image|>)."""
     lm_config = load_model_config(lm_dir)
-    vision = VisionConfig()
+    vision = VisionConfig(conv_stem=True)
     tokenizer = _with_image_token(lm_dir, load_tokenizer(lm_dir), vision)
     config = dataclasses.replace(depth_config(depth, vocab_size=max(lm_config.vocab_size, tokenizer.vocab_size)),
-                                 image_token_id=tokenizer.image_id, name=f"captioner-d{depth}")
+                                 vision=vision, image_token_id=tokenizer.image_id, name=f"captioner-d{depth}")
     torch.manual_seed(seed)
     model = Transformer(config)
     model.init_weights()
@@ -205,6 +205,17 @@ class PackedVisualChats(PackedChats):
         b = super().batch(rows)
         images = [self.pixels[i] for r in rows for i in self.row_images[r]]
         return VisualBatch(b.input_ids, b.targets, b.segments, preprocess(images, self.vision) if images else None)
+
+
+def stage_chats(data_dir: Path, stage: int) -> list[Conversation]:
+    """A stage's training conversations: stage 1 the captions, stage 2 the visual instruction chats, and
+    stage 0 both, less the text-only chats. The ViT learns from questions as well as captions (PaLI and
+    SigLIP 2 pretrain their encoders on such mixtures): trained on captions alone, its features left the
+    held-out scene, chart and text questions at the answer priors after stage 2."""
+    if stage > 0:
+        return read_visual_chats(data_dir / f"stage{stage}.json")
+    return read_visual_chats(data_dir / "stage1.json") + [c for c in read_visual_chats(data_dir / "stage2.json")
+                                                          if list(iter_images([c]))]
 
 
 def heldout_conversations(data_dir: Path, stage: int) -> list[Conversation]:
@@ -280,8 +291,8 @@ class VisualAlign(SFT):
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
 
-        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0 learns from the captions too
-        self.train = PackedVisualChats(read_visual_chats(self.data_file), self.tokenizer, cfg.seq_len, cfg.seed,
+        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0: and stage2.json's image chats
+        self.train = PackedVisualChats(stage_chats(Path(data_dir), stage), self.tokenizer, cfg.seq_len, cfg.seed,
                                        config.vision)
         self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
                                          None, config.vision)
@@ -303,7 +314,7 @@ class VisualAlign(SFT):
         if self.stage == 2:
             parts.append(f"LoRA rank {self.cfg.lora_rank}" if self.cfg.lora_rank else "the whole LM")
         return (f"vision stage {self.stage} from {self.base.name}: {' + '.join(parts)} trained "
-                f"({trained / 1e6:.2f}M parameters); train ({self.data_file.name}): "
+                f"({trained / 1e6:.2f}M parameters); train ({'captions and image chats' if self.stage == 0 else self.data_file.name}): "
                 f"{self.train.stats.describe(self.cfg.seq_len)}, {len(self.train.pixels):,} images; "
                 f"{self.cfg.batch_size} rows/step, {self.steps_for(1.0):,} steps/epoch; "
                 f"held-out: {self.heldout.stats.describe(self.cfg.seq_len)}")
