@@ -171,15 +171,6 @@ def test_stage0_trains_a_captioner_from_scratch(lm, data_dir, tmp_path):
     assert losses[0] > 0.9 * math.log(model.config.vocab_size) and losses[-1] < 0.65 * losses[0], losses
 
 
-def test_stage0_learns_from_the_captions_and_the_image_questions_not_the_text_only_chats(data_dir):
-    """The ViT's pretraining data: every caption, every visual chat with an image, no text-only chat."""
-    chats = align.stage_chats(data_dir, 0)
-    captions, visual = align.stage_chats(data_dir, 1), align.stage_chats(data_dir, 2)
-    with_images = [c for c in visual if c.meta["kind"] != "text-only"]
-    assert len(with_images) < len(visual)  # the test preset has text-only chats to leave out
-    assert [c.source for c in chats] == [c.source for c in captions + with_images]
-
-
 def test_cli_runs_all_stages_into_a_vision_checkpoint(lm, tower, data_dir, tmp_path):
     """Without --vision, `--stage all` pretrains the ViT (stage 0), then stages 1 and 2 keep it frozen."""
     fast = [x for s in "012" for x in (f"--set{s}", "seq_len=256", f"--set{s}", "batch_size=4",

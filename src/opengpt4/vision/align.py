@@ -3,9 +3,9 @@
     opengpt4 vision align --lm smollm2-135m-instruct --out DIR [--vision CKPT] [--data DIR]
                           [--stage 0|1|2|all] [--steps0 N] [--steps1 N] [--steps2 N] [--lora R]
 
-    DIR/stage0   stage 0: our ViT learns to caption, with a fresh projector and a small decoder
-                 trained from scratch alongside it (CapPa: captioning pretrains vision encoders
-                 as well as contrastive learning does); skipped when --vision gives a ViT
+    DIR/stage0   stage 0: our ViT (with a convolutional stem) learns to caption, with a fresh projector
+                 and a small decoder trained from scratch alongside it (CapPa: captioning pretrains
+                 vision encoders as well as contrastive learning does); skipped when --vision gives a ViT
     DIR/stage1   stage 1: the projector alone learns to caption (the LM frozen, the ViT frozen)
     DIR/stage2   stage 2: projector + LM (LoRA, merged when saved, or full) on visual instruction
                  chats with text-only chats mixed in: the model, a normal checkpoint with a vision
@@ -108,8 +108,9 @@ class AlignConfig(LoopConfig):
 def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) -> AlignConfig:
     """Stage `stage`'s defaults. `train_vision` is stage 1's: stage 2 starts with the ViT frozen
     (LLaVA's stage 2 tunes projector and LM; `--set2 train_vision=true` overrides)."""
-    if stage == 0:  # everything from scratch, at a small model's rate
-        return AlignConfig(lr=3e-3, train_vision=True, warmup_steps=20)
+    if stage == 0:  # everything from scratch, at a small model's rate; the ViT and projector at a third of it,
+        # as pretraining's (LoopConfig.vision_lr_scale): the ViT learns the digits' strokes at 1e-3, not at 3e-3
+        return AlignConfig(lr=3e-3, vision_lr_scale=0.33, train_vision=True, warmup_steps=20)
     if stage == 1:
         return AlignConfig(train_vision=train_vision)
     if lora_rank:  # the projector keeps a tenth of the adapters' rate, as LLaVA-1.5's LoRA run (2e-4, 2e-5)
@@ -207,17 +208,6 @@ class PackedVisualChats(PackedChats):
         return VisualBatch(b.input_ids, b.targets, b.segments, preprocess(images, self.vision) if images else None)
 
 
-def stage_chats(data_dir: Path, stage: int) -> list[Conversation]:
-    """A stage's training conversations: stage 1 the captions, stage 2 the visual instruction chats, and
-    stage 0 both, less the text-only chats. The ViT learns from questions as well as captions (PaLI and
-    SigLIP 2 pretrain their encoders on such mixtures): trained on captions alone, its features left the
-    held-out scene, chart and text questions at the answer priors after stage 2."""
-    if stage > 0:
-        return read_visual_chats(data_dir / f"stage{stage}.json")
-    return read_visual_chats(data_dir / "stage1.json") + [c for c in read_visual_chats(data_dir / "stage2.json")
-                                                          if list(iter_images([c]))]
-
-
 def heldout_conversations(data_dir: Path, stage: int) -> list[Conversation]:
     """Stages 0 and 1: captions of held-out images; stage 2: the evals' held-out questions."""
     rows = [r for task in TASKS for r in read_eval(data_dir, task)]
@@ -291,8 +281,8 @@ class VisualAlign(SFT):
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
 
-        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0: and stage2.json's image chats
-        self.train = PackedVisualChats(stage_chats(Path(data_dir), stage), self.tokenizer, cfg.seq_len, cfg.seed,
+        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0 learns from the captions too
+        self.train = PackedVisualChats(read_visual_chats(self.data_file), self.tokenizer, cfg.seq_len, cfg.seed,
                                        config.vision)
         self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
                                          None, config.vision)
@@ -314,7 +304,7 @@ class VisualAlign(SFT):
         if self.stage == 2:
             parts.append(f"LoRA rank {self.cfg.lora_rank}" if self.cfg.lora_rank else "the whole LM")
         return (f"vision stage {self.stage} from {self.base.name}: {' + '.join(parts)} trained "
-                f"({trained / 1e6:.2f}M parameters); train ({'captions and image chats' if self.stage == 0 else self.data_file.name}): "
+                f"({trained / 1e6:.2f}M parameters); train ({self.data_file.name}): "
                 f"{self.train.stats.describe(self.cfg.seq_len)}, {len(self.train.pixels):,} images; "
                 f"{self.cfg.batch_size} rows/step, {self.steps_for(1.0):,} steps/epoch; "
                 f"held-out: {self.heldout.stats.describe(self.cfg.seq_len)}")
