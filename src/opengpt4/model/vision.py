@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -219,7 +220,7 @@ def conv_stem(cfg: VisionConfig) -> nn.Sequential:
     n = cfg.patch_size.bit_length() - 1
     channels = [3] + [cfg.width >> (n - i) for i in range(1, n + 1)]
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(channels, channels[1:], strict=False):
+    for c_in, c_out in itertools.pairwise(channels):
         layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
     return nn.Sequential(*layers, nn.Conv2d(channels[-1], cfg.width, kernel_size=1))
 

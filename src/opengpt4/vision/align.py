@@ -109,7 +109,8 @@ def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) ->
     """Stage `stage`'s defaults. `train_vision` is stage 1's: stage 2 starts with the ViT frozen
     (LLaVA's stage 2 tunes projector and LM; `--set2 train_vision=true` overrides)."""
     if stage == 0:  # everything from scratch, at a small model's rate; the ViT and projector at a third of it,
-        # as pretraining's (LoopConfig.vision_lr_scale): the ViT learns the digits' strokes at 1e-3, not at 3e-3
+        # as in pretraining (LoopConfig.vision_lr_scale: a ViT from scratch is unstable at 3e-3; this rate was
+        # measured together with the conv stem, not apart from it)
         return AlignConfig(lr=3e-3, vision_lr_scale=0.33, train_vision=True, warmup_steps=20)
     if stage == 1:
         return AlignConfig(train_vision=train_vision)
