@@ -135,7 +135,12 @@ def test_eval_questions_are_held_out_phrasings_of_images_not_in_training(data_di
     digits = read_eval(data_dir, "digits")
     assert {r["answer"] for r in digits} <= set("0123456789")
     train_digits = [c for c in read_visual_chats(data_dir / "stage2.json") if c.meta["kind"] == "digit"]
-    assert len(train_digits) == manifest["stage2"]["digit"] == 2 * 40  # the test preset: 40 scans, 2 images each
+    # the test preset: 40 scans, 2 images each, 2 digits to a chat, each its own user turn with one image
+    assert len(train_digits) == manifest["stage2"]["digit"] == 40
+    for chat in train_digits:
+        users = [m for m in chat.messages if m["role"] == "user"]
+        assert len(users) == 2 and all([p["type"] for p in m["content"]] == ["image", "text"] for m in users)
+        assert all(m["content"] in set("0123456789") for m in chat.messages if m["role"] == "assistant")
 
 
 def test_every_generated_question_has_a_template():

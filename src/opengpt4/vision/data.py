@@ -5,8 +5,9 @@
     DIR/images/{train,eval}/NNNNNN.png   every image, 64x64 RGB PNG
     DIR/stage1.json      LLaVA JSON: "<image>\\nDescribe the image." -> the image's caption
     DIR/stage2.json      LLaVA JSON: short-answer chats about one image (shapes VQA, chart reading,
-                         OCR of words and numbers, form fields, handwritten digits), comparisons of
-                         two images ("image": [a, b]), and text-only chats (no "image")
+                         OCR of words and numbers, form fields), handwritten digits (several to a
+                         chat, an image a turn), comparisons of two images ("image": [a, b]), and
+                         text-only chats (no "image")
     DIR/eval/{shapes,charts,ocr,digits}.jsonl   one held-out question a line
     DIR/manifest.json    counts, the split rules and the deduplication figures
 
@@ -56,13 +57,14 @@ class Preset:
     comparisons: int  # two-image chats
     text_chats: int  # text-only chats from the synthetic world (opengpt4.data.chat)
     digit_variants: int = 1  # training images per digit scan: the scan, then randomly shifted, turned and scaled copies
+    digits_per_chat: int = 1  # stage 2 asks this many digits in one chat, one user turn each (see _digit_chats)
 
 
 PRESETS = {
     "test": Preset(images=60, eval_images=30, digits_train=40, digits_eval=20, comparisons=10, text_chats=10,
-                   digit_variants=2),
+                   digit_variants=2, digits_per_chat=2),
     "mini": Preset(images=6000, eval_images=600, digits_train=1297, digits_eval=DIGITS_HELDOUT, comparisons=800,
-                   text_chats=2000, digit_variants=6),
+                   text_chats=2000, digit_variants=6, digits_per_chat=4),
 }
 
 
@@ -163,6 +165,21 @@ def _turns(qa: list[tuple[str, str]], n_images: int = 1) -> list[dict[str, str]]
     return conv
 
 
+def _digit_chats(digits: list[Item], per_chat: int, rng: random.Random) -> list[dict[str, Any]]:
+    """The digits' questions, `per_chat` to a chat, one image and question per user turn, in a
+    seeded order. A digit's question and answer are a few tokens beside the 16 of its image and the
+    ~30 of the system prompt and role markers that every chat carries: four to a chat cut the tokens
+    per digit by a third, and the first turn of each is still the eval's one-image question."""
+    order = rng.sample(digits, len(digits))
+    out = []
+    for start in range(0, len(order), per_chat):
+        group = order[start : start + per_chat]
+        turns = [t for it in group for q, a in it.qa for t in _turns([(phrase(q, rng, "train")[0], a)])]
+        out.append({"id": f"digits-{len(out):06d}", "image": [it.path for it in group], "kind": "digit",
+                    "conversations": turns})
+    return out
+
+
 def _count(item: Item) -> int:
     """A scene's shapes (its caption names each one "at the" cell it fills), or a digit's value."""
     return item.caption.count(" at the ") if item.kind == "scene" else int(item.caption[-2])
@@ -235,7 +252,8 @@ def build_visual_data(out: str | Path, preset: str = "mini", seed: int = 0,
                "conversations": _turns([(rng.choice(CAPTION_REQUESTS), it.caption)])} for i, it in enumerate(train)]
     stage2 = [{"id": f"vqa-{i:06d}", "image": it.path, "kind": it.kind,
                "conversations": _turns([(phrase(q, rng, "train")[0], a) for q, a in it.qa])}
-              for i, it in enumerate(train)]
+              for i, it in enumerate(train) if it.kind != "digit"]
+    stage2 += _digit_chats([it for it in train if it.kind == "digit"], p.digits_per_chat, rng)
     stage2 += _comparisons(train, p.comparisons, rng) + _text_chats(p.text_chats, seed)
     train_pixels = {pixel_key(it.image) for it in train}
     if pretrain_data is not None:
