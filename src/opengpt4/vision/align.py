@@ -82,7 +82,9 @@ class AlignConfig(LoopConfig):
     lr: float = 1e-3  # stage 1: LLaVA-1.5's projector rate
     vision_lr_scale: float = 1.0  # the projector (and a trained ViT) at lr x this
     min_lr_ratio: float = 0.0
-    warmup_steps: int = 10
+    # Stages 1 and 2 get ~20 and ~90 steps in their minutes on 2 cores: with 10 of stage 1's 22 steps
+    # warming up, its training loss stayed ~0.1 higher at every step than with 3.
+    warmup_steps: int = 3
     weight_decay: float = 0.0
     eval_every: int = 50
     eval_at_start: bool = True
