@@ -174,7 +174,7 @@ def _digit_chats(digits: list[Item], per_chat: int, rng: random.Random) -> list[
     out = []
     for start in range(0, len(order), per_chat):
         group = order[start : start + per_chat]
-        turns = [t for it in group for q, a in it.qa for t in _turns([(phrase(q, rng, "train")[0], a)])]
+        turns = [t for it in group for t in _turns([(phrase(q, rng, "train")[0], a) for q, a in it.qa])]
         out.append({"id": f"digits-{len(out):06d}", "image": [it.path for it in group], "kind": "digit",
                     "conversations": turns})
     return out
