@@ -80,3 +80,11 @@ def smollm2(smollm2_home):
     from opengpt4.model import convert
 
     return convert.ensure_smollm2(smollm2_home)
+
+
+@pytest.fixture(scope="session")
+def vision_model(smollm2_home):
+    """The shipped vision model (SmolLM2 + the package's delta), built into the session's home once."""
+    from opengpt4.vision.bundle import ensure_vision_model
+
+    return ensure_vision_model(smollm2_home)

