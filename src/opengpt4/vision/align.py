@@ -40,7 +40,7 @@ from PIL import Image
 from tokenizers import AddedToken
 from torch import nn
 
-from opengpt4.config import LORA_LR, LoopConfig, SFTConfig, VisionConfig, depth_config
+from opengpt4.config import LoopConfig, SFTConfig, VisionConfig, depth_config
 from opengpt4.data.chat_io import Conversation
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
@@ -116,8 +116,13 @@ def stage_config(stage: int, lora_rank: int = 16, train_vision: bool = False) ->
         return AlignConfig(lr=3e-3, vision_lr_scale=0.33, train_vision=True, warmup_steps=20)
     if stage == 1:
         return AlignConfig(train_vision=train_vision)
-    if lora_rank:  # the projector keeps a tenth of the adapters' rate, as LLaVA-1.5's LoRA run (2e-4, 2e-5)
-        return AlignConfig(lr=LORA_LR, vision_lr_scale=0.1, lora_rank=lora_rank)
+    if lora_rank:  # the projector keeps a tenth of the adapters' rate, as LLaVA-1.5's LoRA run (2e-4, 2e-5).
+        # Half stage 1's batch (4,096 tokens), at ~LORA_LR (1e-3) x sqrt(1/2), Adam's square-root rule: ~190 steps in
+        # 44 minutes on 2 cores instead of 90. With the same minutes and data, held-out digits went from 0.788
+        # to 0.838 and shapes from blind level (0.276 vs 0.289) to 0.366 (vs 0.305). Evals and checkpoints
+        # every 100 of these steps cost what every 50 of the larger ones did.
+        return AlignConfig(lr=7e-4, vision_lr_scale=0.1, lora_rank=lora_rank, batch_size=8,
+                           eval_every=100, ckpt_every=100)
     return AlignConfig(lr=SFTConfig.lr)  # full fine-tuning: SFT's rate, projector included
 
 
