@@ -226,3 +226,35 @@ def test_a_broken_delta_is_refused_with_its_name(lm, tmp_path):
     with pytest.raises(CheckpointError, match="not an opengpt4 vision delta"):
         bundle.build_from_delta(lm, plain, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+
+def test_self_replay_swaps_text_chats_for_the_lms_own_answers_and_reuses_them_on_resume(smollm2, data_dir,
+                                                                                          tmp_path):
+    from opengpt4.vision.data import read_visual_chats
+
+    model, tokenizer = load_checkpoint(smollm2)
+    chats = read_visual_chats(data_dir / "stage2.json")
+    text_only = [c for c in chats if c.meta["kind"] == "text-only"]
+    with_images = [c for c in chats if c.meta["kind"] != "text-only"]
+    assert len(text_only) > 3 and with_images
+    replayed = align.self_replay(model, tokenizer, chats, tmp_path, 3)
+
+    assert replayed[: len(with_images)] == with_images  # the visual chats as they were
+    answers = [c.messages for c in replayed[len(with_images):]]
+    # The first 3 text-only chats' questions (system message and first user turn), in one batch as
+    # self_replay asks them (the same shapes, so the same bfloat16 kernels), greedily answered.
+    questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_only[:3]]
+    engine = Engine(model.to(torch.bfloat16), tokenizer, pack=False)
+    own = [c for (c,) in engine.generate([engine.chat_prompt(q) for q in questions],
+                                         SamplingParams(max_tokens=align.REPLAY_MAX_TOKENS, temperature=0.0))]
+    expected = [q + [{"role": "assistant", "content": c.text}] for q, c in zip(questions, own, strict=True)
+                if c.finish_reason == "stop"]  # an answer cut off at REPLAY_MAX_TOKENS is dropped, not taught
+    assert expected and answers == expected
+    world_answers = {c.messages[-1]["content"] for c in text_only}
+    assert not world_answers & {a[-1]["content"] for a in answers}  # the LM's own words, not the synthetic world's
+    assert (tmp_path / align.REPLAY_FILE).is_file()
+
+    # A resumed run reads the answers back instead of generating others (the model is not even asked).
+    again = align.self_replay(None, tokenizer, chats, tmp_path, 3)
+    assert [c.messages for c in again] == [c.messages for c in replayed]

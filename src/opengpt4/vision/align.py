@@ -28,6 +28,7 @@ row also carries its conversations' images, in placeholder order.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -37,15 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tokenizers import AddedToken
 from torch import nn
 
 from opengpt4.config import LoopConfig, SFTConfig, VisionConfig, depth_config
-from opengpt4.data.chat_io import Conversation
+from opengpt4.data.chat_io import Conversation, read_conversations
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import ConfigError
 from opengpt4.evals.benchmarks.visual_qa import score
+from opengpt4.files import write_jsonl
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import (
     TOKENIZER_FILE,
@@ -70,6 +73,8 @@ from opengpt4.vision.data import DIGIT_CAPTION, iter_images, read_eval, read_vis
 from opengpt4.vision.templates import CAPTION_REQUESTS, TASKS
 
 IMAGE_TOKEN = "<|image|>"
+REPLAY_FILE = "replay.jsonl"  # stage 2's text-only chats answered by the LM itself (AlignConfig.self_replay)
+REPLAY_MAX_TOKENS = 160  # longer answers are dropped rather than taught cut off
 HELDOUT_CONVERSATIONS = 256  # held-out questions packed for the held-out loss (eval_rows rows of them are used)
 
 
@@ -97,11 +102,17 @@ class AlignConfig(LoopConfig):
     train_vision: bool = False  # train the ViT too (stage 1: on when there is no pretrained one)
     probe_size: int = 16  # stage 2: held-out questions per eval task answered greedily at each eval; 0: none
     decoder_depth: int = 2  # stage 0: the captioner's decoder, trained from scratch with the ViT (depth_config)
+    # Stage 2: this many of the text-only chats, answered by the LM itself (self-distillation) instead of by the
+    # data; 0: all of them, with the data's answers. The data's are the synthetic world's (invented names, its
+    # languages): replayed as they are, they taught SmolLM2 the world's style ("What is the capital of France?"
+    # -> "La France est le pays."). 600 answers cost ~4 minutes of generation on 2 cores.
+    self_replay: int = 600
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.probe_size < 0:
-            raise ConfigError(f"probe_size must be >= 0, got {self.probe_size}")
+        for name in ("probe_size", "self_replay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("seq_len", "epochs", "eval_rows", "decoder_depth"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -248,6 +259,41 @@ def visual_probe(model: Transformer, tokenizer: Tokenizer, rows: list[dict[str, 
     return {task: float(np.mean(v)) for task, v in scores.items()}
 
 
+def self_replay(model: Transformer, tokenizer: Tokenizer, conversations: list[Conversation], out: Path, n: int,
+                batch: int = 64) -> list[Conversation]:
+    """`conversations` with the text-only ones replaced by the first `n` of their first questions (with the
+    system message) answered greedily by `model` itself, those that end within REPLAY_MAX_TOKENS. Replaying
+    the LM's own answers keeps its text behaviour as it was (self-distillation, as in Yang et al. 2024's
+    SDFT) whatever the chats' own answers would teach. Generated in bfloat16 (2x faster on CPU; this is
+    training data, not a measurement), written to `out`/REPLAY_FILE once and read back on resume, so a
+    resumed run trains on the same answers."""
+    cached = out / REPLAY_FILE
+    text_only = [c for c in conversations if not any(iter_images([c]))]
+    if cached.is_file():
+        replayed = read_conversations(cached)
+    else:
+        engine = Engine(copy.deepcopy(model).to(torch.bfloat16).eval(), tokenizer, pack=False)
+        questions = [c.messages[: next(i for i, m in enumerate(c.messages) if m["role"] == "user") + 1]
+                     for c in text_only[:n]]
+        replayed = []
+        params = SamplingParams(max_tokens=REPLAY_MAX_TOKENS, temperature=0.0)
+        with Progress(TextColumn("[bold]self-replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=True) as bar:
+            task = bar.add_task("", total=len(questions))
+            for start in range(0, len(questions), batch):
+                chunk = questions[start: start + batch]
+                for question, (answer,) in zip(chunk, engine.generate([engine.chat_prompt(q) for q in chunk], params),
+                                               strict=True):
+                    if answer.finish_reason == "stop" and answer.text.strip():
+                        replayed.append(Conversation(question + [{"role": "assistant", "content": answer.text}],
+                                                     f"{cached}:{len(replayed) + 1}"))
+                bar.advance(task, len(chunk))
+        write_jsonl(cached, [{"messages": c.messages} for c in replayed])
+    print(f"self-replay: {len(replayed):,} of {min(n, len(text_only)):,} text-only questions answered by the LM "
+          f"itself, instead of {len(text_only):,} chats' own answers ({cached})", flush=True)
+    return [c for c in conversations if any(iter_images([c]))] + replayed
+
+
 # --- the objective ---------------------------------------------------------------------------
 
 
@@ -259,6 +305,8 @@ class VisualAlign(SFT):
         self.stage, self.cfg, self.dist, self.name = stage, cfg, d, f"vision stage {stage}"
         resumed = state["vision_align"] if state is not None else None
         torch.manual_seed(cfg.seed)
+        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0 learns from the captions too
+        conversations = read_visual_chats(self.data_file)
         if stage == 0:
             self.base = resolve_model(lm)  # its tokenizer
             self.model, self.tokenizer = load_checkpoint(out) if resumed else captioner(self.base, cfg.decoder_depth,
@@ -273,6 +321,8 @@ class VisualAlign(SFT):
             if load_model_config(self.base).vision is None:
                 raise ConfigError(f"{self.base} has no vision tower: stage 2 starts from a stage-1 checkpoint")
             self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base)
+            if cfg.self_replay:
+                conversations = self_replay(self.model, self.tokenizer, conversations, out, cfg.self_replay)
             if cfg.lora_rank:
                 lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)  # freezes the rest
                 if resumed:
@@ -289,9 +339,7 @@ class VisualAlign(SFT):
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
 
-        self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0 learns from the captions too
-        self.train = PackedVisualChats(read_visual_chats(self.data_file), self.tokenizer, cfg.seq_len, cfg.seed,
-                                       config.vision)
+        self.train = PackedVisualChats(conversations, self.tokenizer, cfg.seq_len, cfg.seed, config.vision)
         self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
                                          None, config.vision)
         # Stage 1 only captions: its model cannot answer questions yet.
