@@ -3,8 +3,7 @@
     opengpt4 vision data --out DIR [--preset mini] [--seed 0] [--pretrain-data DATA_DIR]
 
     DIR/images/{train,eval}/NNNNNN.png   every image, 64x64 RGB PNG
-    DIR/stage1.json      LLaVA JSON: "<image>\\nDescribe the image." -> the image's caption (stages 0
-                         and 1; it has more synthetic images than stage 2 asks about)
+    DIR/stage1.json      LLaVA JSON: "<image>\\nDescribe the image." -> the image's caption
     DIR/stage2.json      LLaVA JSON: short-answer chats about one image (shapes VQA, chart reading,
                          OCR of words and numbers, form fields), handwritten digits (several to a
                          chat, an image a turn), comparisons of two images ("image": [a, b]), and
@@ -51,7 +50,7 @@ DIGIT_CAPTION = "A handwritten digit {}."
 
 @dataclass(frozen=True)
 class Preset:
-    images: int  # synthetic training images (scenes, charts, text in rotation) with questions in stage 2
+    images: int  # synthetic training images (scenes, charts, text in rotation)
     eval_images: int  # synthetic eval images before deduplication
     digits_train: int  # at most 1,797 - DIGITS_HELDOUT
     digits_eval: int
@@ -59,16 +58,13 @@ class Preset:
     text_chats: int  # text-only chats from the synthetic world (opengpt4.data.chat)
     digit_variants: int = 1  # training images per digit scan: the scan, then randomly shifted, turned and scaled copies
     digits_per_chat: int = 1  # stage 2 asks this many digits in one chat, one user turn each (see _digit_chats)
-    # More synthetic images with captions only (stages 0 and 1). Stage 0's 480 steps saw the 2,000 scenes of
-    # `images` ~6 times each and its captions of held-out scenes named no object right: it needs more images.
-    caption_images: int = 0
 
 
 PRESETS = {
     "test": Preset(images=60, eval_images=30, digits_train=40, digits_eval=20, comparisons=10, text_chats=10,
-                   digit_variants=2, digits_per_chat=2, caption_images=15),
+                   digit_variants=2, digits_per_chat=2),
     "mini": Preset(images=6000, eval_images=600, digits_train=1297, digits_eval=DIGITS_HELDOUT, comparisons=800,
-                   text_chats=2000, digit_variants=6, digits_per_chat=4, caption_images=24000),
+                   text_chats=2000, digit_variants=6, digits_per_chat=4),
 }
 
 
@@ -81,7 +77,6 @@ class Item:
     kind: str  # scene, chart, text, digit
     caption: str
     qa: list[tuple[str, str]]  # canonical questions
-    asked: bool = True  # False: captioned only (Preset.caption_images), no stage-2 questions
 
 
 def pixel_key(image: Image.Image | np.ndarray) -> str:
@@ -146,10 +141,9 @@ def digit_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 def _items(split: str, preset: Preset, seed: int) -> list[Item]:
-    asked = preset.images if split == "train" else preset.eval_images
     synthetic = generate_images((TRAIN_SEED if split == "train" else EVAL_SEED) + seed,
-                                asked + (preset.caption_images if split == "train" else 0), IMAGE_SIZE)
-    items = [Item("", s.image, s.kind, s.caption, s.qa, i < asked) for i, s in enumerate(synthetic)]
+                                preset.images if split == "train" else preset.eval_images, IMAGE_SIZE)
+    items = [Item("", s.image, s.kind, s.caption, s.qa) for s in synthetic]
     tr_x, tr_y, ev_x, ev_y = digit_split(seed)
     scans, labels = (tr_x, tr_y) if split == "train" else (ev_x, ev_y)
     n = preset.digits_train if split == "train" else preset.digits_eval
@@ -258,9 +252,9 @@ def build_visual_data(out: str | Path, preset: str = "mini", seed: int = 0,
                "conversations": _turns([(rng.choice(CAPTION_REQUESTS), it.caption)])} for i, it in enumerate(train)]
     stage2 = [{"id": f"vqa-{i:06d}", "image": it.path, "kind": it.kind,
                "conversations": _turns([(phrase(q, rng, "train")[0], a) for q, a in it.qa])}
-              for i, it in enumerate(train) if it.kind != "digit" and it.asked]
+              for i, it in enumerate(train) if it.kind != "digit"]
     stage2 += _digit_chats([it for it in train if it.kind == "digit"], p.digits_per_chat, rng)
-    stage2 += _comparisons([it for it in train if it.asked], p.comparisons, rng) + _text_chats(p.text_chats, seed)
+    stage2 += _comparisons(train, p.comparisons, rng) + _text_chats(p.text_chats, seed)
     train_pixels = {pixel_key(it.image) for it in train}
     if pretrain_data is not None:
         train_pixels |= _pretraining_pixels(Path(pretrain_data))
