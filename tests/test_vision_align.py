@@ -19,9 +19,10 @@ from safetensors.torch import load_file, save_file
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import CheckpointError
+from opengpt4.files import write_jsonl
 from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from opengpt4.vision import align, bundle
-from opengpt4.vision.data import build_visual_data
+from opengpt4.vision.data import build_visual_data, read_visual_chats
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +88,7 @@ def test_stage1_lowers_the_caption_loss_with_the_lm_and_vit_bit_identical(stage1
 @pytest.fixture(scope="module")
 def stage2(tmp_path_factory, stage1, data_dir):
     out = tmp_path_factory.mktemp("run") / "stage2"
-    cfg = small(align.stage_config(2, lora_rank=4), probe_size=2)
+    cfg = small(align.stage_config(2, lora_rank=4), probe_size=2, self_replay=4)
     trainer = align.build_trainer(2, str(stage1), data_dir, out, cfg, max_steps=6)
     trainer.run()
     return trainer
@@ -132,8 +133,6 @@ def test_the_checkpoint_answers_about_an_image_through_engine(stage1, data_dir):
 
 def test_packed_rows_carry_their_conversations_images_in_placeholder_order(stage1, data_dir):
     model, tokenizer = load_checkpoint(stage1)
-    from opengpt4.vision.data import read_visual_chats
-
     chats = read_visual_chats(data_dir / "stage2.json")
     packed = align.PackedVisualChats(chats, tokenizer, 256, 0, model.config.vision)
     for row in range(len(packed)):
@@ -229,32 +228,37 @@ def test_a_broken_delta_is_refused_with_its_name(lm, tmp_path):
 
 
 
-def test_self_replay_swaps_text_chats_for_the_lms_own_answers_and_reuses_them_on_resume(smollm2, data_dir,
-                                                                                          tmp_path):
-    from opengpt4.vision.data import read_visual_chats
 
+def test_self_replay_answers_with_the_lms_own_words_and_a_resume_reads_them_back(smollm2, data_dir, tmp_path):
     model, tokenizer = load_checkpoint(smollm2)
-    chats = read_visual_chats(data_dir / "stage2.json")
-    text_only = [c for c in chats if c.meta["kind"] == "text-only"]
-    with_images = [c for c in chats if c.meta["kind"] != "text-only"]
-    assert len(text_only) > 3 and with_images
-    replayed = align.self_replay(model, tokenizer, chats, tmp_path, 3)
+    text_chats = [c for c in read_visual_chats(data_dir / "stage2.json") if c.meta["kind"] == "text-only"]
+    assert len(text_chats) > 3
+    replayed = align.self_replay(model, tokenizer, text_chats, 3, tmp_path / align.REPLAY_FILE)
 
-    assert replayed[: len(with_images)] == with_images  # the visual chats as they were
-    answers = [c.messages for c in replayed[len(with_images):]]
-    # The first 3 text-only chats' questions (system message and first user turn), in one batch as
-    # self_replay asks them (the same shapes, so the same bfloat16 kernels), greedily answered.
-    questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_only[:3]]
+    # The first 3 chats' questions (system message and first user turn), in one batch as self_replay
+    # asks them (the same shapes, so the same bfloat16 kernels), greedily answered.
+    questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_chats[:3]]
     engine = Engine(model.to(torch.bfloat16), tokenizer, pack=False)
     own = [c for (c,) in engine.generate([engine.chat_prompt(q) for q in questions],
                                          SamplingParams(max_tokens=align.REPLAY_MAX_TOKENS, temperature=0.0))]
     expected = [q + [{"role": "assistant", "content": c.text}] for q, c in zip(questions, own, strict=True)
                 if c.finish_reason == "stop"]  # an answer cut off at REPLAY_MAX_TOKENS is dropped, not taught
-    assert expected and answers == expected
-    world_answers = {c.messages[-1]["content"] for c in text_only}
-    assert not world_answers & {a[-1]["content"] for a in answers}  # the LM's own words, not the synthetic world's
-    assert (tmp_path / align.REPLAY_FILE).is_file()
+    assert expected and [c.messages for c in replayed] == expected
+    world_answers = {c.messages[-1]["content"] for c in text_chats}
+    assert not world_answers & {c.messages[-1]["content"] for c in replayed}  # not the synthetic world's answers
 
-    # A resumed run reads the answers back instead of generating others (the model is not even asked).
-    again = align.self_replay(None, tokenizer, chats, tmp_path, 3)
-    assert [c.messages for c in again] == [c.messages for c in replayed]
+    # A resumed run reads its checkpoint's answers instead of generating others (the model is not asked).
+    write_jsonl(tmp_path / align.REPLAY_FILE, [{"messages": c.messages} for c in replayed[:1]])
+    assert [c.messages for c in align.self_replay(None, tokenizer, text_chats, 3, tmp_path / align.REPLAY_FILE)] \
+        == [replayed[0].messages]
+
+
+def test_stage2_checkpoints_carry_the_replayed_chats_it_trains_on(stage2):
+    trainer = stage2
+    text_chats = [c for c in read_visual_chats(trainer.objective.data_file) if c.meta["kind"] == "text-only"]
+    saved = align.self_replay(None, trainer.objective.tokenizer, text_chats, 4, trainer.out / align.REPLAY_FILE)
+    assert [c.messages for c in saved] == [c.messages for c in trainer.objective.replayed]
+    assert len(saved) <= 4 < len(text_chats)
+    trained_on = {source for row in trainer.objective.train.sources for source in row}
+    assert all(c.source in trained_on for c in trainer.objective.replayed)
+    assert not any(c.source in trained_on for c in text_chats)  # the data's own answers are not trained on

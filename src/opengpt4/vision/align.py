@@ -8,7 +8,8 @@
                  vision encoders as well as contrastive learning does); skipped when --vision gives a ViT
     DIR/stage1   stage 1: the projector alone learns to caption (the LM frozen, the ViT frozen)
     DIR/stage2   stage 2: projector + LM (LoRA, merged when saved, or full) on visual instruction
-                 chats with text-only chats mixed in: the model, a normal checkpoint with a vision
+                 chats with text-only chats mixed in (`--set2 self_replay=N`: N of their questions
+                 answered by the LM itself instead): the model, a normal checkpoint with a vision
                  config that Engine, `opengpt4 eval` and the server load
 
 LLaVA freezes a contrastively pretrained encoder (CLIP). No pretrained encoder ships with weights
@@ -43,12 +44,12 @@ from tokenizers import AddedToken
 from torch import nn
 
 from opengpt4.config import LoopConfig, SFTConfig, VisionConfig, depth_config
-from opengpt4.data.chat_io import Conversation, read_conversations
+from opengpt4.data.chat_io import Conversation, parse_conversation
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import ConfigError
 from opengpt4.evals.benchmarks.visual_qa import score
-from opengpt4.files import write_jsonl
+from opengpt4.files import iter_jsonl, write_jsonl
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import (
     TOKENIZER_FILE,
@@ -67,13 +68,13 @@ from opengpt4.model.vision import VisionEncoder, load_image, preprocess
 from opengpt4.tokenizer import Tokenizer, read_backend
 from opengpt4.train import distributed
 from opengpt4.train.finetune import ADAPTER_FILE
-from opengpt4.train.loop import SeededEpochs, Trainer, micro_batches, read_state
+from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state
 from opengpt4.train.sft import SFT, ChatBatch, PackedChats
 from opengpt4.vision.data import DIGIT_CAPTION, iter_images, read_eval, read_visual_chats
 from opengpt4.vision.templates import CAPTION_REQUESTS, TASKS
 
 IMAGE_TOKEN = "<|image|>"
-REPLAY_FILE = "replay.jsonl"  # stage 2's text-only chats answered by the LM itself (AlignConfig.self_replay)
+REPLAY_FILE = "replay.jsonl"  # in stage 2's checkpoints: its text-only chats as the LM answered them (self_replay)
 REPLAY_MAX_TOKENS = 160  # longer answers are dropped rather than taught cut off
 HELDOUT_CONVERSATIONS = 256  # held-out questions packed for the held-out loss (eval_rows rows of them are used)
 
@@ -102,11 +103,13 @@ class AlignConfig(LoopConfig):
     train_vision: bool = False  # train the ViT too (stage 1: on when there is no pretrained one)
     probe_size: int = 16  # stage 2: held-out questions per eval task answered greedily at each eval; 0: none
     decoder_depth: int = 2  # stage 0: the captioner's decoder, trained from scratch with the ViT (depth_config)
-    # Stage 2: this many of the text-only chats, answered by the LM itself (self-distillation) instead of by the
-    # data; 0: all of them, with the data's answers. The data's are the synthetic world's (invented names, its
-    # languages): replayed as they are, they taught SmolLM2 the world's style ("What is the capital of France?"
-    # -> "La France est le pays."). 600 answers cost ~4 minutes of generation on 2 cores.
-    self_replay: int = 600
+    # Stage 2: this many of the text-only chats' first questions, answered by the LM itself (self-distillation),
+    # replace them all; 0: the chats with the data's own answers. The data's are the synthetic world's (invented
+    # names, its languages) and taught SmolLM2 their style ("What is the capital of France?" -> "La France est le
+    # pays."); 600 replayed questions brought back English ("The" 0.89 as the first word) but their ~6.5 minutes
+    # of generation came out of stage 2's 44: 140 steps instead of 191, digits 0.754 instead of 0.838. Off until
+    # both fit.
+    self_replay: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -259,39 +262,32 @@ def visual_probe(model: Transformer, tokenizer: Tokenizer, rows: list[dict[str, 
     return {task: float(np.mean(v)) for task, v in scores.items()}
 
 
-def self_replay(model: Transformer, tokenizer: Tokenizer, conversations: list[Conversation], out: Path, n: int,
-                batch: int = 64) -> list[Conversation]:
-    """`conversations` with the text-only ones replaced by the first `n` of their first questions (with the
-    system message) answered greedily by `model` itself, those that end within REPLAY_MAX_TOKENS. Replaying
-    the LM's own answers keeps its text behaviour as it was (self-distillation, as in Yang et al. 2024's
-    SDFT) whatever the chats' own answers would teach. Generated in bfloat16 (2x faster on CPU; this is
-    training data, not a measurement), written to `out`/REPLAY_FILE once and read back on resume, so a
-    resumed run trains on the same answers."""
-    cached = out / REPLAY_FILE
-    text_only = [c for c in conversations if not any(iter_images([c]))]
-    if cached.is_file():
-        replayed = read_conversations(cached)
-    else:
-        engine = Engine(copy.deepcopy(model).to(torch.bfloat16).eval(), tokenizer, pack=False)
-        questions = [c.messages[: next(i for i, m in enumerate(c.messages) if m["role"] == "user") + 1]
-                     for c in text_only[:n]]
-        replayed = []
-        params = SamplingParams(max_tokens=REPLAY_MAX_TOKENS, temperature=0.0)
-        with Progress(TextColumn("[bold]self-replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      transient=True) as bar:
-            task = bar.add_task("", total=len(questions))
-            for start in range(0, len(questions), batch):
-                chunk = questions[start: start + batch]
-                for question, (answer,) in zip(chunk, engine.generate([engine.chat_prompt(q) for q in chunk], params),
-                                               strict=True):
-                    if answer.finish_reason == "stop" and answer.text.strip():
-                        replayed.append(Conversation(question + [{"role": "assistant", "content": answer.text}],
-                                                     f"{cached}:{len(replayed) + 1}"))
-                bar.advance(task, len(chunk))
-        write_jsonl(cached, [{"messages": c.messages} for c in replayed])
-    print(f"self-replay: {len(replayed):,} of {min(n, len(text_only)):,} text-only questions answered by the LM "
-          f"itself, instead of {len(text_only):,} chats' own answers ({cached})", flush=True)
-    return [c for c in conversations if any(iter_images([c]))] + replayed
+def self_replay(model: Transformer | None, tokenizer: Tokenizer, text_chats: list[Conversation], n: int,
+                cached: Path, batch: int = 64) -> list[Conversation]:
+    """The first `n` of `text_chats`' first questions (with the system message) answered greedily by
+    `model` itself, those answers that end within REPLAY_MAX_TOKENS. Replaying the LM's own answers keeps
+    its text behaviour as it was (self-distillation, as in Yang et al. 2024's SDFT) whatever the chats' own
+    answers would teach. Generated in bfloat16 (2x faster on CPU; this is training data, not a
+    measurement). A resumed run reads them from its checkpoint (`cached`, written with each one by
+    VisualAlign.snapshot) instead, so it trains on the same answers."""
+    if cached.is_file():  # may hold none: an LM that never finishes an answer in time
+        return [parse_conversation(row, f"{cached}:{number}") for number, row in iter_jsonl(cached)]
+    engine = Engine(copy.deepcopy(model).to(torch.bfloat16).eval(), tokenizer, pack=False)
+    questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_chats[:n]]
+    replayed = []
+    params = SamplingParams(max_tokens=REPLAY_MAX_TOKENS, temperature=0.0)
+    with Progress(TextColumn("[bold]self-replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("", total=len(questions))
+        for start in range(0, len(questions), batch):
+            chunk = questions[start: start + batch]
+            for question, (answer,) in zip(chunk, engine.generate([engine.chat_prompt(q) for q in chunk], params),
+                                           strict=True):
+                if answer.finish_reason == "stop" and answer.text.strip():
+                    replayed.append(Conversation(question + [{"role": "assistant", "content": answer.text}],
+                                                 f"{cached}:{len(replayed) + 1}"))
+            bar.advance(task, len(chunk))
+    return replayed
 
 
 # --- the objective ---------------------------------------------------------------------------
@@ -307,6 +303,7 @@ class VisualAlign(SFT):
         torch.manual_seed(cfg.seed)
         self.data_file = Path(data_dir) / f"stage{max(stage, 1)}.json"  # stage 0 learns from the captions too
         conversations = read_visual_chats(self.data_file)
+        self.replayed: list[Conversation] | None = None  # stage 2's self-replay chats
         if stage == 0:
             self.base = resolve_model(lm)  # its tokenizer
             self.model, self.tokenizer = load_checkpoint(out) if resumed else captioner(self.base, cfg.decoder_depth,
@@ -322,7 +319,13 @@ class VisualAlign(SFT):
                 raise ConfigError(f"{self.base} has no vision tower: stage 2 starts from a stage-1 checkpoint")
             self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base)
             if cfg.self_replay:
-                conversations = self_replay(self.model, self.tokenizer, conversations, out, cfg.self_replay)
+                text_chats = [c for c in conversations if not any(iter_images([c]))]
+                self.replayed = self_replay(self.model, self.tokenizer, text_chats, cfg.self_replay,
+                                            out / REPLAY_FILE)
+                conversations = [c for c in conversations if any(iter_images([c]))] + self.replayed
+                print(f"self-replay: {len(self.replayed):,} of {min(cfg.self_replay, len(text_chats)):,} text-only "
+                      f"questions answered by the LM itself, instead of {len(text_chats):,} chats' own answers",
+                      flush=True)
             if cfg.lora_rank:
                 lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)  # freezes the rest
                 if resumed:
@@ -381,6 +384,20 @@ class VisualAlign(SFT):
     def format_eval(self, result: dict[str, Any]) -> str:
         probe = " ".join(f"{task} {value:.2f}" for task, value in result.get("probe", {}).items())
         return super().format_eval(result) + (f" | probe {probe}" if probe else "")
+
+    def snapshot(self, model: nn.Module) -> Snapshot:
+        """SFT's, with the self-replay chats in the checkpoint too (a resume reads them back)."""
+        snap = super().snapshot(model)
+        if self.replayed is None:
+            return snap
+        write_more, replayed = snap.write_extra, self.replayed
+
+        def write_extra(tmp: Path) -> None:
+            if write_more is not None:
+                write_more(tmp)
+            write_jsonl(tmp / REPLAY_FILE, [{"messages": c.messages} for c in replayed])
+
+        return dataclasses.replace(snap, write_extra=write_extra)
 
     def state_dict(self) -> dict[str, Any]:
         return {"vision_align": {"stage": self.stage, "step": self.step, "base": str(self.base),
