@@ -319,10 +319,12 @@ class VisualAlign(SFT):
                 raise ConfigError(f"{self.base} has no vision tower: stage 2 starts from a stage-1 checkpoint")
             self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base)
             if cfg.self_replay:
-                text_chats = [c for c in conversations if not any(iter_images([c]))]
+                visual, text_chats = [], []
+                for c in conversations:
+                    (visual if any(iter_images([c])) else text_chats).append(c)
                 self.replayed = self_replay(self.model, self.tokenizer, text_chats, cfg.self_replay,
                                             out / REPLAY_FILE)
-                conversations = [c for c in conversations if any(iter_images([c]))] + self.replayed
+                conversations = visual + self.replayed
                 print(f"self-replay: {len(self.replayed):,} of {min(cfg.self_replay, len(text_chats)):,} text-only "
                       f"questions answered by the LM itself, instead of {len(text_chats):,} chats' own answers",
                       flush=True)
