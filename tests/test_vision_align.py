@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from opengpt4.engine.generate import Engine
 from opengpt4.engine.sampling import SamplingParams
-from opengpt4.errors import CheckpointError
+from opengpt4.errors import CheckpointError, ConfigError
 from opengpt4.files import write_jsonl
 from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from opengpt4.vision import align, bundle
@@ -262,3 +262,28 @@ def test_stage2_checkpoints_carry_the_replayed_chats_it_trains_on(stage2):
     trained_on = {source for row in trainer.objective.train.sources for source in row}
     assert all(c.source in trained_on for c in trainer.objective.replayed)
     assert not any(c.source in trained_on for c in text_chats)  # the data's own answers are not trained on
+
+
+def test_stage1_can_group_the_patches_into_fewer_tokens_and_refuses_a_grouping_that_does_not_tile(
+        lm, tower, data_dir, tmp_path):
+    """`pixel_shuffle` (stages 0 and 1) regroups the same ViT's patches: the tiny tower's 4x4 patch grid in
+    2x2 blocks (its own config) gives 4 tokens an image, in one 4x4 block 1 token; the tokenizer expands
+    <|image|> to match and the model runs on an image. A grouping that does not tile the grid, or one set
+    for stage 2 (which keeps stage 1's projector), is a config error."""
+    images = torch.zeros(1, 3, 32, 32)
+    for s, tokens in ((0, 4), (4, 1)):
+        model, tokenizer = align.attach_vision(lm, tower, pixel_shuffle=s)
+        assert model.config.vision.tokens_per_image == tokens and tokenizer.tokens_per_image == tokens
+        assert model.projector.fc1.in_features == model.config.vision.width * (s or 2) ** 2
+        ids = tokenizer.render_chat([{"role": "user", "content": [{"type": "image", "image": "unread"},
+                                                                 {"type": "text", "text": "What digit is this?"}]}],
+                                    add_generation_prompt=True).ids
+        assert ids.count(tokenizer.image_id) == tokens
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), images=images)
+        assert logits.shape[1] == len(ids) and torch.isfinite(logits).all()
+    with pytest.raises(ConfigError, match="pixel_shuffle"):
+        align.attach_vision(lm, tower, pixel_shuffle=3)
+    with pytest.raises(ConfigError, match="pixel_shuffle"):
+        align.build_trainer(2, str(tower), data_dir, tmp_path, small(align.stage_config(2), pixel_shuffle=4),
+                            max_steps=1)
