@@ -28,7 +28,7 @@ WORDS = ("the cat sat on a mat while seven blue birds sang about 42 apples and 1
 # the shipped delta): a test that asks about them checks the image reaches the model, not its
 # accuracy (that is `opengpt4 eval run visual_digits`). Two different digits, so no blind guess
 # answers both. Re-pick them when the shipped delta changes.
-CONFIDENT_DIGITS = ((72, 0), (79, 7))
+CONFIDENT_DIGITS = ((18, 0), (79, 7))
 
 
 def digit_png(index: int) -> bytes:
