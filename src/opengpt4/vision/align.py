@@ -113,7 +113,7 @@ class AlignConfig(LoopConfig):
     # Stages 0 and 1: s x s neighbouring patches per image token of the fresh projector; 0 keeps the ViT's
     # config (2: 16 tokens for a 64-pixel image); stage 2 keeps stage 1's. 4 gives one token per quarter of
     # the image, the cell a scene puts each shape in; with 2 each shape is split over four tokens, and the
-    # scene-only stage 2 of the README's "What led here" counted shapes at 0.45 instead of 0.91.
+    # scene-only stage 2 of the README's "What led here" counted shapes at 0.26 instead of 0.91.
     pixel_shuffle: int = 0
 
     def __post_init__(self) -> None:
@@ -167,12 +167,18 @@ def _with_image_token(lm_dir: Path, tokenizer: Tokenizer, vision: VisionConfig) 
                                  "tokens_per_image": vision.tokens_per_image})
 
 
+def regrouped(vision: VisionConfig, pixel_shuffle: int) -> VisionConfig:
+    """`vision` with its projector grouping `pixel_shuffle` x `pixel_shuffle` patches per token (0: as it is).
+    The ViT is the same; only how the projector merges its patches into tokens changes."""
+    return dataclasses.replace(vision, pixel_shuffle=pixel_shuffle) if pixel_shuffle else vision
+
+
 def captioner(lm_dir: Path, depth: int, seed: int, pixel_shuffle: int = 0) -> tuple[Transformer, Tokenizer]:
     """Stage 0's model: a fresh ViT and projector (`pixel_shuffle`: 0, the default grouping) in front of a
     small decoder trained from scratch with them (the one-knob family at `depth`, on `lm_dir`'s tokenizer
     with <|image|>)."""
     lm_config = load_model_config(lm_dir)
-    vision = VisionConfig(conv_stem=True, **({"pixel_shuffle": pixel_shuffle} if pixel_shuffle else {}))
+    vision = regrouped(VisionConfig(conv_stem=True), pixel_shuffle)
     tokenizer = _with_image_token(lm_dir, load_tokenizer(lm_dir), vision)
     config = dataclasses.replace(depth_config(depth, vocab_size=max(lm_config.vocab_size, tokenizer.vocab_size)),
                                  vision=vision, image_token_id=tokenizer.image_id, name=f"captioner-d{depth}")
@@ -194,8 +200,7 @@ def attach_vision(lm_dir: Path, vision_from: str | Path | None, seed: int = 0, *
     lm, tokenizer = load_checkpoint(lm_dir)
     torch.manual_seed(seed)
     vision_cfg, tower = towers if towers is not None else read_tower(vision_from)
-    if pixel_shuffle:  # the ViT is the same; only the projector's grouping of its patches changes
-        vision_cfg = dataclasses.replace(vision_cfg, pixel_shuffle=pixel_shuffle)
+    vision_cfg = regrouped(vision_cfg, pixel_shuffle)
     projector = {f"projector.{k}": v for k, v in Projector(vision_cfg, config.n_embd).state_dict().items()}
     tokenizer = _with_image_token(lm_dir, tokenizer, vision_cfg)
     vocab = max(config.vocab_size, tokenizer.vocab_size)
