@@ -215,6 +215,58 @@ def test_a_shipped_delta_rebuilds_the_stage2_model_from_the_text_only_lm(stage2,
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.99
 
 
+def test_a_rebuilt_model_runs_its_adapters_only_for_sequences_with_an_image(stage2, lm, data_dir, tmp_path):
+    """lora.route_to_images: the engine's model answers a text-only sequence with the LM's own weights
+    and one with an image with the adapters, per row of a batch, through a KV cache's decoding steps,
+    and per sequence on the server's flat batches, whose prefix cache keeps the two kinds apart."""
+    from opengpt4.engine.scheduler import Scheduler
+    from opengpt4.model import lora
+
+    rebuilt = bundle.build_from_delta(lm, bundle.write_delta(stage2.out, tmp_path / "delta.safetensors"),
+                                      tmp_path / "rebuilt")
+    routed, tokenizer = load_checkpoint(rebuilt, route_image_adapters=True)
+    folded, _ = load_checkpoint(rebuilt)
+    assert routed.image_adapters and not folded.image_adapters
+    engine = Engine(routed, tokenizer, pack=False)
+    system = {"role": "system", "content": "You describe pictures and answer questions about them, briefly."}
+    text = engine.chat_prompt([system, {"role": "user", "content": "What is two and two?"}])
+    image = engine.chat_prompt([system, {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": str(data_dir / DIGIT)}}, {"type": "text", "text": "What digit?"}]}])
+    n = min(len(text.ids), len(image.ids))
+    ids = torch.tensor([image.ids[:n], text.ids[:n]])
+    with torch.no_grad():
+        both = routed(ids, image.images)
+        with lora.adapters_off(routed):
+            base_text = routed(ids[1:])
+        alone_image, folded_both = routed(ids[:1], image.images), folded(ids, image.images)
+    assert torch.equal(both[1], base_text[0])  # the LM itself, bit for bit, beside an image row
+    torch.testing.assert_close(both[0], alone_image[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(both[0], folded_both[0], rtol=1e-4, atol=1e-4)  # image rows: the adapted model
+    assert (both[1] - folded_both[1]).abs().max() > 1e-3  # and the adapters do change a text row
+
+    # Decoding through a KV cache (Engine.generate) and the server's flat batches (Scheduler): each
+    # sequence keeps its kind after its image, and the text request's cached blocks (the same system
+    # prompt) are not reused by the image request, nor the other way round.
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, logprobs=True)
+    solo = {name: engine.generate([p], params)[0][0] for name, p in (("text", text), ("image", image))}
+    with lora.adapters_off(routed):
+        plain_text = engine.generate([text], params)[0][0]
+    assert solo["text"].token_ids == plain_text.token_ids
+    assert [lp.logprob for lp in solo["text"].logprobs] == [lp.logprob for lp in plain_text.logprobs]
+    scheduler = Scheduler(engine, max_batch=4, prefill_chunk=8)
+    for order in (("text", "image"), ("image", "text"), ("both",)):
+        for name in order:
+            handles = {k: scheduler.submit(p, params) for k, p in (("text", text), ("image", image))
+                       if name in (k, "both")}
+            while not all(h.done.is_set() for h in handles.values()):
+                scheduler.step()
+            for k, handle in handles.items():
+                deltas = list(handle.deltas())
+                assert [d.token_id for d in deltas] == solo[k].token_ids, (order, k)
+                got = [d.logprob.logprob for d in deltas]
+                assert got == pytest.approx([lp.logprob for lp in solo[k].logprobs], abs=1e-4), (order, k)
+
+
 def test_a_broken_delta_is_refused_with_its_name(lm, tmp_path):
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(b"not safetensors at all")

@@ -94,7 +94,7 @@ class Engine:
         (`auto`, float32, bf16-weights or bfloat16: see model/precision.py)."""
         from opengpt4.model.checkpoint import load_checkpoint
 
-        m, tok = load_checkpoint(model, dtype=load_dtype(precision))
+        m, tok = load_checkpoint(model, dtype=load_dtype(precision), route_image_adapters=True)
         return cls(apply_precision(m, precision), tok, own_weights=True)
 
     @property

@@ -154,18 +154,24 @@ class BlockPool:
                 t[b : b + self.block_size] = t[a : a + self.block_size]
 
 
-def block_names(ids: list[int], block_size: int, stop_at: int | None = None) -> list[bytes]:
+def block_names(ids: list[int], block_size: int, stop_at: int | None = None, adapted: bool = False) -> list[bytes]:
     """The prefix-cache names of the full blocks of `ids`. A name hashes the block's tokens and the
     name before it. BLAKE2, not Python's hash(): with a weak hash a crafted prompt could collide
     with another user's cached block and read its keys and values. Blocks from the first one
-    holding `stop_at` (the image placeholder: its pixels are not in the ids) are never named."""
+    holding `stop_at` (the image placeholder: its pixels are not in the ids) are never named.
+    adapted: the sequence runs the model's image adapters, so the same tokens hold other keys and
+    values than in a plain run: its names start from another root."""
     names = []
     for start in range(0, len(ids) - block_size + 1, block_size):
         block = ids[start : start + block_size]
         if stop_at is not None and stop_at in block:
             break
-        names.append(_name(names[-1] if names else b"", block))
+        names.append(_name(names[-1] if names else _root(adapted), block))
     return names
+
+
+def _root(adapted: bool) -> bytes:
+    return b"image-adapters" if adapted else b""
 
 
 def _name(parent: bytes, block: list[int]) -> bytes:
@@ -182,6 +188,7 @@ class Sequence:
     names: list[bytes] = field(default_factory=list)  # of its first full blocks, while they can be named
     nameable: bool = True  # False from the first block with an image: the ids do not say what it holds
     image_id: int | None = None
+    adapted: bool = False  # runs the model's image adapters (lora.route_to_images): see block_names
 
     @property
     def length(self) -> int:
@@ -222,7 +229,7 @@ class Sequence:
             if self.image_id is not None and self.image_id in block:
                 self.nameable = False
                 break
-            self.names.append(_name(self.names[-1] if self.names else b"", block))
+            self.names.append(_name(self.names[-1] if self.names else _root(self.adapted), block))
             self.pool.register(self.blocks[i], self.names[-1])
 
     def fork(self) -> tuple[Sequence, int]:
@@ -233,7 +240,7 @@ class Sequence:
         for block in self.blocks[:full]:
             self.pool.take(block)
         child = Sequence(self.pool, self.blocks[:full], list(self.tokens), list(self.names), self.nameable,
-                         self.image_id)
+                         self.image_id, self.adapted)
         if full < len(self.blocks):
             copy = self.pool.allocate()
             self.pool.copy_block(self.blocks[full], copy)
@@ -270,6 +277,7 @@ class PagedStep:
         self.entries = [(seq, [token]) for seq, token in decoding] + list(chunks)
         self.num_decoding = len(decoding)
         self.ids = [t for _, ids in self.entries for t in ids]
+        self.adapted = torch.tensor([seq.adapted for seq, ids in self.entries for _ in ids], device=device)
         positions, slots = [], []
         for seq, ids in self.entries:
             positions += range(seq.length, seq.length + len(ids))

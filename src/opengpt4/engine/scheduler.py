@@ -281,8 +281,11 @@ class Scheduler:
                     request.handle._close()
                     continue
                 ids, sp = request.prompt.ids, request.params
-                request.names = block_names(ids[:-1], bs, stop_at=image_id)  # the last token is always computed
-                seq = Sequence(self.pool, image_id=image_id)
+                # With image-only adapters a request with an image runs other weights from its first token.
+                adapted = bool(self.engine.model.image_adapters) and request.prompt.images is not None \
+                    and len(request.prompt.images) > 0
+                request.names = block_names(ids[:-1], bs, stop_at=image_id, adapted=adapted)  # the last token is always computed
+                seq = Sequence(self.pool, image_id=image_id, adapted=adapted)
                 need = worst_case_blocks(len(ids), sp.max_tokens, sp.n, bs, seq.reuse(ids, request.names))
                 if need > self.pool.available - self.outstanding:
                     seq.free()
@@ -344,7 +347,7 @@ class Scheduler:
                                      if r.seq.length + len(ids) == len(r.prompt.ids)]
         images = [self._chunk_images(r.prompt, r.seq.length, r.seq.length + len(ids)) for r, ids in chunks]
         images = [i for i in images if i is not None]
-        logits = self.engine.model.forward_flat(step, logits_at, torch.cat(images) if images else None)
+        logits = self.engine.model.forward_flat(step, logits_at, torch.cat(images) if images else None, step.adapted)
         if commit:
             step.commit()
         return logits

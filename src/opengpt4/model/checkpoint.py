@@ -22,10 +22,14 @@ from safetensors.torch import load_file, save_file
 from opengpt4.config import FORMAT_VERSION, ModelConfig
 from opengpt4.errors import CheckpointError, OpenGPT4Error
 from opengpt4.files import atomic_write_dir, opengpt4_home, read_versioned_json
+from opengpt4.model import lora
 from opengpt4.model.transformer import Transformer
 from opengpt4.tokenizer import Tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+# A vision model's LoRA adapters kept apart from its LM's weights, for images only (lora.route_to_images):
+# config.json's "image_adapters" gives their rank and alpha.
+IMAGE_ADAPTERS_FILE = "image_adapters.safetensors"
 
 
 # Models the package makes on first use under $OPENGPT4_HOME/models/, by name: (module, function).
@@ -145,12 +149,26 @@ def load_tokenizer(path: Path, tokens_per_image: int | None = None) -> Tokenizer
     return Tokenizer.from_dir(path, read_config(path).get("tokenizer"), tokens_per_image=tokens_per_image)
 
 
-def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer]:
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32,
+                    route_image_adapters: bool = False) -> tuple[Transformer, Tokenizer]:
+    """A checkpoint's model and tokenizer. A checkpoint with image adapters (IMAGE_ADAPTERS_FILE) gives
+    a plain model with the adapters folded into its weights (what fine-tuning starts from), or, with
+    `route_image_adapters` (the engine), the LM's own weights plus adapters that only sequences with an
+    image use."""
     path = resolve_model(path)
     config = load_model_config(path)
     weights = path / WEIGHTS_FILE
     state = read_safetensors(weights)
     model = build_model(config, state, str(weights), dtype)
+    adapters = read_config(path).get("image_adapters")
+    if adapters is not None:
+        try:
+            lora.apply_lora(model, int(adapters["rank"]), float(adapters["alpha"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / CONFIG_FILE}: image_adapters needs a rank and an alpha ({e!r})") from None
+        file = path / IMAGE_ADAPTERS_FILE
+        lora.load_adapters(model, {k: v.to(dtype) for k, v in read_safetensors(file).items()}, str(file))
+        model = lora.route_to_images(model) if route_image_adapters else lora.fold(model)
     tokenizer = load_tokenizer(path, config.vision.tokens_per_image if config.vision else None)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(

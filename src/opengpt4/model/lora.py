@@ -44,6 +44,7 @@ class LoRALinear(Linear):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's (and nn.Linear's) init for A
 
     enabled = True  # adapters_off: the frozen base alone
+    gate: Tensor | None = None  # route_to_images: True where a row (or token) takes the adapters
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
@@ -54,7 +55,8 @@ class LoRALinear(Linear):
         # part's rows their own slice in one matmul: on CPU the passes over the wide (tokens x out)
         # activations are the cost (per part matmuls + cat + scale were 1.4-1.7x slower on SmolLM2).
         h = F.linear(x, self.lora_A) * self.scale
-        return super().forward(x) + F.linear(h, torch.block_diag(*self.lora_B.split(self.parts)))
+        delta = F.linear(h, torch.block_diag(*self.lora_B.split(self.parts)))
+        return super().forward(x) + (delta if self.gate is None else delta * self.gate)
 
 
 def delta_weight(lora_A: Tensor, lora_B: Tensor, parts: list[int], rank: int, scale: float) -> Tensor:
@@ -102,6 +104,35 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
     finally:
         for m in modules:
             m.enabled = True
+
+
+def route_to_images(model: Transformer) -> Transformer:
+    """Make `model`'s adapters (apply_lora + load_adapters) apply only to sequences that hold an image:
+    a text-only sequence runs the frozen base, bit for bit. Phi-4-multimodal's design: its vision LoRA
+    is switched on by the input's modality, so the language model's text answers cannot drift (ours,
+    always on, answered "Me is SmolLM." to "Hello, who are you?"). The model decides per row from the
+    <|image|> placeholders it is given (a KV cache remembers a row's), per token on the server's flat
+    batches from what the scheduler says (`Transformer.forward`, `forward_flat`)."""
+    model.image_adapters = list(lora_modules(model).values())
+    if not model.image_adapters:
+        raise CheckpointError("route_to_images: the model has no LoRA adapters to route")
+    return model
+
+
+@torch.no_grad()
+def fold(model: Transformer) -> Transformer:
+    """Fold each adapter into its weight, in place: every LoRALinear a plain Linear again, all of the
+    model trainable (what a fine-tuning run started from an adapted checkpoint expects)."""
+    for parent, attribute, _ in targets(model).values():
+        m = getattr(parent, attribute)
+        if isinstance(m, LoRALinear):
+            with torch.device("meta"):
+                plain = Linear(m.in_features, m.out_features)
+            w = m.weight
+            plain.weight = nn.Parameter((w.float() + delta_weight(m.lora_A, m.lora_B, m.parts, m.rank, m.scale)).to(w.dtype))
+            setattr(parent, attribute, plain)
+    model.image_adapters = []
+    return model.requires_grad_(True)
 
 
 def merge(model: nn.Module, params: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -71,6 +71,9 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
+        # Rows that have held an image: a model whose adapters are for images only (lora.route_to_images)
+        # keeps running them with the adapters when they decode, their images long past.
+        self.has_image = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     @property
     def batch_size(self) -> int:
@@ -80,7 +83,7 @@ class KVCache:
         """Rows lo..hi-1, sharing this cache's storage: a forward through the view writes in place."""
         view = object.__new__(KVCache)
         view.k, view.v = self.k[:, lo:hi], self.v[:, lo:hi]
-        view.lengths, view.max_len = self.lengths[lo:hi], self.max_len
+        view.lengths, view.max_len, view.has_image = self.lengths[lo:hi], self.max_len, self.has_image[lo:hi]
         return view
 
     def select(self, rows: Tensor | list[int]) -> KVCache:
@@ -88,7 +91,7 @@ class KVCache:
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         new = object.__new__(KVCache)
         new.k, new.v = self.k[:, rows].clone(), self.v[:, rows].clone()
-        new.lengths, new.max_len = self.lengths[rows].clone(), self.max_len
+        new.lengths, new.max_len, new.has_image = self.lengths[rows].clone(), self.max_len, self.has_image[rows].clone()
         return new
 
 
@@ -308,6 +311,7 @@ class Transformer(nn.Module):
         if config.vision is not None:
             self.vision = VisionEncoder(config.vision)
             self.projector = Projector(config.vision, config.n_embd)
+        self.image_adapters: list[nn.Module] = []  # LoRA modules used only by sequences with an image
         self.tie_and_materialize()
 
     def tie_and_materialize(self) -> None:
@@ -410,6 +414,12 @@ class Transformer(nn.Module):
             rope_at = step.write_at.clamp(max=self.config.max_seq_len - 1)
             cos, sin = self.rope_cos[rope_at][:, :, None], self.rope_sin[rope_at][:, :, None]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if self.image_adapters:
+            with_image = (input_ids == self.config.image_token_id).any(dim=1)
+            if cache is not None:
+                cache.has_image |= with_image
+                with_image = cache.has_image
+            self._route_adapters(with_image[:, None, None])
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, i, step, mask)
         if cache is not None:
@@ -427,18 +437,33 @@ class Transformer(nn.Module):
             x = x[torch.arange(B, device=x.device), num_valid - 1][:, None]
         return self.lm_head(x)
 
-    def forward_flat(self, step, logits_at: list[int], images: Tensor | None = None) -> Tensor:
+    def forward_flat(self, step, logits_at: list[int], images: Tensor | None = None,
+                     with_image: Tensor | None = None) -> Tensor:
         """Logits (len(logits_at), V) for one flat batch of tokens from several sequences, through a
         cache that knows where each token belongs (engine/kv_cache.py's PagedStep: `ids`,
         `positions` and `attend`). Only the positions in `logits_at` reach the norm and the head,
-        which costs more per token than a layer on a large vocabulary."""
+        which costs more per token than a layer on a large vocabulary. with_image: (tokens,) bool,
+        whether each token's sequence holds an image (its placeholders may be in earlier steps):
+        where the adapters apply on a model with `image_adapters`."""
         input_ids = torch.tensor([step.ids], device=self.rope_cos.device)
         x = self.embed(input_ids, images)
         cos, sin = self.rope_cos[step.positions][None, :, None], self.rope_sin[step.positions][None, :, None]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if self.image_adapters:
+            if with_image is None:
+                raise ValueError("this model's adapters are for sequences with images: say which tokens (with_image)")
+            self._route_adapters(with_image[None, :, None])
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, i, step)
         return self.lm_head(self.model.norm(x[0, logits_at]))
+
+    def _route_adapters(self, with_image: Tensor) -> None:
+        """Set the image adapters for this forward: on for all, off for all (the base alone, bit for
+        bit, and no adapter matmuls), or a boolean gate shaped to multiply the activations' rows."""
+        everywhere, anywhere = bool(with_image.all()), bool(with_image.any())
+        gate = None if everywhere or not anywhere else with_image
+        for m in self.image_adapters:
+            m.enabled, m.gate = anywhere, gate
 
     def _cache_step(self, cache: KVCache, num_valid: Tensor, T: int) -> CacheStep:
         lengths = cache.lengths.tolist()  # one host sync per forward instead of one per layer

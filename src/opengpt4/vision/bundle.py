@@ -6,7 +6,8 @@
 Stage 2's checkpoint holds the whole LM (540 MB in float32 for SmolLM2-135M); what alignment
 changed is much smaller: the ViT, the projector and the LoRA adapters (~7M parameters, 15 MB in
 float16), so that is what to share. Import rebuilds the model: the LM, <|image|> added as stage 1
-adds it (`attach_vision`), the adapters merged as stage 2 merges them when it saves.
+adds it (`attach_vision`), the adapters kept apart: the engine runs them only for sequences that
+hold an image, so a text-only chat is SmolLM2's own (loaded for fine-tuning, they are folded in).
 
 One delta ships inside the package (vision/weights/): the README's alignment run on SmolLM2-135M-
 Instruct. `ensure_vision_model` builds it into $OPENGPT4_HOME/models/smollm2-135m-vision on first
@@ -29,10 +30,17 @@ from safetensors.torch import save_file
 from opengpt4.config import VisionConfig
 from opengpt4.errors import CheckpointError
 from opengpt4.files import opengpt4_home
-from opengpt4.model import lora
-from opengpt4.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_safetensors, save_checkpoint
+from opengpt4.model.checkpoint import (
+    CONFIG_FILE,
+    IMAGE_ADAPTERS_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    read_config,
+    read_safetensors,
+    save_checkpoint,
+)
 from opengpt4.train.finetune import ADAPTER_FILE
-from opengpt4.train.loop import plain_model, read_state
+from opengpt4.train.loop import read_state
 from opengpt4.vision.align import attach_vision
 
 FORMAT = "opengpt4-vision-delta/1"
@@ -76,16 +84,23 @@ def read_delta(file: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
 
 
 def build_from_delta(lm_dir: Path, delta: Path, out: Path) -> Path:
-    """`lm_dir` + the delta -> a normal checkpoint with a vision config at `out` (atomically)."""
+    """`lm_dir` + the delta -> a checkpoint with a vision config at `out` (atomically): the LM's own
+    weights, the towers, and the adapters apart (IMAGE_ADAPTERS_FILE), so that the engine runs them
+    only for sequences with an image (lora.route_to_images) and text-only chats get the LM itself;
+    loaded for fine-tuning, the adapters are folded in."""
     metadata, tensors = read_delta(delta)
     towers = {k: v.float() for k, v in tensors.items() if k.startswith(TOWERS)}
-    adapters = {k: v.float() for k, v in tensors.items() if k.endswith((".lora_A", ".lora_B"))}
+    adapters = {k: v.float().contiguous() for k, v in tensors.items() if k.endswith((".lora_A", ".lora_B"))}
     vision_cfg = VisionConfig(**json.loads(metadata["vision"]))
     model, tokenizer = attach_vision(lm_dir, None, towers=(vision_cfg, towers))
-    lora.apply_lora(model, int(metadata["lora_rank"]), float(metadata["lora_alpha"]))
-    lora.load_adapters(model, adapters, str(delta))
-    plain = plain_model(model, model.config, lora.merge(model, dict(model.named_parameters())))
-    return save_checkpoint(out, plain, tokenizer, extra={"vision_delta": {"file": delta.name, "sha256": _sha256(delta)}})
+    extra = {"vision_delta": {"file": delta.name, "sha256": _sha256(delta)},
+             "image_adapters": {"rank": int(metadata["lora_rank"]), "alpha": float(metadata["lora_alpha"])}}
+
+    def write_adapters(tmp: Path) -> None:
+        save_file(adapters, str(tmp / IMAGE_ADAPTERS_FILE), metadata={"format": "pt"})
+        load_checkpoint(tmp, route_image_adapters=True)  # names and shapes checked before the rename
+
+    return save_checkpoint(out, model, tokenizer, extra=extra, write_extra=write_adapters)
 
 
 def _sha256(file: Path) -> str:
@@ -99,8 +114,10 @@ def ensure_vision_model(home: str | Path | None = None) -> Path:
     from opengpt4.model.convert import ensure_smollm2
 
     target = Path(home or opengpt4_home()) / "models" / VISION_MODEL_NAME
-    if (target / CONFIG_FILE).is_file() and \
-            read_config(target).get("vision_delta", {}).get("sha256") == _sha256(SHIPPED_DELTA):
-        return target
+    if (target / CONFIG_FILE).is_file():
+        built = read_config(target)
+        # Builds before the adapters were kept apart have them merged into the LM: rebuilt too.
+        if built.get("vision_delta", {}).get("sha256") == _sha256(SHIPPED_DELTA) and "image_adapters" in built:
+            return target
     print(f"building {VISION_MODEL_NAME} into {target} from SmolLM2 and {SHIPPED_DELTA.name} (once)", file=sys.stderr)
     return build_from_delta(ensure_smollm2(home), SHIPPED_DELTA, target)
