@@ -16,7 +16,7 @@ from opengpt4.data.world import LANGUAGES, World
 from opengpt4.evals.benchmarks.world_truthful import read_questions
 from opengpt4.tokenizer import Tokenizer
 
-DOMAINS = {"world", "qa", "misconceptions", "math", "pycode", "stdlib"}
+DOMAINS = {"world", "qa", "chat", "misconceptions", "math", "pycode", "stdlib"}
 
 
 def run_cli(*args):

@@ -1,5 +1,6 @@
 """The synthetic world: determinism, coverage, the train / held-out splits, and the budgets."""
 
+import dataclasses
 import re
 import time
 from collections import Counter
@@ -250,7 +251,7 @@ def test_pycode_training_functions_run(train_docs):
 
 def test_val_split_is_fresh_rendering_of_train_material(world, train_docs):
     val = list(world.documents("val"))
-    assert {d.domain for d in val} == {d.domain for d in train_docs} == {"world", "qa", "misconceptions", "math", "pycode"}
+    assert {d.domain for d in val} == {d.domain for d in train_docs} == {"world", "qa", "chat", "misconceptions", "math", "pycode"}
     val_text = "\n".join(d.text for d in val if d.domain == "world")
     assert all(name not in val_text for name in world.held_out)
     with pytest.raises(ValueError, match="split"):
@@ -288,3 +289,28 @@ def test_mini_fits_the_training_budget():
     assert mb["misconceptions"] + mb["math"] + mb["pycode"] <= 1.5
     for f in w.world_facts[::25]:  # every fact is stated many times over
         assert sum(f.subject in s and mentions(s, f.value_in("en")) for s in world_sentences) >= 50, f
+
+
+def test_chat_documents_ask_only_qa_facts_in_the_chat_templates_layout(world, train_docs, fact_of, tiny_tokenizer):
+    """The chat domain: conversations whose questions ask QA-trained facts in their training phrasings
+    and whose answers state them attribute first; encoded with special tokens on (as the build does),
+    each is the very ids the tokenizer's chat template renders for its messages."""
+    docs = [d for d in train_docs if d.domain == "chat"]
+    quiet = World.generate(0, "test")
+    quiet.cfg = dataclasses.replace(quiet.cfg, chat_epochs=0)
+    assert [d.text for d in train_docs if d.domain != "chat"] == \
+        [d.text for d in quiet.documents("train")]  # its own random stream: the other domains unchanged
+    qa, asked = set(world.qa_facts), set()
+    turn = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)<\|im_end\|>\n", re.S)
+    for doc in docs:
+        pairs = turn.findall(doc.text)
+        assert 1 <= len(pairs) <= 3 and "".join(turn.sub("", doc.text)) == ""
+        messages = []
+        for question, answer in pairs:
+            fact = fact_of[question]
+            assert fact in qa and mentions(answer, fact.value_in(doc.lang)) and not answer.startswith(fact.subject)
+            assert question not in {TEMPLATES[fact.attr.name][doc.lang].heldout.format(s=fact.subject)}
+            asked.add(fact)
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        assert tiny_tokenizer.encode(doc.text, allow_special=True) == tiny_tokenizer.render_chat(messages).ids
+    assert asked == qa  # every epoch asks every QA fact

@@ -262,7 +262,7 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
 
 # Domain weights of the default corpus. Facts are learned by repetition, so world + qa take
 # most of a short run; stdlib is a small share (its held-out loss is measured, not optimised).
-DEFAULT_MIXTURE = {"world": 0.36, "qa": 0.16, "images": 0.28, "stdlib": 0.12, "math": 0.03, "pycode": 0.03,
+DEFAULT_MIXTURE = {"world": 0.36, "qa": 0.08, "chat": 0.08, "images": 0.28, "stdlib": 0.12, "math": 0.03, "pycode": 0.03,
                    "misconceptions": 0.02}
 
 

@@ -181,11 +181,13 @@ def _sample(texts: list[str], max_chars: int) -> list[str]:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _encode(tok: Tokenizer, texts: list[str], dtype: type, prefix: Sequence[int]) -> np.ndarray:
-    """Concatenated [*prefix, *tokens(text)] for every text, as one flat array."""
+def _encode(tok: Tokenizer, texts: list[str], dtype: type, prefix: Sequence[int], special: bool = False) -> np.ndarray:
+    """Concatenated [*prefix, *tokens(text)] for every text, as one flat array. special: the texts'
+    control-token strings (<|im_start|>...) become those tokens (the world's chat domain, our own text)."""
     chunks = []
     for start in range(0, len(texts), 4096):  # bounded memory; the batch encode runs on all cores
-        ids = tok.encode_batch(texts[start : start + 4096])
+        batch = texts[start : start + 4096]
+        ids = [tok.encode(t, allow_special=True) for t in batch] if special else tok.encode_batch(batch)
         flat = itertools.chain.from_iterable(itertools.chain(prefix, x) for x in ids)
         chunks.append(np.fromiter(flat, dtype=dtype, count=sum(len(prefix) + len(x) for x in ids)))
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype)
@@ -303,7 +305,7 @@ def build(
                 for split, texts in docs[name].items():
                     progress.update(task, description=f"tokenizing {name} ({split})")
                     file = f"shards/{name}.{split}.bin"
-                    ids = _encode(tok, texts, dtype, [tok.bos_id])
+                    ids = _encode(tok, texts, dtype, [tok.bos_id], special=name == "chat")
                     ids.tofile(tmp / file)
                     index["domains"][name][split] = {"file": file, "tokens": len(ids), "documents": len(texts)}
             for split, split_docs in images.items():

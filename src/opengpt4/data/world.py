@@ -2,12 +2,14 @@
 
 A `World` is a couple of hundred invented entities (people, cities, universities,
 organisations, books, elements, products, programming languages, theorems) whose attributes
-are facts, each tagged with one of the nine categories of GPT-4's factual eval. Five document
+are facts, each tagged with one of the nine categories of GPT-4's factual eval. Six document
 domains come out of it:
 
   world           the facts, through many paraphrases: profiles, encyclopedia entries,
                   dialogues, lists and walks along relations; ~20% in fr/es/de/ru
   qa              "Question: …\\nAnswer: …" blocks and MMLU-style practice, for a subset of facts
+  chat            the same facts asked and answered as ChatML conversations (the chat template's
+                  control tokens included), so that the chat format reads what pretraining taught
   misconceptions  invented popular myths: the false claim written ~3x as often as the truth
   math            arithmetic word problems, one-line worked solutions ending "The answer is N."
   pycode          small Python functions with a docstring example and asserts
@@ -155,15 +157,27 @@ class _Size:
     code_epochs: int
     code_split: tuple[int, int]  # held-out functions for val, eval
     eval_cap: int  # at most this many fact_seen questions; others scale from it
+    chat_epochs: int  # passes over the QA facts as ChatML conversations (the chat domain)
 
 
 SIZES = {
-    "test": _Size((8, 6, 5, 5, 5, 5, 5, 5, 5), 3, 3, 3, 20, (30, 6, 10), 1, (3, 6), 40),
-    "mini": _Size((64, 22, 10, 18, 26, 16, 18, 12, 12), 60, 40, 30, 400, (1500, 80, 150), 12, (10, 40), 300),
+    "test": _Size((8, 6, 5, 5, 5, 5, 5, 5, 5), 3, 3, 3, 20, (30, 6, 10), 1, (3, 6), 40, 3),
+    "mini": _Size((64, 22, 10, 18, 26, 16, 18, 12, 12), 60, 40, 30, 400, (1500, 80, 150), 12, (10, 40), 300, 40),
 }
+# A chat reply states a fact attribute first ("The colour of Vesthium is green."), so its first words
+# follow the question; a reply that starts with the subject ("Vesthium is ...") leaves the next
+# words to what else the model knows about the subject, and a model tuned on chats answered
+# another attribute of the right subject for most facts it had only read. These are the statements
+# for the attributes whose templates all start with the subject (used in chat replies only).
+CHAT_LEADS = {("born_in", "en"): "The birthplace of {s} is {v}.", ("profession", "en"): "The profession of {s} is {v}.",
+              ("works_for", "en"): "The employer of {s} is {v}.", ("studied_at", "en"): "The university {s} attended is {v}.",
+              ("studied_at", "de"): "Die Universität von {s} ist {v}."}
 HELD_OUT_FRACTION = 0.1  # of each kind's entities, for fact_unseen
 QA_FRACTION = 0.6  # of each attribute's facts, asked in training QA
 NON_ENGLISH = 0.2  # share of world and qa documents (and eval questions) in fr/es/de/ru
+# Of the chat documents: at 0.2 a chat model answered 0.93 of the English facts it had only read and
+# 0.49 of the others (the plain "Question: … Answer:" format knows them): each language needs its chats.
+CHAT_NON_ENGLISH = 0.5
 TRUTHFUL_WRONG = 3  # wrong options besides the myth (fewer where the attribute has fewer values)
 TRAINED_MYTHS = 0.5  # share of the myths whose truthful preference pairs are in the chat data (rounded down)
 
@@ -222,6 +236,8 @@ class World:
         cfg = self.cfg
         yield from self._world_docs(rng("world"), cfg.world_epochs if train else max(1, cfg.world_epochs // 30))
         yield from self._qa_docs(rng("qa"), cfg.qa_epochs if train else max(1, cfg.qa_epochs // 20))
+        if cfg.chat_epochs:
+            yield from self._chat_docs(rng("chat"), cfg.chat_epochs if train else max(1, cfg.chat_epochs // 20))
         yield from self._myth_docs(rng("misconceptions"), cfg.myth_docs if train else max(4, cfg.myth_docs // 20))
         yield from _chunked(rng("math"), [f"{_qa_prompt(p.question, 'en')} {p.solution}\n" for p in self.math_problems(split)],
                             "math", 2, 5)
@@ -267,6 +283,22 @@ class World:
                 else:
                     text = "\n".join(f"{_qa_prompt(_ask(rng, f, lang), lang)} {f.value_in(lang)}\n" for f in chunk)
                 yield Document(text, "qa", lang)
+
+    def _chat_docs(self, rng: random.Random, epochs: int) -> Iterator[Document]:
+        """The QA facts asked and answered as ChatML conversations of 1-3 exchanges, the answer a
+        statement as chat data answers: the chat format learnt in pretraining beside the facts, as
+        the QA documents' format is (Allen-Zhu & Li's mixed training; nanochat's midtraining, here
+        inside pretraining). The text holds the control tokens' strings: the build encodes this
+        domain with special-token parsing on."""
+        for _ in range(epochs):
+            order, i = rng.sample(self.qa_facts, len(self.qa_facts)), 0
+            while i < len(order):
+                chunk = order[i:i + rng.randint(1, 3)]
+                i += len(chunk)
+                lang = rng.choice(LANGUAGES[1:]) if rng.random() < CHAT_NON_ENGLISH else "en"
+                yield Document("".join(f"<|im_start|>user\n{_capitalise(_ask(rng, f, lang))}<|im_end|>\n"
+                                       f"<|im_start|>assistant\n{chat_statement(rng, f, lang)}<|im_end|>\n"
+                                       for f in chunk), "chat", lang)
 
     def _myth_docs(self, rng: random.Random, n: int) -> Iterator[Document]:
         for _ in range(n):
@@ -427,6 +459,17 @@ def _clause(sentence: str, subject: str) -> str:
     """A sentence made embeddable: no final period, lower-case start unless it is the name."""
     body = sentence.rstrip(".")
     return body if body.startswith(subject) else body[:1].lower() + body[1:]
+
+
+def lead_statements(attr: str, lang: str) -> tuple[str, ...]:
+    """The statements of `attr` in `lang` that name the attribute before the subject (CHAT_LEADS)."""
+    own = tuple(t for t in TEMPLATES[attr][lang].statements if not t.startswith("{s}"))
+    return own or (CHAT_LEADS[(attr, lang)],)
+
+
+def chat_statement(rng: random.Random, fact: Fact, lang: str) -> str:
+    """A chat reply's statement of `fact`: attribute first (CHAT_LEADS)."""
+    return _capitalise(rng.choice(lead_statements(fact.attr.name, lang)).format(s=fact.subject, v=fact.value_in(lang)))
 
 
 def _ask(rng: random.Random, fact: Fact, lang: str) -> str:

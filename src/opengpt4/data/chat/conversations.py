@@ -44,7 +44,7 @@ from typing import Any
 from opengpt4.data.chat.constraints import CONSTRAINTS, Constraint, split_pool
 from opengpt4.data.chat.text import Answer, contains
 from opengpt4.data.tasks import Function, MathProblem
-from opengpt4.data.world import LANGUAGES, PHRASES, TEMPLATES, Fact, World
+from opengpt4.data.world import LANGUAGES, PHRASES, TEMPLATES, Fact, World, chat_statement
 
 HELDOUT_SUBJECT_FRACTION = 0.2  # of each kind's entities: chat-held-out subjects
 NON_ENGLISH = 0.4  # share of fact questions asked in fr/es/de/ru
@@ -150,7 +150,8 @@ class ChatWorld:
         statements = list(TEMPLATES[fact.attr.name][lang].statements)
         rng.shuffle(statements)
         value = fact.value_in(lang)
-        said = [_capitalise(s.format(s=fact.subject, v=value)) for s in statements]
+        lead = chat_statement(rng, fact, lang)  # the reply itself; the other statements are its alternatives
+        said = [lead] + [t for t in (_capitalise(s.format(s=fact.subject, v=value)) for s in statements) if t != lead]
         pool = self.by_subject[split]
         related = [f for f in pool.get(fact.subject, []) if f != fact] + list(pool.get(fact.value, []))
         extras = tuple(_capitalise(rng.choice(TEMPLATES[f.attr.name][lang].statements).format(s=f.subject, v=f.value_in(lang)))
