@@ -31,6 +31,10 @@ class Prompt:
     ids: list[int]
     images: Tensor | None = None  # (N, 3, S, S) preprocessed pixels for its <|image|> placeholders
 
+    @property
+    def has_images(self) -> bool:
+        return self.images is not None and len(self.images) > 0
+
 
 @dataclass
 class TokenLogprob:
@@ -226,7 +230,7 @@ class Engine:
         batch = torch.full((len(prompts), max(lengths)), self.tokenizer.pad_id, dtype=torch.long)
         for i, p in enumerate(prompts):
             batch[i, : len(p.ids)] = torch.tensor(p.ids)
-        images = [p.images for p in prompts if p.images is not None and len(p.images)]
+        images = [p.images for p in prompts if p.has_images]
         pixels = torch.cat(images).to(self.device, self.dtype) if images else None
         cache = KVCache(self.config, len(prompts), min(cache_len, self.config.max_seq_len), device=self.device, dtype=self.dtype)
         num_valid = torch.tensor(lengths, device=self.device)

@@ -282,8 +282,7 @@ class Scheduler:
                     continue
                 ids, sp = request.prompt.ids, request.params
                 # With image-only adapters a request with an image runs other weights from its first token.
-                adapted = bool(self.engine.model.image_adapters) and request.prompt.images is not None \
-                    and len(request.prompt.images) > 0
+                adapted = bool(self.engine.model.image_adapters) and request.prompt.has_images
                 request.names = block_names(ids[:-1], bs, stop_at=image_id, adapted=adapted)  # the last token is always computed
                 seq = Sequence(self.pool, image_id=image_id, adapted=adapted)
                 need = worst_case_blocks(len(ids), sp.max_tokens, sp.n, bs, seq.reuse(ids, request.names))
@@ -353,7 +352,7 @@ class Scheduler:
         return logits
 
     def _chunk_images(self, prompt: Prompt, start: int, end: int) -> Tensor | None:
-        if prompt.images is None or not len(prompt.images):
+        if not prompt.has_images:
             return None
         per_image = self.engine.config.vision.tokens_per_image
         image_id = self.tokenizer.image_id
