@@ -471,7 +471,10 @@ def test_a_wrong_key_shows_the_servers_message_and_sending_does_not_replace_it(b
     keys = pytest.importorskip("opengpt4.serve.keys", reason="API keys and rate limits are not in the server yet")
     store = keys.KeyStore(tmp_path / "serve.db")
     with new_page(browser) as page, serve(create_app({"tiny": engine}, keys=store)) as url:
-        page.goto(url + "/")
+        # Wait for the keyless first load's own /v1/models answer: otherwise the wait below can catch
+        # it, and its body is gone once the reload navigates away.
+        with page.expect_response(re.compile(r"/v1/models$")):
+            page.goto(url + "/")
         page.evaluate("localStorage.setItem('opengpt4.apiKey', 'sk-wrong-key-0123456789')")
         with page.expect_response(re.compile(r"/v1/models$")) as response:
             page.reload()
