@@ -16,13 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from opengpt4.config import SFTConfig
+from opengpt4.data.build import build
 from opengpt4.data.chat_io import Conversation, parse_conversation, read_chat_data, read_conversations
-from opengpt4.errors import ChatDataError, DataFileError
+from opengpt4.errors import ChatDataError, ConfigError, DataFileError
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
-from opengpt4.train import sft
+from opengpt4.train import distributed, sft
 from tests.helpers import kill_after_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -289,6 +290,32 @@ def test_sft_lowers_the_held_out_loss_and_writes_a_normal_checkpoint(tiny_checkp
             prompt = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": f"{thing}?"}])
             reply = engine.generate([prompt], SamplingParams(max_tokens=8))[0][0].text
             assert case(reply), (system, thing, reply)
+
+
+def test_replay_mixes_pretraining_rows_into_the_batches_at_the_fraction_asked(tiny_checkpoint, chat_dir, tmp_path):
+    data = build("test", tmp_path / "pretraining", seed=0, tokenizer=tiny_checkpoint)
+    cfg = SFTConfig(seq_len=128, batch_size=8, micro_batch_size=4, warmup_steps=2, eval_every=0, ckpt_every=0,
+                    replay_data=str(data), replay_fraction=0.4)
+    packed = sft.SFT(str(tiny_checkpoint), read_chat_data(chat_dir), tmp_path / "o", cfg, distributed.init(), None).train
+    n = packed.stats.replay_rows
+    assert n == round((len(packed) - n) * 0.4 / 0.6) > 0
+    ids, targets, segments = packed.input_ids[-n:], packed.targets[-n:], packed.segments[-n:]
+    assert (segments == 0).all()  # one causal segment per row, as in pretraining
+    assert (targets[:, :-1] == ids[:, 1:]).all() and (targets != IGNORE_INDEX).all()  # a loss on every token
+    shards = [np.fromfile(f, dtype=np.uint16) for f in sorted((data / "shards").glob("*.train.bin"))]
+    assert all(any(np.array_equal(s[i : i + 16], row[:16]) for s in shards for i in np.flatnonzero(s == row[0]))
+               for row in ids)  # each row is pretraining text, verbatim
+    assert packed.stats.trained_tokens == int((packed.targets != IGNORE_INDEX).sum())
+
+    out = tmp_path / "sft"
+    sft.build_trainer(str(tiny_checkpoint), chat_dir, out, cfg, max_steps=4).run()
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["sft"]["train"]["replay_rows"] == n and state["train_config"]["replay_data"] == str(data)
+
+    other = build("test", tmp_path / "other-tokenizer", seed=0)  # trains its own tokenizer
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        sft.SFT(str(tiny_checkpoint), read_chat_data(chat_dir), tmp_path / "o2",
+                SFTConfig(seq_len=128, replay_data=str(other)), distributed.init(), None)
 
 
 def test_lora_trains_only_adapters_and_the_merged_checkpoint_gives_the_adapted_logits(tiny_checkpoint, chat_dir, tmp_path,

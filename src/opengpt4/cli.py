@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "{\"messages\": [...]}, or the same under \"chat\" / \"conversations\" (ShareGPT turns too)")
     p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
     add_lora_flag(p)
+    p.add_argument("--replay", default=None, metavar="DATA_DIR",
+                   help="mix rows of this pretraining data dir (`data build`, the model's tokenizer) into training, "
+                        "replay_fraction of all rows (default 0.25): keeps what pretraining taught")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
     stop.add_argument("--epochs", type=float, default=None,

@@ -357,11 +357,18 @@ class SFTConfig(FineTuneConfig):
     seq_len: int = 512  # tokens per packed row; longer conversations are skipped and counted
     epochs: float = 2.0  # the length of the run unless --max-steps says otherwise
     eval_rows: int = 32  # held-out rows (of seq_len) per eval
+    # Replay (`--replay DATA_DIR`): rows of the pretraining data mixed into the packed chat rows, a
+    # share replay_fraction of all rows, trained on every token as in pretraining. A small model
+    # forgets what it read in pretraining when fine-tuned on a narrow set (InstructGPT mixes
+    # pretraining gradients into PPO for the same reason; nanochat's midtraining mixes its data).
+    replay_data: str | None = None  # a `data build` dir with the model's tokenizer
+    replay_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("seq_len", "epochs", "eval_rows"):
             _require(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        _require(0 <= self.replay_fraction < 1, f"replay_fraction must be in [0, 1), got {self.replay_fraction}")
 
 
 LORA_LR = SFTConfig.lr * LORA_LR_SCALE  # SFT's (and vision stage 2's) rate with LoRA: 1e-3

@@ -226,6 +226,18 @@ class DataLoader:
         m = (hi - lo) // self.micro_batches
         return [self._collate(rows[j * m : (j + 1) * m]) for j in range(self.micro_batches)]
 
+    def sample_rows(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input ids, targets), each (n, seq_len): n rows of this loader's split drawn by the
+        domain weights from a generator seeded with `seed` (SFT's replay rows). Text domains only."""
+        if IMAGES in self._domains:
+            raise ConfigError("sample_rows draws text rows only: give the images domain weight 0")
+        rng = np.random.default_rng(seed)
+        domains, wheres = rng.choice(len(self._domains), size=n, p=self._probs), rng.random(n)
+        rows = [self._row(self.split, self._domains[d], w) for d, w in zip(domains, wheres, strict=True)]
+        ids, targets = (np.stack([getattr(r, a) for r in rows]) if rows else np.zeros((0, self.seq_len), np.int64)
+                        for a in ("input_ids", "targets"))
+        return ids, targets
+
     def eval_batches(self, domain: str, n_batches: int, batch_size: int) -> list[Batch]:
         """Fixed val batches of one domain: rows start at evenly spaced documents of its val shard,
         so the set is the same for every seed, step and run (comparable val losses)."""

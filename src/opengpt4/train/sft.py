@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from opengpt4.config import SFTConfig, apply_overrides
+from opengpt4.config import DEFAULT_MIXTURE, SFTConfig, apply_overrides
 from opengpt4.data.chat_io import ChatData, Conversation, read_chat_data
+from opengpt4.data.loader import DataLoader, read_index
 from opengpt4.errors import ChatDataError, CheckpointError, ConfigError
 from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.tokenizer import Tokenizer
@@ -100,10 +101,14 @@ class PackStats:
     rows: int
     fill: float  # real tokens / row tokens
     trained_tokens: int  # tokens with a loss
+    replay_rows: int = 0  # pretraining rows mixed in (counted in rows and trained_tokens)
 
     def describe(self, seq_len: int) -> str:
-        text = (f"{self.conversations:,} conversations in {self.rows:,} rows of {seq_len} tokens "
-                f"({100 * self.fill:.1f}% filled, {self.trained_tokens:,} tokens with a loss)")
+        text = (f"{self.conversations:,} conversations in {self.rows - self.replay_rows:,} rows of {seq_len} tokens "
+                f"({100 * self.fill:.1f}% filled)")
+        if self.replay_rows:
+            text += f" + {self.replay_rows:,} pretraining rows (replay)"
+        text += f", {self.trained_tokens:,} tokens with a loss"
         if self.skipped:
             text += f", {self.skipped:,} skipped as longer than {seq_len} tokens (first: {self.first_skipped})"
         return text
@@ -149,12 +154,39 @@ class PackedChats:
         self.stats = PackStats(n, len(skipped), skipped[0][0] if skipped else None, len(rows),
                                sum(lengths) / (len(rows) * seq_len), int((self.targets != IGNORE_INDEX).sum()))
 
+    def add_replay(self, input_ids: np.ndarray, targets: np.ndarray) -> None:
+        """Append whole rows of pretraining text: one segment each (plain causal attention, as in
+        pretraining), a loss on every token."""
+        self.input_ids = np.concatenate([self.input_ids, input_ids.astype(np.int32)])
+        self.targets = np.concatenate([self.targets, targets.astype(np.int32)])
+        self.segments = np.concatenate([self.segments, np.zeros(input_ids.shape, dtype=np.int32)])
+        self.sources += [[] for _ in range(len(input_ids))]
+        self.stats.rows += len(input_ids)
+        self.stats.replay_rows += len(input_ids)
+        self.stats.trained_tokens += int((targets != IGNORE_INDEX).sum())
+
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def batch(self, rows: list[int]) -> ChatBatch:
         return ChatBatch(*(torch.from_numpy(a[rows].astype(np.int64)) for a in (self.input_ids, self.targets,
                                                                                  self.segments)))
+
+
+def replay_rows(cfg: SFTConfig, tokenizer: Tokenizer, chat_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of cfg.replay_data's train split, drawn by the default mixture's text domains, enough to be
+    cfg.replay_fraction of all rows beside `chat_rows` packed chat rows (the same rows on a resume)."""
+    data = Path(cfg.replay_data)
+    index = read_index(data)
+    if Tokenizer.from_dir(data, index["tokenizer"]).backend.get_vocab() != tokenizer.backend.get_vocab():
+        raise ConfigError(f"replay data {data} was built with another tokenizer than the model's: replay needs "
+                          "data in the model's own tokens (its pretraining data dir)")
+    weights = {d: w for d, w in DEFAULT_MIXTURE.items() if d in index["domains"]}
+    if not weights:
+        raise ConfigError(f"replay data {data} has none of the text domains {', '.join(DEFAULT_MIXTURE)}")
+    loader = DataLoader(data, "train", seq_len=cfg.seq_len, batch_size=1, weights=weights, vision=None,
+                        image_token_id=None)
+    return loader.sample_rows(round(chat_rows * cfg.replay_fraction / (1 - cfg.replay_fraction)), seed=cfg.seed)
 
 
 class SFT:
@@ -180,6 +212,8 @@ class SFT:
 
         pad = self.tokenizer.pad_id
         self.train = PackedChats(data.train, self.tokenizer, cfg.seq_len, cfg.seed, pad)
+        if cfg.replay_data is not None and cfg.replay_fraction > 0:
+            self.train.add_replay(*replay_rows(cfg, self.tokenizer, len(self.train)))
         self.heldout = PackedChats(data.heldout, self.tokenizer, cfg.seq_len, None, pad) if data.heldout else None
         self.n_micro = micro_batches(cfg, d)
         self.rows_per_micro = cfg.batch_size // d.world_size // self.n_micro
@@ -273,6 +307,8 @@ def sft_from_cli(args) -> None:
     cfg.use_lora(args.lora)
     if args.epochs is not None:
         cfg.epochs = args.epochs
+    if args.replay is not None:
+        cfg.replay_data = args.replay
     apply_overrides(cfg, args.set)
     build_trainer(args.model, args.data, Path(args.out), cfg, max_steps=args.max_steps, epochs=args.epochs,
                   max_minutes=args.max_minutes, resume=args.resume, fsdp=args.fsdp).run()

@@ -174,21 +174,37 @@ KEYWORDS = ("lantern", "harbour", "compass", "meadow", "violin", "anchor", "pepp
             "mirror", "biscuit", "tulip", "canyon", "parrot", "trumpet", "walrus", "cobweb")
 HELDOUT_VALUES = {"end_phrase": 4, "keywords": 8}
 # Half of the train values are coined: a few dozen fixed phrases can be memorised, a fresh word
-# each time can only be copied. (Measured: after SFT on the fixed lists alone, the mini model
-# wrote a held-out end phrase or keyword 0 times in 80.)
+# each time can only be copied. (Measured on the mini model, AMD EPYC Zen 5: after SFT on the fixed
+# lists alone it wrote a held-out end phrase or keyword 0 times in 80; with words coined from 30
+# syllables, 0 times in 80 still, after 3 epochs — it wrote syllables, not the word it was given. So
+# words are coined letter by letter, and train end phrases are free strings of such words.)
 COINED_END_PHRASES = ("Signed, {w}.", "Greetings from {w}!", "Yours truly, {w}.", "{w} signing off.",
                       "Say hello to {w}!", "That is all from {w}.", "Off to {w} now.", "Regards, {w}.")
-_SYLLABLES = ("ba", "del", "fi", "gor", "hu", "jen", "ko", "lim", "mar", "no", "pel", "qui", "ros", "sa", "tu",
-              "vin", "wel", "ya", "zo", "bri", "cas", "dun", "fel", "gli", "mo", "nar", "pi", "ran", "sto", "tam")
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwyz", "aeiou"
+_PHRASE_ENDS = (".", "!", "?", "")
 
 
 def coined_word(rng: random.Random) -> str:
-    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 2, 3))))
+    """A pronounceable made-up word of 3-8 letters: consonants and vowels alternate, from either."""
+    n, vowel = rng.randint(3, 8), rng.random() < 0.3
+    letters = []
+    for _ in range(n):
+        letters.append(rng.choice(_VOWELS if vowel else _CONSONANTS))
+        vowel = not vowel if rng.random() < 0.85 else vowel
+    return "".join(letters)
+
+
+def _coined_phrase(rng: random.Random) -> str:
+    if rng.random() < 0.5:
+        return rng.choice(COINED_END_PHRASES).format(w=coined_word(rng).capitalize())
+    pool = split_pool(KEYWORDS, "train", HELDOUT_VALUES["keywords"])
+    words = [coined_word(rng) if rng.random() < 0.6 else rng.choice(pool) for _ in range(rng.randint(1, 4))]
+    return " ".join(words).capitalize() + rng.choice(_PHRASE_ENDS)
 
 
 def _draw_end_phrase(rng: random.Random, answer: Answer, split: str) -> Kwargs:
     if split == "train" and rng.random() < 0.5:
-        return {"end_phrase": rng.choice(COINED_END_PHRASES).format(w=coined_word(rng).capitalize())}
+        return {"end_phrase": _coined_phrase(rng)}
     return {"end_phrase": rng.choice(split_pool(END_PHRASES, split, HELDOUT_VALUES["end_phrase"]))}
 
 
