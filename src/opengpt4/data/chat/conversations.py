@@ -348,7 +348,10 @@ class ChatWorld:
                   ideal: str, wrong: str, wrong_because: str) -> dict[str, str]:
         """Bad replies: a correct one that breaks the constraint, and a compliant one with a wrong answer."""
         out = {}
-        redrawn = (constraint.draw(rng, answer, "train") for _ in range(5))
+        # Redraws from a stream of their own that takes one draw of the caller's: how many draws a train
+        # value takes must not move the conversations after this one (the held-out eval among them).
+        own = random.Random(rng.getrandbits(64))
+        redrawn = (constraint.draw(own, answer, "train") for _ in range(5))
         for candidate in (answer.text, *(constraint.comply(k, answer) for k in redrawn if k is not None)):
             if not constraint.check(kwargs, candidate):
                 out["broken_constraint"] = candidate
