@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from opengpt4.config import SFTConfig
 from opengpt4.data.build import build
 from opengpt4.data.chat_io import Conversation, parse_conversation, read_chat_data, read_conversations
-from opengpt4.errors import ChatDataError, ConfigError, DataFileError
+from opengpt4.errors import ChatDataError, CheckpointError, ConfigError, DataFileError
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX
@@ -312,6 +312,13 @@ def test_replay_mixes_pretraining_rows_into_the_batches_at_the_fraction_asked(ti
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["sft"]["train"]["replay_rows"] == n and state["train_config"]["replay_data"] == str(data)
 
+    index = data / "index.json"
+    index.write_text(index.read_text() + "\n")  # rebuilt in place: a resume would draw other rows
+    with pytest.raises(CheckpointError, match="not the replay data"):
+        sft.build_trainer(str(tiny_checkpoint), chat_dir, out, cfg, max_steps=5, resume=True)
+    with pytest.raises(DataFileError, match="index.json: missing"):
+        sft.SFT(str(tiny_checkpoint), read_chat_data(chat_dir), tmp_path / "o3",
+                SFTConfig(seq_len=128, replay_data=str(tmp_path / "nowhere")), distributed.init(), None)
     other = build("test", tmp_path / "other-tokenizer", seed=0)  # trains its own tokenizer
     with pytest.raises(ConfigError, match="another tokenizer"):
         sft.SFT(str(tiny_checkpoint), read_chat_data(chat_dir), tmp_path / "o2",

@@ -24,6 +24,13 @@ loss on the test preset's held-out conversations is 1.76 packed with attention a
 held-out loss would flatter and training would teach copying from a context that inference
 never has. The mask costs ~6% of the attention time (SDPA with a boolean mask, not its causal kernel).
 
+Replay (`--replay DATA_DIR`, `--set replay_fraction=F`): rows of the model's pretraining data (a
+`data build` dir in its tokenizer), drawn by the default mixture's text domains, are added to the
+packed rows so that they are F of all rows, each one causal segment with a loss on every token, as
+in pretraining. Without it, SFT of the from-scratch d4 forgets the facts it read: 2 epochs on
+`data chat` took its chat answers from 0.93 to 0.70 of the probe's facts; with replay 0.25 they stay
+at 0.95-0.98 (README "Post-training").
+
 Rows are packed once; epoch e visits them in the order of a generator seeded with [seed, e],
 so the global batch of step s is a function of s alone: a checkpoint's data position is the
 step, and any (ranks x micro-batches) split of the same batch sees the same rows.
@@ -202,6 +209,11 @@ class SFT:
         if resumed is not None and resumed["data_sha256"] != self.data_sha256:
             raise CheckpointError(f"{data.train_file} is not the data {out} was trained on "
                                   f"({resumed['data']}): resume with the same file")
+        if cfg.replay_data is not None:
+            read_index(cfg.replay_data)  # a missing or foreign dir fails here, naming it
+        self.replay_sha256 = sha256(Path(cfg.replay_data) / "index.json") if cfg.replay_data else None
+        if resumed is not None and resumed.get("replay_sha256") != self.replay_sha256:
+            raise CheckpointError(f"{cfg.replay_data} is not the replay data {out} was trained on: resume with the same")
         torch.manual_seed(cfg.seed)
         trainable = load_trainable(model, out, resumed, cfg, "--model")
         self.model, self.tokenizer, self.base, self.base_sha256 = (trainable.decoder, trainable.tokenizer,
@@ -285,6 +297,7 @@ class SFT:
     def state_dict(self) -> dict[str, Any]:
         return {"sft": {"step": self.step, "base": str(self.base), "base_sha256": self.base_sha256,
                         "data": str(self.data.train_file), "data_sha256": self.data_sha256,
+                        "replay_sha256": self.replay_sha256,
                         "train": vars(self.train.stats),
                         "heldout": vars(self.heldout.stats) if self.heldout is not None else None}}
 

@@ -174,10 +174,10 @@ KEYWORDS = ("lantern", "harbour", "compass", "meadow", "violin", "anchor", "pepp
             "mirror", "biscuit", "tulip", "canyon", "parrot", "trumpet", "walrus", "cobweb")
 HELDOUT_VALUES = {"end_phrase": 4, "keywords": 8}
 # Half of the train values are coined: a few dozen fixed phrases can be memorised, a fresh word
-# each time can only be copied. (Measured on the mini model, AMD EPYC Zen 5: after SFT on the fixed
-# lists alone it wrote a held-out end phrase or keyword 0 times in 80; with words coined from 30
-# syllables, 0 times in 80 still, after 3 epochs — it wrote syllables, not the word it was given. So
-# words are coined letter by letter, and train end phrases are free strings of such words.)
+# each time can only be copied. Words are coined letter by letter, and half of the coined end
+# phrases are free strings of words, so that no closed set (the 30 syllables of an earlier
+# version) is there to memorise instead. (The from-scratch d4 copies neither way: it has no
+# in-context copying, README "Post-training"; SmolLM2, which has, is tuned on the same data.)
 COINED_END_PHRASES = ("Signed, {w}.", "Greetings from {w}!", "Yours truly, {w}.", "{w} signing off.",
                       "Say hello to {w}!", "That is all from {w}.", "Off to {w} now.", "Regards, {w}.")
 _CONSONANTS, _VOWELS = "bcdfghjklmnprstvwyz", "aeiou"
