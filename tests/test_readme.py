@@ -120,7 +120,7 @@ def test_pretraining_commands_and_the_synopsis_export_import_info_run_as_written
 # The Post-training section at test sizes, after the Pretraining section's d4 run; commands that
 # need SmolLM2 fine-tuned (minutes per step on 2 cores) are covered by tests/test_sft.py (LoRA on a
 # tiny model) and tests/test_ifeval.py (the ifeval evals on a tiny model).
-POST_TRAINING_SIZES = {**SIZES, "--epochs 3": "--max-steps 2", "--out runs/rbrm": "--out runs/rbrm --max-steps 2",
+POST_TRAINING_SIZES = {**SIZES, "--epochs 4": "--max-steps 2", "--out runs/rbrm": "--out runs/rbrm --max-steps 2",
                        "--data-dir data/chat": "--data-dir data/chat --limit 5"}
 POST_TRAINING_NOT_RUN = ("opengpt4 sft --model smollm2-135m-instruct", "opengpt4 eval run ifeval_system")
 
