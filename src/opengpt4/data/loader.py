@@ -234,9 +234,9 @@ class DataLoader:
         rng = np.random.default_rng(seed)
         domains, wheres = rng.choice(len(self._domains), size=n, p=self._probs), rng.random(n)
         rows = [self._row(self.split, self._domains[d], w) for d, w in zip(domains, wheres, strict=True)]
-        ids, targets = (np.stack([getattr(r, a) for r in rows]) if rows else np.zeros((0, self.seq_len), np.int64)
-                        for a in ("input_ids", "targets"))
-        return ids, targets
+        empty = np.zeros((0, self.seq_len), np.int64)
+        return (np.stack([r.input_ids for r in rows]) if rows else empty,
+                np.stack([r.targets for r in rows]) if rows else empty)
 
     def eval_batches(self, domain: str, n_batches: int, batch_size: int) -> list[Batch]:
         """Fixed val batches of one domain: rows start at evenly spaced documents of its val shard,
