@@ -23,8 +23,10 @@ from opengpt4.data.world import first_line
 from opengpt4.engine.generate import Engine, Prompt
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.files import read_jsonl
+from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
+from opengpt4.train.loop import next_token_loss
 
 ANSWER_PARAMS = SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])
 
@@ -38,9 +40,9 @@ def val_losses(model: nn.Module, batches: dict[str, list], autocast: AbstractCon
     for domain, domain_batches in batches.items():
         total, count = 0.0, 0
         for b in domain_batches:
-            with autocast:
-                total += float(model(b.input_ids, b.images, targets=b.targets, reduction="sum"))
-            count += int((b.targets != -100).sum())
+            with autocast:  # the training loss itself, so it moves the batch to the model's device too
+                total += float(next_token_loss(model, b))
+            count += int((b.targets != IGNORE_INDEX).sum())
         out[domain] = total / max(count, 1)
     model.train(was_training)
     return out
