@@ -125,8 +125,9 @@ def stages(preset: Preset, benchmark_data: Path | None, missing: frozenset[str] 
         # The "early" demos: the announcement's helpful-only early model, with some policy answers
         # for RL to reinforce (README, RLHF).
         Stage("chat", ("data", "chat", "--preset", preset.data, "--out", "chat", "--safety-demos", "early", *seed)),
-        Stage("sft", ("sft", "--model", "pretrain", "--data", "chat", "--out", "sft", *preset.sft),
-              ("pretrain", "chat"), resumable=True),
+        # --replay: rows of the pretraining data keep the facts through SFT (README, SFT).
+        Stage("sft", ("sft", "--model", "pretrain", "--data", "chat", "--out", "sft", "--replay", "data", *preset.sft),
+              ("pretrain", "chat", "data"), resumable=True),
         Stage("reward", ("reward", "train", "--model", "sft", "--pairs", "chat", "--out", "reward",
                          "--max-steps", str(preset.reward_steps), *_sets(preset.reward_set)), ("sft", "chat")),
         Stage("rl-prompts.jsonl", ("data", "rl-prompts", "--chat", "chat", "--out", "rl-prompts.jsonl", *seed,

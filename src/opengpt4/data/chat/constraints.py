@@ -64,9 +64,6 @@ class Constraint:
     def phrasings(self, split: str) -> tuple[str, ...]:
         return split_pool(self.templates, split)
 
-    def system_message(self, rng: random.Random, kwargs: Kwargs, split: str) -> str:
-        return rng.choice(self.phrasings(split)).format(**self.fields(kwargs))
-
     def check(self, kwargs: Kwargs, response: str) -> bool:
         return self.checker(kwargs, response)
 
