@@ -61,7 +61,7 @@ class ChatPreset:
 PRESETS = {
     "test": ChatPreset("test", {"train": {"fact": 40, "math": 20, "code": 10, "constraint": 6},
                                 "heldout": {"fact": 10, "math": 5, "code": 5, "constraint": 3}}),
-    "mini": ChatPreset("mini", {"train": {"fact": 3000, "math": 2000, "code": 1000, "constraint": 300},
+    "mini": ChatPreset("mini", {"train": {"fact": 3000, "math": 2000, "code": 1000, "constraint": 600},
                                 "heldout": {"fact": 300, "math": 200, "code": 100, "constraint": 40}}),
 }
 SPLIT_RULES = {
