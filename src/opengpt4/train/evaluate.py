@@ -23,10 +23,9 @@ from opengpt4.data.world import first_line
 from opengpt4.engine.generate import Engine, Prompt
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.files import read_jsonl
-from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.model.vision import preprocess
 from opengpt4.tokenizer import Tokenizer
-from opengpt4.train.loop import next_token_loss
+from opengpt4.train.loop import next_token_loss, target_count
 
 ANSWER_PARAMS = SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])
 
@@ -42,7 +41,7 @@ def val_losses(model: nn.Module, batches: dict[str, list], autocast: AbstractCon
         for b in domain_batches:
             with autocast:  # the training loss itself, so it moves the batch to the model's device too
                 total += float(next_token_loss(model, b))
-            count += int((b.targets != IGNORE_INDEX).sum())
+            count += target_count(b)
         out[domain] = total / max(count, 1)
     model.train(was_training)
     return out
