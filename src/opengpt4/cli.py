@@ -710,6 +710,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # a command that trained (torch is heavy to import otherwise)
+            from opengpt4.train import distributed
+
+            distributed.shutdown()  # under torchrun: after the command, once its models are gone
     return 0
 
 

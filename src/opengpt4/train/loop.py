@@ -388,7 +388,6 @@ class Trainer:
             if self.saved_at != self.step:
                 self.save()
             distributed.barrier(d)
-        distributed.shutdown(d)
 
 
 class Report:
