@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 
 from opengpt4.scaling import fit as F
-from opengpt4.scaling.family import SHAPES, model_config
+from opengpt4.scaling.family import model_config
 from opengpt4.scaling.plan import DEFAULT_PLAN, Run
+from opengpt4.scaling.predict import nearest_shape
 
 SECOND_SWEEP = {"E": 1.1048, "A": 8.5996, "alpha": 0.17412, "B": 14622.23, "beta": 0.72227}
 
@@ -43,8 +43,7 @@ def trial(rng: np.random.Generator, noise: float, truth: dict) -> float:
     target = DEFAULT_PLAN.target_budget
     minima = F.fitted_minima(F.isoflop_minima(results))
     law = F.fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], target)
-    n_opt = F.frontier_size(minima, target)
-    shape = min(SHAPES, key=lambda s: abs(math.log(model_config(s, DEFAULT_PLAN.seq_len).num_params() / n_opt)))
+    shape = nearest_shape(F.frontier_size(minima, target), DEFAULT_PLAN.seq_len)
     observed = F.chinchilla(truth, *size_and_tokens(Run(target, shape, 0))) + rng.normal(0.0, noise)
     return (float(F.power_law(law, target)) - observed) / observed
 
