@@ -4,7 +4,7 @@ Synthetic sweeps with the default plan's budgets, sizes and seeds: each run's lo
 Chinchilla-form L(N, D) (by default the L(N, D) that `scaling fit` fitted on the second sweep,
 prediction.json of commit ca3acdc, whose IsoFLOP curves look like ours) plus Gaussian noise of
 `--noise` bits/byte, the seed-to-seed spread a sweep measures. Each synthetic sweep goes through
-`scaling fit`'s own code (IsoFLOP minima, L(C) = a C^b + c, the frontier's target size), and the
+`scaling fit`'s own code (IsoFLOP minima, L(C), the frontier's target size), and the
 prediction is compared with the truth at the chosen target plus the target's own noise.
 
     python benchmarks/scaling_power.py --noise 0.03 --trials 25 --out power.json
@@ -33,7 +33,7 @@ def size_and_tokens(run: Run) -> tuple[float, float]:
         float(DEFAULT_PLAN.steps(run) * DEFAULT_PLAN.tokens_per_step)
 
 
-def trial(rng: np.random.Generator, noise: float, truth: dict) -> float:
+def trial(rng: np.random.Generator, noise: float, truth: dict, method: str) -> float:
     """One synthetic sweep, fitted; the prediction's relative error against the target's outcome."""
     results = []
     for run in DEFAULT_PLAN.runs():
@@ -42,9 +42,12 @@ def trial(rng: np.random.Generator, noise: float, truth: dict) -> float:
                         "seed": run.seed, "bpb": F.chinchilla(truth, n, d) + rng.normal(0.0, noise)})
     target = DEFAULT_PLAN.target_budget
     minima = F.fitted_minima(F.isoflop_minima(results))
-    law = F.fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], target)
+    if method == "frontier":  # scaling fit's: c only where an F-test keeps it, noise-scaled Huber
+        law = F.fit_minima(minima, target, F.seed_sd(results)["sd"])
+    else:  # the three first attempts': a C^b + c always, Chinchilla's Huber delta
+        law = F.fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], target)
     shape = nearest_shape(F.frontier_size(minima, target), DEFAULT_PLAN.seq_len)
-    observed = F.chinchilla(truth, *size_and_tokens(Run(target, shape, 0))) + rng.normal(0.0, noise)
+    observed = F.chinchilla(truth, *size_and_tokens(DEFAULT_PLAN.target_run(shape))) + rng.normal(0.0, noise)
     return (float(F.power_law(law, target)) - observed) / observed
 
 
@@ -54,12 +57,14 @@ def main() -> None:
                         help="seed-to-seed standard deviation of one run's bits/byte")
     parser.add_argument("--trials", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=["frontier", "irreducible"], default="frontier",
+                        help="frontier: scaling fit's L(C); irreducible: a C^b + c always, as the first three attempts")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    report = {"truth": SECOND_SWEEP, "trials": args.trials, "by_noise": {}}
+    report = {"truth": SECOND_SWEEP, "trials": args.trials, "method": args.method, "by_noise": {}}
     for noise in args.noise:
-        errors = np.array([trial(rng, noise, SECOND_SWEEP) for _ in range(args.trials)])
+        errors = np.array([trial(rng, noise, SECOND_SWEEP, args.method) for _ in range(args.trials)])
         row = {"mean_abs_error": float(np.abs(errors).mean()), "bias": float(errors.mean()),
                "within_3_percent": float(np.mean(np.abs(errors) <= 0.03))}
         report["by_noise"][str(noise)] = row

@@ -1,5 +1,6 @@
 """The scaling family, its FLOP count, the corpus checks and the fits (no training: test_scaling_sweep.py)."""
 
+import json
 import math
 
 import numpy as np
@@ -87,6 +88,24 @@ def test_power_law_fit_recovers_known_parameters_from_noisy_points():
     assert float(F.power_law(fit, target)) == pytest.approx(a + e, rel=0.02)  # the prediction is what matters
 
 
+def test_the_frontier_keeps_the_irreducible_term_only_where_the_minima_show_it():
+    rng = np.random.default_rng(0)
+    target = 3e14
+    # four minima on a straight line in log-log, with noise: c is not identified, the pure power law predicts
+    c = np.array([1e12, 3e12, 1e13, 3e13])
+    straight = 2.8 * (c / 1e12) ** -0.085 * np.exp(rng.normal(0, 0.01, len(c)))
+    fit = F.fit_frontier(c, straight, target, delta=F.noise_scaled_delta(0.03, straight))
+    assert fit["form"] == "a C^b" and fit["c"] == 0.0 and fit["f_test"]["p"] > 0.05
+    assert float(F.power_law(fit, target)) == pytest.approx(2.8 * 300 ** -0.085, rel=0.03)
+    # eight minima over three decades, bending towards c = 1.1: the F-test keeps it
+    c = np.geomspace(3e10, 3e13, 8)
+    bent = 0.9 * (c / target) ** -0.3 + 1.1
+    fit = F.fit_frontier(c, bent * np.exp(rng.normal(0, 0.002, len(c))), target, delta=F.noise_scaled_delta(0.005, bent))
+    assert fit["form"] == "a C^b + c" and fit["f_test"]["p"] < 0.05 and fit["c"] == pytest.approx(1.1, abs=0.15)
+    # three minima leave no degree of freedom to test c with
+    assert F.fit_frontier(c[:3], bent[:3], target)["f_test"]["p"] is None
+
+
 def test_chinchilla_fit_recovers_known_parameters():
     rng = np.random.default_rng(0)
     n = np.geomspace(2e4, 2e6, 12)
@@ -125,6 +144,10 @@ def test_default_plan_meets_the_issue():
     assert {r.seed for r in runs if r.budget <= budgets[1]} == {0, 1} and {r.seed for r in runs if r.budget > budgets[1]} == {0}
     assert all(DEFAULT_PLAN.steps(r) >= 400 for r in runs)  # every run long enough that its length is not what it measures
     assert Plan.from_json_text(DEFAULT_PLAN.to_json()) == DEFAULT_PLAN
+    # a new attempt on the same data starts at other seeds, its target too
+    moved = Plan(**{**json.loads(DEFAULT_PLAN.to_json()), "first_seed": 10})
+    assert {r.seed for r in moved.runs() if r.budget <= budgets[1]} == {10, 11}
+    assert {r.seed for r in moved.runs() if r.budget > budgets[1]} == {10} and moved.target_run("w192l5").seed == 10
 
 
 def test_trainer_settings_the_sweep_needs():

@@ -20,7 +20,8 @@ from tests.helpers import wait_for
 
 # seq_len 256: the capability prompts (up to 149 bytes) and a body must fit the context
 TOY = Plan(budgets={"4e9": ["w32l1"], "8e9": ["w32l1"], "1.6e10": ["w32l1", "w32l2"]}, target_budget=3.2e10,
-           seeds=2, seeded_budgets=1, seq_len=256, tokens_per_step=512, jobs=1, target_threads=1, samples=2)
+           seeds=2, seeded_budgets=1, first_seed=3, seq_len=256, tokens_per_step=512, jobs=1, target_threads=1,
+           samples=2)
 RESUMED = Plan(**{**json.loads(TOY.to_json()), "budgets": {"2e9": ["w32l1"], "4e9": ["w32l1"]}, "seq_len": 64})
 
 
@@ -65,7 +66,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(data_dir, tmp_path
         assert (file.stat().st_mtime_ns, file.read_text()) == (mtime, text)
     r = results[0]
     assert r["flops"] <= 2e9 * 1.02 and r["steps"] >= 20 and 1.0 < r["bpb"] < 8.5
-    assert {(x["budget"], x["seed"]) for x in results} >= {(2e9, 0), (2e9, 1)}
+    assert {(x["budget"], x["seed"]) for x in results} >= {(2e9, TOY.first_seed), (2e9, TOY.first_seed + 1)}
     lines = [json.loads(x) for x in (out / "runs" / r["id"] / "ckpt" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == r["steps"] and not any(line.get("probe") for line in lines)
     with pytest.raises(SweepError, match="another plan"):
@@ -105,6 +106,7 @@ def test_fit_then_target_then_plots(data_dir, tmp_path):
         load_prediction(file, data_dir)
     report = run_target(out, data_dir, file, require_commit=False)
     assert report["run"]["model"] == prediction["target_model"] and report["run"]["budget"] == TOY.target_budget
+    assert report["run"]["seed"] == TOY.first_seed
     assert report["relative_error"] == pytest.approx((report["observed_bpb"] - report["predicted_bpb"])
                                                      / report["predicted_bpb"])
     proc = subprocess.run([sys.executable, "-m", "opengpt4.cli", "scaling", "plot", "--sweep", str(out),

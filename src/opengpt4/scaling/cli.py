@@ -115,13 +115,18 @@ def cmd_capability(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    from opengpt4.scaling import fit as F
     from opengpt4.scaling.predict import make_prediction, write_prediction
 
     sweep_dir = Path(args.sweep)
     p = make_prediction(sweep_dir, Path(args.data), _sweep_plan(sweep_dir))
     write_prediction(Path(args.out), p)
     fit, (lo, hi) = p["fit"], p["interval_95"]
-    print(f"L(C) = {fit['a']:.4f} (C / {fit['c_ref']:.3g})^{fit['b']:.4f} + {fit['c']:.4f} from {p['runs']} runs; "
+    test = fit["f_test"]
+    kept = "kept" if fit["c"] else "not identified, left out"
+    curve = F.formula(fit, "(C / {:.3g})".format(fit["c_ref"]))
+    print(f"L(C) = {curve} from {p['runs']} runs; irreducible term {kept} "
+          f"(F-test p = {test['p'] if test['p'] is None else round(test['p'], 3)}); "
           f"seed-to-seed sd {p['seed_sd']['sd']:.4f} bpb ({p['seed_sd']['pairs']} pairs)")
     print(f"prediction at {p['target_budget']:.3g} FLOPs with {p['target_model']} ({p['target_params']:,} params, "
           f"{p['target_tokens']:,} tokens): {p['predicted_bpb']:.4f} bpb, 95% interval [{lo:.4f}, {hi:.4f}]; "

@@ -39,6 +39,9 @@ class Plan:
     target_budget: float = 3e14
     seeds: int = 2  # at the `seeded_budgets` smallest budgets; one seed elsewhere
     seeded_budgets: int = 2
+    # The seeds are first_seed, first_seed + 1, ...; the target trains with first_seed. A new attempt on
+    # the same data must start elsewhere: seed 0 would repeat runs whose outcome is already known.
+    first_seed: int = 0
     seq_len: int = 256
     tokens_per_step: int = 4096  # the global batch, batch_size = tokens_per_step / seq_len (same at all budgets)
     schedule: str = "wsd"
@@ -62,7 +65,7 @@ class Plan:
         """Every sweep run, in a fixed order (budget, size, seed)."""
         ordered = sorted(self.budgets, key=float)
         return [Run(float(b), m, seed) for i, b in enumerate(ordered) for m in self.budgets[b]
-                for seed in range(self.seeds if i < self.seeded_budgets else 1)]
+                for seed in range(self.first_seed, self.first_seed + (self.seeds if i < self.seeded_budgets else 1))]
 
     def train_config(self, run: Run) -> TrainConfig:
         width = shape(run.model).width
@@ -70,6 +73,9 @@ class Plan:
                            lr=learning_rate(width) * run.lr_scale, schedule=self.schedule, warmup_fraction=self.warmup_fraction,
                            decay_fraction=self.decay_fraction, min_lr_ratio=self.min_lr_ratio, dtype=self.dtype,
                            eval_every=0, eval_batches=1, probe_size=0, log_every=10, seed=run.seed, mixture={})
+
+    def target_run(self, model: str) -> Run:
+        return Run(self.target_budget, model, self.first_seed)
 
     def steps(self, run: Run) -> int:
         per_token = flops_per_token(model_config(run.model, self.seq_len), self.seq_len)["total"]

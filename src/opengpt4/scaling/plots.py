@@ -40,8 +40,11 @@ def plot_loss(results: list[dict], prediction: dict, target: dict | None, png: P
             ax.scatter([m["budget"] / c_target for m in points], [m["bpb_opt"] for m in points], zorder=3, **style)
     c = np.geomspace(min(m["budget"] for m in minima) / 2, c_target * 2, 200)
     fit = prediction["fit"]
-    ax.plot(c / c_target, F.power_law(fit, c), "C0",
-            label=f"L(C) = {fit['a']:.3f} C^{fit['b']:.3f} + {fit['c']:.3f}")
+    ax.plot(c / c_target, F.power_law(fit, c), "C0", label=f"L(C) = {F.formula(fit)}")
+    alternative = fit.get("f_test", {}).get("irreducible_fit")
+    if alternative and not fit["c"]:  # the curve with c the F-test did not keep
+        ax.plot(c / c_target, F.power_law(alternative, c), "C0", ls=":", alpha=0.6,
+                label=f"with c, not kept: {F.formula(alternative)}")
     lo, hi = prediction["interval_95"]
     p = prediction["predicted_bpb"]
     ax.errorbar([1.0], [p], yerr=[[max(p - lo, 0)], [max(hi - p, 0)]], fmt="D", c="C1", capsize=4, label=f"prediction {p:.3f}")

@@ -23,7 +23,7 @@ from opengpt4.errors import PredictionMissing
 from opengpt4.files import write_text
 from opengpt4.scaling import fit as F
 from opengpt4.scaling.family import SHAPES, model_config
-from opengpt4.scaling.plan import Plan, Run
+from opengpt4.scaling.plan import Plan
 from opengpt4.scaling.sweep import read_results
 
 CAPABILITY = "capability.json"  # in the sweep dir: pass rates per run (`opengpt4 scaling capability`)
@@ -35,10 +35,11 @@ def nearest_shape(n: float, seq_len: int) -> str:
 
 
 def optimal_runs(results: list[dict], minima: list[dict]) -> list[dict]:
-    """Per budget, the seed-0 run whose size is nearest the IsoFLOP minimum's."""
+    """Per budget, the first seed's run whose size is nearest the IsoFLOP minimum's."""
     best = []
+    first_seed = min(r["seed"] for r in results)
     for m in minima:
-        runs = [r for r in results if r["budget"] == m["budget"] and r["seed"] == 0]
+        runs = [r for r in results if r["budget"] == m["budget"] and r["seed"] == first_seed]
         best.append(min(runs, key=lambda r: abs(math.log(r["params"] / m["n_opt"]))))
     return best
 
@@ -81,14 +82,14 @@ def make_prediction(sweep_dir: Path, data_dir: Path, plan: Plan, seed: int = 0) 
     target = plan.target_budget
     minima = F.isoflop_minima(results)
     fitted = F.fitted_minima(minima)
-    law = F.fit_power_law([m["budget"] for m in fitted], [m["bpb_opt"] for m in fitted], target)
-    predicted = float(F.power_law(law, target))
     noise = F.seed_sd(results)
+    law = F.fit_minima(fitted, target, noise["sd"])
+    predicted = float(F.power_law(law, target))
     draws = F.bootstrap(results, target, law, rng) + rng.normal(0.0, noise["sd"], F.BOOTSTRAPS)
     n_opt = F.frontier_size(fitted, target)
     shape = nearest_shape(n_opt, plan.seq_len)
     config = model_config(shape, plan.seq_len)
-    tokens = plan.steps(Run(target, shape, 0)) * plan.tokens_per_step
+    tokens = plan.steps(plan.target_run(shape)) * plan.tokens_per_step
     chin = F.fit_chinchilla(np.array([r["params"] for r in results], float),
                             np.array([r["tokens"] for r in results], float), np.array([r["bpb"] for r in results]))
     index = read_index(data_dir)
@@ -175,7 +176,7 @@ def run_target(sweep_dir: Path, data_dir: Path, prediction_path: Path, require_c
         result = json.loads((run_dir / RESULT).read_text())
     else:
         resume = (run_dir / "ckpt" / STATE_FILE).is_file()  # a killed target continues where it stopped
-        result = train_run(Run(plan.target_budget, prediction["target_model"], 0), plan, data_dir, run_dir,
+        result = train_run(plan.target_run(prediction["target_model"]), plan, data_dir, run_dir,
                            ckpt_every=TARGET_CKPT_EVERY, resume=resume)
     capability = None
     if prediction.get("capability"):

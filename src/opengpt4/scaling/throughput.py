@@ -76,6 +76,6 @@ def predict_stages(plan: Plan, sweep_speed: dict[str, float], target_speed: dict
                    target_model: str) -> dict[str, float]:
     runs = plan.runs()
     sweep = makespan([run_seconds(r, plan, sweep_speed) + STARTUP_SECONDS for r in runs], plan.jobs)
-    target = run_seconds(Run(plan.target_budget, target_model, 0), plan, target_speed) + STARTUP_SECONDS
+    target = run_seconds(plan.target_run(target_model), plan, target_speed) + STARTUP_SECONDS
     return {"sweep_seconds": sweep, "target_seconds": target, "runs": len(runs),
             "sweep_flops": sum(r.budget for r in runs)}
