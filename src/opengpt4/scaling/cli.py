@@ -122,11 +122,10 @@ def cmd_fit(args: argparse.Namespace) -> None:
     p = make_prediction(sweep_dir, Path(args.data), _sweep_plan(sweep_dir))
     write_prediction(Path(args.out), p)
     fit, (lo, hi) = p["fit"], p["interval_95"]
-    test = fit["f_test"]
-    kept = "kept" if fit["c"] else "not identified, left out"
+    p_value = fit["f_test"]["p"]
+    why = f"F-test p = {p_value:.3f}" if p_value is not None else f"{len(p['fitted_budgets'])} minima: too few to test it"
     curve = F.formula(fit, "(C / {:.3g})".format(fit["c_ref"]))
-    print(f"L(C) = {curve} from {p['runs']} runs; irreducible term {kept} "
-          f"(F-test p = {test['p'] if test['p'] is None else round(test['p'], 3)}); "
+    print(f"L(C) = {curve} from {p['runs']} runs; irreducible term {'kept' if fit['c'] else 'left out'} ({why}); "
           f"seed-to-seed sd {p['seed_sd']['sd']:.4f} bpb ({p['seed_sd']['pairs']} pairs)")
     print(f"prediction at {p['target_budget']:.3g} FLOPs with {p['target_model']} ({p['target_params']:,} params, "
           f"{p['target_tokens']:,} tokens): {p['predicted_bpb']:.4f} bpb, 95% interval [{lo:.4f}, {hi:.4f}]; "
