@@ -7,54 +7,15 @@ and hands over to the module that owns the objective.
 from __future__ import annotations
 
 import argparse
+import importlib
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from opengpt4.train.pretrain import train_from_cli
+def _command(module: str, function: str):
+    """The verb's handler, imported when the verb runs: torch and the trainers load only for the verb in use."""
+    def run(args: argparse.Namespace) -> None:
+        getattr(importlib.import_module(module), function)(args)
 
-    train_from_cli(args)
-
-
-def cmd_sft(args: argparse.Namespace) -> None:
-    from opengpt4.train.sft import sft_from_cli
-
-    sft_from_cli(args)
-
-
-def cmd_rbrm_train(args: argparse.Namespace) -> None:
-    from opengpt4.safety.classifier import rbrm_train_from_cli
-
-    rbrm_train_from_cli(args)
-
-
-def cmd_rlhf(args: argparse.Namespace) -> None:
-    from opengpt4.train.rl import rlhf_from_cli
-
-    rlhf_from_cli(args)
-
-
-def cmd_rbrm_agreement(args: argparse.Namespace) -> None:
-    from opengpt4.safety.classifier import rbrm_agreement_from_cli
-
-    rbrm_agreement_from_cli(args)
-
-
-def cmd_reward_train(args: argparse.Namespace) -> None:
-    from opengpt4.train.preference import reward_train_from_cli
-
-    reward_train_from_cli(args)
-
-
-def cmd_reward_score(args: argparse.Namespace) -> None:
-    from opengpt4.train.preference import reward_score_from_cli
-
-    reward_score_from_cli(args)
-
-
-def cmd_dpo(args: argparse.Namespace) -> None:
-    from opengpt4.train.preference import dpo_from_cli
-
-    dpo_from_cli(args)
+    return run
 
 
 def add_lora_flag(p: argparse.ArgumentParser, more: str = "") -> None:
@@ -85,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a training or model setting, e.g. --set lr=3e-3 --set model.n_layer=4 "
                         "--set model.vision=null (text only) --set probe_size=0 (no probes)")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_command("opengpt4.train.pretrain", "train_from_cli"))
 
     p = sub.add_parser("sft", help="supervised fine-tuning on chat data, full or LoRA (runs under torchrun too)")
     p.add_argument("--model", required=True,
@@ -108,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (SFTConfig), e.g. --set lr=5e-5 --set seq_len=1024 --set batch_size=32")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 instead of DDP")
-    p.set_defaults(func=cmd_sft)
+    p.set_defaults(func=_command("opengpt4.train.sft", "sft_from_cli"))
 
     p = sub.add_parser("rbrm", help="the safety graders (RBRMs): train the rubric classifier, measure agreement")
     verb = p.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -124,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="wall-clock budget from the command's start, the final eval and checkpoint included")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RBRMConfig), e.g. --set lr=5e-4 --set epochs=2")
-    t.set_defaults(func=cmd_rbrm_train)
+    t.set_defaults(func=_command("opengpt4.safety.classifier", "rbrm_train_from_cli"))
     a = verb.add_parser("agreement", help="accuracy and Cohen's kappa of a grader against the oracle's labels")
     a.add_argument("--grader", required=True, metavar="GRADER",
                    help="oracle | model:NAME_OR_URL (zero-shot rubric; an endpoint as http://HOST:PORT/v1#MODEL) "
@@ -134,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--limit", type=int, default=None, help="grade a seeded random subset of this many responses")
     a.add_argument("--seed", type=int, default=0, help="the subset's seed (default 0)")
     a.add_argument("--out", default=None, help="write the report as JSON here")
-    a.set_defaults(func=cmd_rbrm_agreement)
+    a.set_defaults(func=_command("opengpt4.safety.classifier", "rbrm_agreement_from_cli"))
 
     pairs_help = ("a chat data dir (pairs-train.jsonl; pairs-heldout.jsonl for the eval) or a JSONL file of TRL "
                   "preference pairs {\"prompt\": [messages], \"chosen\": [...], \"rejected\": [...]}")
@@ -151,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="wall-clock budget from the command's start, the final eval and checkpoint included")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RewardConfig), e.g. --set lr=1e-4 --set skip_too_long=true")
-    t.set_defaults(func=cmd_reward_train)
+    t.set_defaults(func=_command("opengpt4.train.preference", "reward_train_from_cli"))
     sc = verb.add_parser("score", help="pairwise accuracy and mean margin of a reward model on preference pairs")
     sc.add_argument("--model", required=True, help="a `reward train` checkpoint dir")
     sc.add_argument("--pairs", required=True, help="a chat data dir (pairs-<split>.jsonl) or a JSONL file of pairs")
@@ -159,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--limit", type=int, default=None, help="score a seeded random subset of this many pairs")
     sc.add_argument("--seed", type=int, default=0, help="the subset's seed (default 0)")
     sc.add_argument("--out", default=None, help="write the report as JSON here")
-    sc.set_defaults(func=cmd_reward_score)
+    sc.set_defaults(func=_command("opengpt4.train.preference", "reward_score_from_cli"))
 
     p = sub.add_parser("dpo", help="direct preference optimisation of a checkpoint on preference pairs")
     p.add_argument("--policy", required=True, help="checkpoint dir or model name to start from; a frozen copy is "
@@ -175,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (DPOConfig), e.g. --set beta=0.1 --set lr=5e-5")
-    p.set_defaults(func=cmd_dpo)
+    p.set_defaults(func=_command("opengpt4.train.preference", "dpo_from_cli"))
 
     p = sub.add_parser("rlhf", help="RLHF (PPO or GRPO) against a reward model, the RBRM safety reward and a KL leash")
     p.add_argument("--algo", choices=("ppo", "grpo"), default="ppo",
@@ -197,4 +158,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RLConfig), e.g. --set kl_coef=0.1 --set samples_per_prompt=4")
-    p.set_defaults(func=cmd_rlhf)
+    p.set_defaults(func=_command("opengpt4.train.rl", "rlhf_from_cli"))
