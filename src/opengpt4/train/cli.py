@@ -18,6 +18,15 @@ def _command(module: str, function: str):
     return run
 
 
+def _stop_flags(p: argparse.ArgumentParser, steps_help: str) -> argparse._MutuallyExclusiveGroup:
+    """--max-steps or --max-minutes (one of them, or the objective's default length)."""
+    stop = p.add_mutually_exclusive_group()
+    stop.add_argument("--max-steps", type=int, default=None, help=steps_help)
+    stop.add_argument("--max-minutes", type=float, default=None,
+                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    return stop
+
+
 def add_lora_flag(p: argparse.ArgumentParser, more: str = "") -> None:
     p.add_argument("--lora", type=int, default=None, metavar="RANK",
                    help="train rank-RANK LoRA adapters on the attention and MLP projections (merged into the written "
@@ -59,12 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replay", default=None, metavar="DATA_DIR",
                    help="mix rows of this pretraining data dir (`data build`, the model's tokenizer) into training, "
                         "replay_fraction of all rows (default 0.25): keeps what pretraining taught")
-    stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run")
-    stop.add_argument("--epochs", type=float, default=None,
-                      help="passes over the training conversations (default 2)")
-    stop.add_argument("--max-minutes", type=float, default=None,
-                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    stop = _stop_flags(p, "optimizer steps to run")
+    stop.add_argument("--epochs", type=float, default=None, help="passes over the training conversations (default 2)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (SFTConfig), e.g. --set lr=5e-5 --set seq_len=1024 --set batch_size=32")
@@ -79,10 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", required=True,
                    help="a chat data dir (safety-train.jsonl, safety-heldout.jsonl for the eval) or a JSONL file")
     t.add_argument("--out", required=True, help="checkpoint directory: the decoder + head.safetensors + head.json")
-    stop = t.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run (default: a quarter epoch, --set epochs=E)")
-    stop.add_argument("--max-minutes", type=float, default=None,
-                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    _stop_flags(t, "optimizer steps to run (default: a quarter epoch, --set epochs=E)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RBRMConfig), e.g. --set lr=5e-4 --set epochs=2")
     t.set_defaults(func=_command("opengpt4.safety.classifier", "rbrm_train_from_cli"))
@@ -105,11 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--model", required=True, help="checkpoint dir or model name to start from (e.g. an `sft` run)")
     t.add_argument("--pairs", required=True, help=pairs_help)
     t.add_argument("--out", required=True, help="checkpoint directory: the decoder + head.safetensors + head.json")
-    stop = t.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int, default=None,
-                      help="optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
-    stop.add_argument("--max-minutes", type=float, default=None,
-                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    _stop_flags(t, "optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (RewardConfig), e.g. --set lr=1e-4 --set skip_too_long=true")
     t.set_defaults(func=_command("opengpt4.train.preference", "reward_train_from_cli"))
@@ -127,11 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "the reference")
     p.add_argument("--pairs", required=True, help=pairs_help)
     p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
-    stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int, default=None,
-                      help="optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
-    stop.add_argument("--max-minutes", type=float, default=None,
-                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    _stop_flags(p, "optimizer steps to run (default: 0.1 epoch, 64 steps on the mini data; --set epochs=E)")
     add_lora_flag(p, "; the reference is then the policy with its adapters off (no second copy of the weights)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -150,10 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "JSONL file of {\"prompt\": messages, \"family\", \"category\"} rows")
     p.add_argument("--heldout", default=None, help="held-out prompts for the evals (default: the data dir's)")
     p.add_argument("--out", required=True, help="checkpoint directory (written atomically)")
-    stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--max-steps", type=int, default=None, help="optimizer steps to run (default: --set steps=200)")
-    stop.add_argument("--max-minutes", type=float, default=None,
-                      help="wall-clock budget from the command's start, the final eval and checkpoint included")
+    _stop_flags(p, "optimizer steps to run (default: --set steps=200)")
     add_lora_flag(p, "; the KL reference is then the policy with its adapters off (no second copy of the weights)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
