@@ -18,26 +18,20 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import track
 
-from opengpt4.data.loader import read_index
 from opengpt4.model.checkpoint import load_checkpoint
-from opengpt4.scaling.data import CODE
-from opengpt4.tokenizer import Tokenizer
+from opengpt4.scaling.measure import heldout_ids
 
 SPAN = 12
 
 
 def heldout_rows(data_dir: Path, seq_len: int) -> tuple[torch.Tensor, int]:
     """The held-out code shard as whole rows of seq_len + 1 tokens (the short tail left out), and BOS."""
-    index = read_index(data_dir)
-    entry = index["domains"][CODE]["val"]
-    ids = torch.from_numpy(np.fromfile(data_dir / entry["file"], dtype=index["dtype"]).astype(np.int64))
-    rows = torch.stack([ids[s : s + seq_len + 1] for s in range(0, len(ids) - seq_len - 1, seq_len)])
-    return rows, Tokenizer.from_dir(data_dir, index["tokenizer"]).bos_id
+    ids, bos = heldout_ids(data_dir)
+    return torch.stack([ids[s : s + seq_len + 1] for s in range(0, len(ids) - seq_len - 1, seq_len)]), bos
 
 
 def copyable(rows: torch.Tensor, span: int = SPAN) -> torch.Tensor:

@@ -210,7 +210,7 @@ def bootstrap(results: list[dict], target: float, fit: dict, rng: np.random.Gene
         start = fit["log_params"]
         refit = fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], fit["c_ref"],
                               starts=[start, [start[0], -0.3, *start[2:]]], irreducible=len(start) == 3,
-                              delta=fit.get("huber_delta", HUBER_DELTA))
+                              delta=fit["huber_delta"])
         predictions.append(float(power_law(refit, target)))
     return np.array(predictions)
 

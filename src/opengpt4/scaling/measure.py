@@ -35,13 +35,18 @@ PROBLEMS = 25
 SAMPLE_TEMPERATURE, SAMPLE_TOP_P, MAX_BODY_BYTES = 0.8, 0.95, 64
 
 
-@torch.no_grad()
-def heldout_bpb(model: Transformer, data_dir: Path, seq_len: int, rows_per_batch: int = 32) -> dict[str, float]:
-    """{"bpb", "bytes"} of the model on the held-out code shard."""
+def heldout_ids(data_dir: Path) -> tuple[torch.Tensor, int]:
+    """The held-out code shard's token ids, and the BOS id (context, never a target)."""
     index = read_index(data_dir)
     entry = index["domains"][CODE]["val"]
     ids = torch.from_numpy(np.fromfile(data_dir / entry["file"], dtype=index["dtype"]).astype(np.int64))
-    bos = Tokenizer.from_dir(data_dir, index["tokenizer"]).bos_id
+    return ids, Tokenizer.from_dir(data_dir, index["tokenizer"]).bos_id
+
+
+@torch.no_grad()
+def heldout_bpb(model: Transformer, data_dir: Path, seq_len: int, rows_per_batch: int = 32) -> dict[str, float]:
+    """{"bpb", "bytes"} of the model on the held-out code shard."""
+    ids, bos = heldout_ids(data_dir)
     was_training = model.training
     model.eval()
     nats, count = 0.0, 0
