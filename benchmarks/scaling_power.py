@@ -21,7 +21,6 @@ import json
 import numpy as np
 
 from opengpt4.scaling import fit as F
-from opengpt4.scaling.family import model_config
 from opengpt4.scaling.plan import DEFAULT_PLAN, Run
 from opengpt4.scaling.predict import nearest_shape
 
@@ -29,7 +28,7 @@ SECOND_SWEEP = {"E": 1.1048, "A": 8.5996, "alpha": 0.17412, "B": 14622.23, "beta
 
 
 def size_and_tokens(run: Run) -> tuple[float, float]:
-    return float(model_config(run.model, DEFAULT_PLAN.seq_len).num_params()), \
+    return float(DEFAULT_PLAN.model_config(run.model).num_params()), \
         float(DEFAULT_PLAN.steps(run) * DEFAULT_PLAN.tokens_per_step)
 
 
@@ -46,7 +45,7 @@ def trial(rng: np.random.Generator, noise: float, truth: dict, method: str) -> f
         law = F.fit_minima(minima, target, F.seed_sd(results)["sd"])
     else:  # the three first attempts': a C^b + c always, Chinchilla's Huber delta
         law = F.fit_power_law([m["budget"] for m in minima], [m["bpb_opt"] for m in minima], target)
-    shape = nearest_shape(F.frontier_size(minima, target), DEFAULT_PLAN.seq_len)
+    shape = nearest_shape(F.frontier_size(minima, target), DEFAULT_PLAN)
     observed = F.chinchilla(truth, *size_and_tokens(DEFAULT_PLAN.target_run(shape))) + rng.normal(0.0, noise)
     return (float(F.power_law(law, target)) - observed) / observed
 

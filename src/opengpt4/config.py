@@ -92,6 +92,10 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # Smeared keys (Olsson et al. 2022, "In-context learning and induction heads"): each key is mixed
+    # with the previous position's, sigmoid(g) k_t + (1 - sigmoid(g)) k_(t-1), g learned per KV head.
+    # A previous-token head then comes for free, so even one layer can copy from the context.
+    smear_keys: bool = False
     vision: VisionConfig | None = None
     image_token_id: int | None = None  # the id the tokenizer expands <|image|> into
     name: str = "custom"
@@ -123,7 +127,7 @@ class ModelConfig:
         kv = self.n_kv_head * self.head_dim
         attn = self.n_embd * (self.n_embd + 2 * kv) + self.n_embd * self.n_embd
         mlp = 3 * self.n_embd * self.mlp_hidden
-        per_layer = attn + mlp + 2 * self.n_embd
+        per_layer = attn + mlp + 2 * self.n_embd + (self.n_kv_head if self.smear_keys else 0)
         n = self.n_layer * per_layer + self.n_embd
         if include_embeddings:
             n += self.vocab_size * self.n_embd * (1 if self.tie_embeddings else 2)
@@ -131,10 +135,10 @@ class ModelConfig:
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token: 6N for the matmuls plus the attention scores (PaLM appendix B). N counts
-        the weight matrices, the LM head's included; the norms' gains are no matmul (scaling/family.py breaks
+        the weight matrices, the LM head's included; the norms' gains and the smeared keys' gates are no matmul (scaling/family.py breaks
         the count down by part and tests/test_scaling.py checks it against torch's FlopCounterMode)."""
         t = seq_len or self.max_seq_len
-        gains = (2 * self.n_layer + 1) * self.n_embd
+        gains = (2 * self.n_layer + 1) * self.n_embd + (self.n_layer * self.n_kv_head if self.smear_keys else 0)
         n = self.num_params(include_embeddings=False) - gains + self.vocab_size * self.n_embd
         return 6 * n + 12 * self.n_layer * self.n_embd * t
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from opengpt4.engine.generate import Delta, Engine, Prompt, Row
 from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names, worst_case_blocks
 from opengpt4.engine.sampling import SamplingParams
-from opengpt4.errors import InvalidRequest, QueueFull, Unavailable
+from opengpt4.errors import ConfigError, InvalidRequest, QueueFull, Unavailable
 
 
 class RequestHandle:
@@ -147,6 +147,9 @@ class Scheduler:
         64 prompts: TTFT p50 17.6 s at 2048 on one busy thread). kv_tokens: the KV pool's bound in
         tokens (default: FULL_CONTEXTS full contexts, or max_batch if fewer). No request gets more context
         than it holds."""
+        if engine.config.smear_keys:  # PagedStep.attend reads keys block by block, unsmeared
+            raise ConfigError(f"{engine.config.name}: the server's paged cache does not smear keys (smear_keys); "
+                              "such a model decodes with Engine.generate only")
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk

@@ -286,6 +286,9 @@ def export_hf(model: str | Path, out: str | Path) -> Path:
     """Write a checkpoint as a directory transformers loads with LlamaForCausalLM.from_pretrained."""
     net, tok = load_checkpoint(model)
     c = net.config
+    if c.smear_keys:  # a Llama has no smeared keys: dropping the gates would export another model
+        raise CheckpointError(f"{model}: this model smears its keys (smear_keys), which LlamaForCausalLM cannot "
+                              "express; it cannot be exported")
     state = weights_state_dict(net)  # already without lm_head when tied, as HF saves it
     vision = [k for k in state if k.startswith(("vision.", "projector."))]
     if vision:

@@ -62,12 +62,12 @@ def shape(name: str) -> Shape:
     return SHAPES[name]
 
 
-def model_config(name: str, seq_len: int) -> ModelConfig:
+def model_config(name: str, seq_len: int, smear_keys: bool = False) -> ModelConfig:
     s = shape(name)
     heads = max(s.width // HEAD_DIM, 1)
     return ModelConfig(vocab_size=VOCAB_SIZE, n_layer=s.layers, n_embd=s.width, n_head=heads, n_kv_head=heads,
                        mlp_hidden=32 * math.ceil(8 * s.width / 3 / 32), max_seq_len=seq_len, rope_theta=10000.0,
-                       tie_embeddings=True, vision=None, name=name)
+                       tie_embeddings=True, smear_keys=smear_keys, vision=None, name=name)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
@@ -81,7 +81,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
         # T x T product and masks it, so the causal half is computed too and counted
         "attention": 2 * 2 * seq_len * cfg.n_head * hd * cfg.n_layer,
         "lm_head": 2 * d * cfg.vocab_size,
-    }
+    }  # elementwise work (norms, SwiGLU's product, smeared keys' mix) is left out, as Chinchilla does
     parts = {k: 3.0 * v for k, v in forward.items()}
     return {**parts, "total": sum(parts.values())}
 

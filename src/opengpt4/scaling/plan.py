@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opengpt4.config import TrainConfig
+from opengpt4.config import ModelConfig, TrainConfig
 from opengpt4.errors import ConfigError
 from opengpt4.scaling.family import flops_per_token, learning_rate, model_config, shape
 
@@ -53,6 +53,7 @@ class Plan:
     threads: int = 1
     target_threads: int = 2  # the target runs alone, on both cores
     samples: int = 100  # capability samples per problem and model
+    smear_keys: bool = False  # every model of the sweep and the target (ModelConfig.smear_keys)
 
     def __post_init__(self) -> None:
         for sizes in self.budgets.values():
@@ -74,11 +75,14 @@ class Plan:
                            decay_fraction=self.decay_fraction, min_lr_ratio=self.min_lr_ratio, dtype=self.dtype,
                            eval_every=0, eval_batches=1, probe_size=0, log_every=10, seed=run.seed, mixture={})
 
+    def model_config(self, name: str) -> ModelConfig:
+        return model_config(name, self.seq_len, self.smear_keys)
+
     def target_run(self, model: str) -> Run:
         return Run(self.target_budget, model, self.first_seed)
 
     def steps(self, run: Run) -> int:
-        per_token = flops_per_token(model_config(run.model, self.seq_len), self.seq_len)["total"]
+        per_token = flops_per_token(self.model_config(run.model), self.seq_len)["total"]
         return max(math.ceil(run.budget / (per_token * self.tokens_per_step)), 1)
 
     def to_json(self) -> str:

@@ -22,7 +22,7 @@ from opengpt4.data.loader import read_index
 from opengpt4.errors import PredictionMissing
 from opengpt4.files import write_text
 from opengpt4.scaling import fit as F
-from opengpt4.scaling.family import SHAPES, model_config
+from opengpt4.scaling.family import SHAPES
 from opengpt4.scaling.plan import Plan
 from opengpt4.scaling.sweep import read_results
 
@@ -30,8 +30,8 @@ CAPABILITY = "capability.json"  # in the sweep dir: pass rates per run (`opengpt
 TARGET = "target.json"
 
 
-def nearest_shape(n: float, seq_len: int) -> str:
-    return min(SHAPES, key=lambda s: abs(math.log(model_config(s, seq_len).num_params() / n)))
+def nearest_shape(n: float, plan: Plan) -> str:
+    return min(SHAPES, key=lambda s: abs(math.log(plan.model_config(s).num_params() / n)))
 
 
 def optimal_runs(results: list[dict], minima: list[dict]) -> list[dict]:
@@ -87,8 +87,8 @@ def make_prediction(sweep_dir: Path, data_dir: Path, plan: Plan, seed: int = 0) 
     predicted = float(F.power_law(law, target))
     draws = F.bootstrap(results, target, law, rng) + rng.normal(0.0, noise["sd"], F.BOOTSTRAPS)
     n_opt = F.frontier_size(fitted, target)
-    shape = nearest_shape(n_opt, plan.seq_len)
-    config = model_config(shape, plan.seq_len)
+    shape = nearest_shape(n_opt, plan)
+    config = plan.model_config(shape)
     tokens = plan.steps(plan.target_run(shape)) * plan.tokens_per_step
     chin = F.fit_chinchilla(np.array([r["params"] for r in results], float),
                             np.array([r["tokens"] for r in results], float), np.array([r["bpb"] for r in results]))

@@ -34,7 +34,7 @@ from opengpt4.errors import SweepError
 from opengpt4.files import read_jsonl, write_jsonl, write_text
 from opengpt4.model.checkpoint import load_checkpoint
 from opengpt4.scaling import data as scaling_data
-from opengpt4.scaling.family import flops_per_token, model_config
+from opengpt4.scaling.family import flops_per_token
 from opengpt4.scaling.measure import heldout_bpb
 from opengpt4.scaling.plan import Plan, Run
 
@@ -50,7 +50,7 @@ def train_run(run: Run, plan: Plan, data: Path, run_dir: Path, *, ckpt_every: in
     cfg = plan.train_config(run)
     cfg.ckpt_every = ckpt_every
     cfg.mixture = scaling_data.mixture(read_index(data))
-    config = model_config(run.model, plan.seq_len)
+    config = plan.model_config(run.model)
     start = time.perf_counter()
     torch.manual_seed(run.seed)
     trainer = build_trainer(config, data, run_dir / "ckpt", cfg, [], plan.steps(run), None, resume=resume, fsdp=False)

@@ -15,7 +15,7 @@ import torch
 
 from opengpt4.config import TrainConfig
 from opengpt4.model.transformer import Transformer
-from opengpt4.scaling.family import BYTE_OFFSET, flops_per_token, model_config
+from opengpt4.scaling.family import BYTE_OFFSET, flops_per_token
 from opengpt4.scaling.plan import Plan, Run
 from opengpt4.train.optim import build_optimizer
 
@@ -23,7 +23,7 @@ from opengpt4.train.optim import build_optimizer
 def measure(name: str, threads: int, seconds: float, plan: Plan) -> dict:
     """Training tokens/s of family shape `name` on `threads` threads at the plan's batch."""
     torch.set_num_threads(threads)
-    config = model_config(name, plan.seq_len)
+    config = plan.model_config(name)
     torch.manual_seed(0)
     model = Transformer(config)
     model.init_weights()
