@@ -6,6 +6,7 @@ cannot (Olsson et al. 2022, section on smeared keys)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from opengpt4.model import convert
 from opengpt4.model.checkpoint import load_checkpoint, save_checkpoint
 from opengpt4.model.transformer import IGNORE_INDEX, KVCache, Transformer
 from opengpt4.scaling.family import byte_tokenizer, flops_per_token
-from opengpt4.scaling.plan import DEFAULT_PLAN
+from opengpt4.scaling.plan import DEFAULT_PLAN, Plan
 from tests.helpers import tiny_config
 
 
@@ -64,17 +65,22 @@ def test_a_packed_document_does_not_smear_the_previous_documents_last_key():
     assert (packed[:, 7:] - second_alone).abs().max() <= 1e-5
 
 
-def test_the_gates_train_and_the_flop_count_is_the_plain_models():
+def test_the_gates_train_and_the_scaling_family_counts_the_same_flops_with_them():
     model = smeared_decoder(2).train()
     ids = torch.randint(0, 300, (2, 16))
     model(ids, targets=ids.roll(-1, 1)).backward()
     assert all(layer.self_attn.smear_gate.grad.abs().sum() > 0 for layer in model.model.layers)
-    plan = dataclasses.replace(DEFAULT_PLAN, smear_keys=True)
-    smeared, plain = plan.model_config("w64l2"), DEFAULT_PLAN.model_config("w64l2")
-    assert smeared.smear_keys and not plain.smear_keys
+    # The default plan's family (smeared keys, 16-wide heads) against the first four attempts' (a plan.json
+    # from before the fields existed loads as that family, so their sweeps resume as they were)
+    old = json.loads(DEFAULT_PLAN.to_json())
+    del old["smear_keys"], old["head_dim"]
+    plain_plan = Plan.from_json_text(json.dumps(old))
+    smeared, plain = DEFAULT_PLAN.model_config("w64l2"), plain_plan.model_config("w64l2")
+    assert (smeared.smear_keys, smeared.n_head, smeared.head_dim) == (True, 4, 16)
+    assert (plain.smear_keys, plain.n_head, plain.head_dim) == (False, 2, 32)
     assert smeared.num_params() == plain.num_params() + smeared.n_layer * smeared.n_kv_head
-    assert flops_per_token(smeared, 256) == flops_per_token(plain, 256)
-    assert plan.steps(plan.target_run("w64l2")) == DEFAULT_PLAN.steps(DEFAULT_PLAN.target_run("w64l2"))
+    assert flops_per_token(smeared, 256) == flops_per_token(plain, 256)  # same matmuls, same attention FLOPs
+    assert DEFAULT_PLAN.steps(DEFAULT_PLAN.target_run("w64l2")) == plain_plan.steps(plain_plan.target_run("w64l2"))
 
 
 def test_the_paged_server_refuses_a_model_with_smeared_keys():

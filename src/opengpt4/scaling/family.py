@@ -2,8 +2,8 @@
 
 One vocabulary for every size: the 256 bytes after our special tokens (BOS, ChatML, pad), so
 the loss is in bits per byte with no tokenizer in between, and the embedding is 320 x width
-(261 rounded up to 64), small beside the blocks from the second size on. Heads are 32 wide,
-the MLP is SwiGLU at 8/3 x width rounded to 32, as in the d-family.
+(261 rounded up to 64), small beside the blocks from the second size on. Heads are 32 wide
+(a plan may say 16: more heads at the same width and FLOPs), the MLP is SwiGLU at 8/3 x width rounded to 32, as in the d-family.
 
 FLOPs are counted per token from the shapes (every matmul, the LM head included, and the
 two attention matmuls over the whole sequence, as PaLM's appendix B and Chinchilla count
@@ -62,9 +62,9 @@ def shape(name: str) -> Shape:
     return SHAPES[name]
 
 
-def model_config(name: str, seq_len: int, smear_keys: bool = False) -> ModelConfig:
+def model_config(name: str, seq_len: int, smear_keys: bool = False, head_dim: int = HEAD_DIM) -> ModelConfig:
     s = shape(name)
-    heads = max(s.width // HEAD_DIM, 1)
+    heads = max(s.width // head_dim, 1)
     return ModelConfig(vocab_size=VOCAB_SIZE, n_layer=s.layers, n_embd=s.width, n_head=heads, n_kv_head=heads,
                        mlp_hidden=32 * math.ceil(8 * s.width / 3 / 32), max_seq_len=seq_len, rope_theta=10000.0,
                        tie_embeddings=True, smear_keys=smear_keys, vision=None, name=name)
