@@ -70,17 +70,19 @@ def test_the_gates_train_and_the_scaling_family_counts_the_same_flops_with_them(
     ids = torch.randint(0, 300, (2, 16))
     model(ids, targets=ids.roll(-1, 1)).backward()
     assert all(layer.self_attn.smear_gate.grad.abs().sum() > 0 for layer in model.model.layers)
-    # The default plan's family (smeared keys, 16-wide heads) against the first four attempts' (a plan.json
-    # from before the fields existed loads as that family, so their sweeps resume as they were)
+    # The fifth attempt's family (smeared keys, 16-wide heads) against the built-in plan's, which a plan.json
+    # from before the fields existed also loads as, so the earlier sweeps resume as they were
     old = json.loads(DEFAULT_PLAN.to_json())
     del old["smear_keys"], old["head_dim"]
     plain_plan = Plan.from_json_text(json.dumps(old))
-    smeared, plain = DEFAULT_PLAN.model_config("w64l2"), plain_plan.model_config("w64l2")
+    assert plain_plan == DEFAULT_PLAN
+    fifth = dataclasses.replace(DEFAULT_PLAN, smear_keys=True, head_dim=16)
+    smeared, plain = fifth.model_config("w64l2"), plain_plan.model_config("w64l2")
     assert (smeared.smear_keys, smeared.n_head, smeared.head_dim) == (True, 4, 16)
     assert (plain.smear_keys, plain.n_head, plain.head_dim) == (False, 2, 32)
     assert smeared.num_params() == plain.num_params() + smeared.n_layer * smeared.n_kv_head
     assert flops_per_token(smeared, 256) == flops_per_token(plain, 256)  # same matmuls, same attention FLOPs
-    assert DEFAULT_PLAN.steps(DEFAULT_PLAN.target_run("w64l2")) == plain_plan.steps(plain_plan.target_run("w64l2"))
+    assert fifth.steps(fifth.target_run("w64l2")) == plain_plan.steps(plain_plan.target_run("w64l2"))
 
 
 def test_the_paged_server_refuses_a_model_with_smeared_keys():
