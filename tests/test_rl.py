@@ -130,6 +130,18 @@ def test_group_advantages_standardise_within_each_prompts_group():
     assert torch.equal(adv[4:], torch.zeros(4))  # all alike: nothing to prefer
 
 
+def test_group_advantages_keep_the_scores_scale_unless_asked_to_standardise_per_group():
+    scores = torch.tensor([1.0, 0.0, 1.0, 0.0, 10.01, 10.0, 10.0, 10.0])  # a tiny spread in the second group
+    group = rl.group_advantages(scores, 4, "group")
+    assert group[4] > group[0]  # standardised: a 0.01 difference outweighs the first group's 1.0
+    none = rl.group_advantages(scores, 4, "none")
+    assert torch.allclose(none, torch.tensor([0.5, -0.5, 0.5, -0.5, 0.0075, -0.0025, -0.0025, -0.0025]), atol=1e-5)
+    batch = rl.group_advantages(scores, 4, "batch")
+    assert torch.allclose(batch, none / scores.std(), atol=1e-4)
+    with pytest.raises(ConfigError, match="scale_rewards"):
+        rl.RLConfig(algo="grpo", samples_per_prompt=2, scale_rewards="std")
+
+
 def test_the_rbrm_reward_goes_only_to_the_families_asked_for():
     class Constant:
         def score(self, messages, responses):

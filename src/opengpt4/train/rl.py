@@ -20,8 +20,9 @@ of `minibatches` optimizer steps each (a Trainer step is one optimizer step):
   with the score added at the last token; a value head on the policy's final hidden state
   (shared trunk) gives GAE(gamma, lam) advantages, whitened over the rollout; the loss is the
   clipped ratio objective plus vf_coef x the clipped value loss.
-- GRPO (DeepSeekMath): no value head; each response's advantage is its score standardised
-  within its prompt's group; the KL to the reference is a loss term, kl_coef x the k3
+- GRPO (DeepSeekMath): no value head; each response's advantage is its score minus its prompt
+  group's mean, divided by the group's std (`scale_rewards`: "batch" divides by the rollout's
+  std, "none" by nothing, Dr. GRPO; TRL's option of that name); the KL to the reference is a loss term, kl_coef x the k3
   estimator exp(ref - pi) - (ref - pi) - 1 per token.
 
 Losses are summed over response tokens and divided by their count (token-level averaging).
@@ -67,6 +68,7 @@ from opengpt4.train.finetune import describe_mode, load_trainable, reference, sn
 from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, read_state
 
 ALGOS = ("ppo", "grpo")
+SCALE_REWARDS = ("group", "batch", "none")  # GRPO advantage scaling, as TRL names it
 VALUE_FILE, ROLLOUT_FILE, PLOT_FILE = "value_head.safetensors", "rollout.safetensors", "rl.png"
 SAFETY_FAMILIES = tuple(LABELS)
 
@@ -85,6 +87,10 @@ class RLConfig(FineTuneConfig):
     minibatches: int = 2  # optimizer steps per pass over a rollout: a rollout is batch_size x minibatches sequences
     ppo_epochs: int = 2  # passes over each rollout (GRPO's "iterations")
     samples_per_prompt: int = 1  # GRPO's group size (>= 2); PPO may sample several too
+    # GRPO: what a group's centred scores are divided by. "group" (DeepSeekMath) blows up small score
+    # differences in a group whose RBRM grades are all alike, so the reward model alone steers it;
+    # "batch" (one std for the rollout) and "none" (Dr. GRPO) keep a score's scale across groups.
+    scale_rewards: str = "group"
     max_new_tokens: int = 64
     # Rollouts are sampled from softmax(logits / temperature); the policy, its old self and the
     # reference are all scored under that same tempered distribution (as TRL's trainers do), so the
@@ -109,6 +115,8 @@ class RLConfig(FineTuneConfig):
             raise ConfigError(f"algo must be one of {', '.join(ALGOS)}, got {self.algo!r}")
         if self.algo == "grpo" and self.samples_per_prompt < 2:
             raise ConfigError("GRPO compares responses within a group: samples_per_prompt must be >= 2")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ConfigError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
         if not self.temperature > 0:  # also NaN
             raise ConfigError(f"temperature must be > 0 (rollouts are sampled), got {self.temperature}")
         for name in ("minibatches", "ppo_epochs", "samples_per_prompt", "max_new_tokens", "steps"):
@@ -298,10 +306,16 @@ def whiten(x: Tensor, mask: Tensor) -> Tensor:
     return ((x - mean) / (std + 1e-8)) * mask
 
 
-def group_advantages(scores: Tensor, group: int) -> Tensor:
-    """GRPO: each score standardised within its consecutive group of `group` samples of one prompt."""
+def group_advantages(scores: Tensor, group: int, scale: str = "group") -> Tensor:
+    """GRPO: each score minus the mean of its consecutive group of `group` samples of one prompt,
+    divided by that group's std ("group"), the whole rollout's ("batch") or nothing ("none")."""
     s = scores.view(-1, group)
-    return ((s - s.mean(1, keepdim=True)) / (s.std(1, keepdim=True) + 1e-4)).view(-1)
+    centred = s - s.mean(1, keepdim=True)
+    if scale == "group":
+        centred = centred / (s.std(1, keepdim=True) + 1e-4)
+    elif scale == "batch":
+        centred = centred / (scores.std() + 1e-4)
+    return centred.view(-1)
 
 
 @dataclass
@@ -437,7 +451,7 @@ class RLHF:
             returns = advantages + values
             advantages = whiten(advantages, mask)
         else:
-            advantages = group_advantages(scores, group)[:, None] * mask
+            advantages = group_advantages(scores, group, cfg.scale_rewards)[:, None] * mask
             returns = torch.zeros_like(old)
         self.stats = self.rollout_stats(prompts, texts, parts, log_ratio, ent, mask)
         return Rollout(input_ids, mask, old, ref, advantages, returns, values)
