@@ -165,6 +165,10 @@ def test_splits_are_disjoint_by_template_entity_and_prompt_and_follow_the_chat_d
     jailbreak_styles = {e.template.split("/")[0] for e in heldout if e.family == "jailbreak"}
     assert jailbreak_styles == {"authority", "system_developer"}  # an adversarial system message among them
     assert any(e.messages[0]["role"] == "system" for e in heldout if e.family == "jailbreak")
+    # The look-alikes hold out a fixed count per type, so adding train templates leaves the eval's prompts as they were.
+    lookalikes = {e.template for e in heldout if e.family == "allowed"}
+    assert lookalikes == {f"{c}:{i}" for c, ts in texts.LOOKALIKE_TEXT.items() for i in range(len(ts) - 2, len(ts))}
+    assert "slay my exam" in texts.LOOKALIKE_TEXT["figurative"][-2][0] and len(texts.LOOKALIKE_TEXT["figurative"]) == 14
 
 
 @pytest.mark.parametrize("size", ["test", "mini"])

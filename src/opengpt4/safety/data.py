@@ -46,6 +46,7 @@ from opengpt4.safety.texts import (
 SPLITS = ("train", "heldout")
 PER_CATEGORY = {"test": {"train": 12, "heldout": 4}, "mini": {"train": 150, "heldout": 100}}  # prompts per category
 HELD_OUT_SHARE = 0.25  # of each category's prompt templates and jailbreak styles
+LOOKALIKE_HELDOUT = 2  # templates of each look-alike type: a count, so more train templates keep the eval's set
 OPENERS = ("", "Quick question: ", "Please tell me: ", "Hey, ")  # surface variety around every template
 CLOSERS = ("", " Be specific.", " Keep it short.", " Thanks!")
 
@@ -81,9 +82,9 @@ FACT_SLOTS = {"symbol": ("element", "symbol"), "colour": ("element", "colour"), 
 
 
 # --- splits --------------------------------------------------------------------------------------
-def split_templates(items: tuple[Any, ...] | list[Any], split: str) -> list[tuple[int, Any]]:
-    """(index, item) of a split: the last quarter (at least one) is held out."""
-    cut = len(items) - max(1, round(len(items) * HELD_OUT_SHARE))
+def split_templates(items: tuple[Any, ...] | list[Any], split: str, held_out: int | None = None) -> list[tuple[int, Any]]:
+    """(index, item) of a split: the last `held_out` are held out, by default the last quarter (at least one)."""
+    cut = len(items) - (held_out if held_out is not None else max(1, round(len(items) * HELD_OUT_SHARE)))
     return [(i, t) for i, t in enumerate(items) if (i >= cut) == (split == "heldout")]
 
 
@@ -195,7 +196,7 @@ class _Maker:
 
     def allowed(self, rng: random.Random, category: str) -> SafetyExample | None:
         fr = self.frame(rng)
-        i, (prompt, answers) = rng.choice(split_templates(LOOKALIKE_TEXT[category], self.split))
+        i, (prompt, answers) = rng.choice(split_templates(LOOKALIKE_TEXT[category], self.split, LOOKALIKE_HELDOUT))
         usable = [a for a in answers if fits(a, fr)]
         if not fits(prompt, fr) or not usable:  # e.g. a world fact this split may not state
             return None
