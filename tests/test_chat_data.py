@@ -40,7 +40,7 @@ from opengpt4.evals.benchmarks.world_qa import WorldQA, extract, value_patterns
 from opengpt4.evals.completion import EngineCompletionFn
 from opengpt4.evals.runner import run_eval
 from opengpt4.model.transformer import Transformer
-from opengpt4.safety.graders import POLICY_LABEL, oracle_label, refused
+from opengpt4.safety.graders import POLICY_LABEL, oracle_label
 
 
 @pytest.fixture(scope="module")
@@ -222,11 +222,6 @@ def test_data_dir_has_every_file_and_the_manifest_counts_them(chat_dir, world):
         pairs = read(chat_dir / f"pairs-{split}.jsonl")
         assert {p["meta"]["kind"] for p in pairs} == {"fact", "math", "code", "constraint", "safety", "truthful"}
         assert {p["meta"]["rejected_because"] for p in pairs if p["meta"]["kind"] == "safety"} >= {"B", "C"}
-        # every sensitive prompt also rejects a bare refusal: the disallowed prompts' chosen reply is wrong here
-        sensitive = [p for p in pairs if p["meta"].get("family") == "sensitive"]
-        refusals = [p for p in sensitive if p["meta"]["rejected_because"] == "refusal"]
-        assert len(refusals) == len({json.dumps(p["prompt"]) for p in sensitive}) > 0
-        assert all(refused(p["rejected"][0]["content"]) for p in refusals)
         labels = {r["label"] for r in read(chat_dir / f"safety-{split}.jsonl")}
         assert {"A", "B", "C", "D", "helpful", "over_refusal"} <= labels
     # the eval generates exactly the file's samples

@@ -48,7 +48,6 @@ from opengpt4.errors import OpenGPT4Error
 from opengpt4.files import atomic_write_dir, iter_jsonl, write_jsonl
 from opengpt4.safety.data import SafetyExample, labelled_responses, safety_examples
 from opengpt4.safety.graders import POLICY_LABEL
-from opengpt4.safety.texts import OVER_REFUSALS
 
 SPLITS = ("train", "heldout")
 
@@ -138,17 +137,12 @@ def _safety(world: World, seed: int, split: str, demos: str) -> tuple[list[dict]
         conversations.append({"messages": [*e.messages, {"role": "assistant", "content": reply}],
                               "meta": {"kind": "safety", "split": split, "family": e.family, "category": e.category,
                                        "label": label}})
-        rejected = [(label, response) for label, response in e.responses.items() if label != POLICY_LABEL[e.family]]
-        if e.family == "sensitive":
-            # A bare refusal is the disallowed prompts' chosen reply; without it as a sensitive prompt's
-            # rejected one, the reward model learnt to prefer it there too (60 of 60 held-out sensitive
-            # prompts), and RL followed it wherever the RBRM grades of a group were all alike.
-            rejected.append(("refusal", random.Random(f"refusal:{seed}:{split}:{i}").choice(OVER_REFUSALS)))
-        for label, response in rejected:
-            pairs.append({"prompt": e.messages, "chosen": [{"role": "assistant", "content": e.ideal}],
-                          "rejected": [{"role": "assistant", "content": response}],
-                          "meta": {"kind": "safety", "rejected_because": label, "family": e.family,
-                                   "category": e.category}})
+        for label, response in e.responses.items():
+            if label != POLICY_LABEL[e.family]:
+                pairs.append({"prompt": e.messages, "chosen": [{"role": "assistant", "content": e.ideal}],
+                              "rejected": [{"role": "assistant", "content": response}],
+                              "meta": {"kind": "safety", "rejected_because": label, "family": e.family,
+                                       "category": e.category}})
     return conversations, pairs, labelled_responses(examples)
 
 
