@@ -21,9 +21,9 @@ of `minibatches` optimizer steps each (a Trainer step is one optimizer step):
   (shared trunk) gives GAE(gamma, lam) advantages, whitened over the rollout; the loss is the
   clipped ratio objective plus vf_coef x the clipped value loss.
 - GRPO (DeepSeekMath): no value head; each response's advantage is its score minus its prompt
-  group's mean, divided by the group's std (`scale_rewards`: "batch" divides by the rollout's
-  std, "none" by nothing, Dr. GRPO; TRL's option of that name); the KL to the reference is a loss term, kl_coef x the k3
-  estimator exp(ref - pi) - (ref - pi) - 1 per token.
+  group's mean, divided by the group's std (`scale_rewards`, TRL's option: "batch" divides by the
+  rollout's std, "none" by nothing, as Dr. GRPO); the KL to the reference is a loss term,
+  kl_coef x the k3 estimator exp(ref - pi) - (ref - pi) - 1 per token.
 
 Losses are summed over response tokens and divided by their count (token-level averaging).
 Logged per step (metrics.jsonl, rl.png): the score and its parts, KL per response by the k1
