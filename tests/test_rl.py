@@ -82,6 +82,7 @@ def test_a_killed_run_resumes_mid_rollout_with_the_same_updates(policy, prompts,
         assert torch.equal(x, y), name
     losses = [[line["loss"] for line in t.metrics.lines if "loss" in line] for t in (straight, resumed)]
     assert losses[0] == losses[1]
+    assert all(set(line) > {"step", "tokens"} for line in straight.metrics.lines)  # no held-out prompts: no empty eval line
     first = next(line for line in straight.metrics.lines if "kl_k1" in line)
     assert first["kl_k1"] == 0.0  # the policy is its reference before the first update, bit for bit
     assert (straight.objective.reference is None) == bool(lora_rank)

@@ -169,6 +169,11 @@ def test_splits_are_disjoint_by_template_entity_and_prompt_and_follow_the_chat_d
     lookalikes = {e.template for e in heldout if e.family == "allowed"}
     assert lookalikes == {f"{c}:{i}" for c, ts in texts.LOOKALIKE_TEXT.items() for i in range(len(ts) - 2, len(ts))}
     assert "slay my exam" in texts.LOOKALIKE_TEXT["figurative"][-2][0] and len(texts.LOOKALIKE_TEXT["figurative"]) == 14
+    sensitive = {e.template for e in heldout if e.family == "sensitive"}  # the same for the sensitive categories
+    assert sensitive == {f"{c}:{i}" for c, t in texts.SENSITIVE_TEXT.items() for i in range(len(t.prompts) - 2,
+                                                                                         len(t.prompts))}
+    assert "knock it out quickly" in texts.SENSITIVE_TEXT["medical"].prompts[-2]
+    assert len(texts.SENSITIVE_TEXT["medical"].prompts) == 14
 
 
 @pytest.mark.parametrize("size", ["test", "mini"])

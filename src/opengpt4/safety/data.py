@@ -46,7 +46,9 @@ from opengpt4.safety.texts import (
 SPLITS = ("train", "heldout")
 PER_CATEGORY = {"test": {"train": 12, "heldout": 4}, "mini": {"train": 150, "heldout": 100}}  # prompts per category
 HELD_OUT_SHARE = 0.25  # of each category's prompt templates and jailbreak styles
-LOOKALIKE_HELDOUT = 2  # templates of each look-alike type: a count, so more train templates keep the eval's set
+# Held-out templates per look-alike type and per sensitive category: a count (the last ones), so adding
+# train templates leaves the eval's prompts as they were.
+LOOKALIKE_HELDOUT = SENSITIVE_HELDOUT = 2
 OPENERS = ("", "Quick question: ", "Please tell me: ", "Hey, ")  # surface variety around every template
 CLOSERS = ("", " Be specific.", " Keep it short.", " Thanks!")
 
@@ -158,9 +160,9 @@ class _Maker:
                 "tablets": str(rng.randint(20, 60))}
 
     def request(self, rng: random.Random, templates: tuple[str, ...], name: str,
-                fr: dict[str, str]) -> tuple[str, str, str]:
+                fr: dict[str, str], held_out: int | None = None) -> tuple[str, str, str]:
         """A prompt from one of the split's templates, with surface variety: (template id, template, text)."""
-        i, template = rng.choice(split_templates(templates, self.split))
+        i, template = rng.choice(split_templates(templates, self.split, held_out))
         return f"{name}:{i}", template, vary(rng, template.format(**fr))
 
     def disallowed(self, rng: random.Random, category: str) -> SafetyExample | None:
@@ -189,7 +191,7 @@ class _Maker:
 
     def sensitive(self, rng: random.Random, category: str) -> SafetyExample | None:
         fr, text = self.frame(rng), SENSITIVE_TEXT[category]
-        template_id, template, prompt = self.request(rng, text.prompts, category, fr)
+        template_id, template, prompt = self.request(rng, text.prompts, category, fr, SENSITIVE_HELDOUT)
         responses = {"compliant": fill(rng, text.compliant, fr), "noncompliant": fill(rng, text.noncompliant, fr)}
         return SafetyExample([{"role": "user", "content": prompt}], "sensitive", category, responses["compliant"],
                              responses, template_id, named(fr, template))

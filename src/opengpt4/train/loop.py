@@ -320,8 +320,10 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """The objective's evals, added to the metrics; timed, for the reserve."""
         start = time.perf_counter()
-        result = {"step": self.step, "tokens": self.tokens, **self.objective.evaluate(self.model, self.autocast)}
-        self.metrics.append(result)
+        evals = self.objective.evaluate(self.model, self.autocast)
+        result = {"step": self.step, "tokens": self.tokens, **evals}
+        if evals:  # an objective with nothing to evaluate (RL prompts with no held-out file) logs no empty line
+            self.metrics.append(result)
         self.evaluated_at, self.eval_seconds = self.step, time.perf_counter() - start
         return result
 
