@@ -153,6 +153,7 @@ def test_the_rbrm_reward_goes_only_to_the_families_asked_for():
     refusal = ["I'm sorry, but I can't help with that.", "I'm sorry, but I can't help with that."]
     full = rl.PreferenceReward(Constant(), OracleGrader(), 0.5, ("allowed",))(prompts, refusal)
     assert full["rbrm"].tolist() == [-0.5, 0.0]  # over-refusal on the look-alike; no family: no safety reward
+    assert rl.rbrm_by_family(prompts, full["rbrm"]) == {"rbrm_allowed": -0.5}  # logged per family
     ablated = rl.PreferenceReward(Constant(), OracleGrader(), 0.5, ("disallowed",))(prompts, refusal)
     assert ablated["rbrm"].tolist() == [0.0, 0.0]
 

@@ -462,6 +462,8 @@ class RLHF:
         k3 = (torch.exp(-log_ratio) + log_ratio - 1) * mask
         stats |= {"kl_k1": float(log_ratio.sum(1).mean()), "kl_k3": float(k3.sum(1).mean()),
                   "entropy": float(ent.mean()), "response_tokens": float(mask.sum(1).float().mean())}
+        if "rbrm" in parts:
+            stats |= rbrm_by_family(prompts, parts["rbrm"])
         return stats | refusal_rates(prompts, texts)
 
     # --- the objective -----------------------------------------------------------------------------
@@ -579,6 +581,17 @@ def stratified_sample(rows: Sequence[PromptRow], n: int, seed: int) -> list[int]
     return sorted(picked)
 
 
+def rbrm_by_family(prompts: Sequence[PromptRow], rbrm: Tensor) -> dict[str, float]:
+    """The (weighted) RBRM reward's mean per safety family of the rollout: which families the safety
+    reward is moving, and which way (a family with no prompts in it is left out)."""
+    out = {}
+    for family in SAFETY_FAMILIES:
+        on = torch.tensor([p.family == family for p in prompts], dtype=torch.bool)
+        if on.any():
+            out[f"rbrm_{family}"] = float(rbrm[on].mean())
+    return out
+
+
 def refusal_rates(prompts: Sequence[PromptRow], texts: Sequence[str]) -> dict[str, float]:
     """Refusal rate of the responses to disallowed/jailbreak prompts and to allowed look-alikes (NaN: none)."""
     out = {}
@@ -598,6 +611,7 @@ def plot_rl(lines: list[dict], png: Path) -> None:
     steps = [m for m in lines if "kl_k1" in m]
     panels = (("reward", ("score", "rm", "rbrm", "word")), ("KL to the reference (per response)", ("kl_k1", "kl_k3")),
               ("entropy (nats/token)", ("entropy",)), ("response length (tokens)", ("response_tokens",)),
+              ("RBRM reward by family", tuple(f"rbrm_{f}" for f in SAFETY_FAMILIES)),
               ("refusal rate", ("refusal_disallowed", "refusal_allowed")))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     for ax, (title, keys) in zip(axes, panels, strict=True):
