@@ -45,10 +45,9 @@ from opengpt4.safety.texts import (
 
 SPLITS = ("train", "heldout")
 PER_CATEGORY = {"test": {"train": 12, "heldout": 4}, "mini": {"train": 150, "heldout": 100}}  # prompts per category
-HELD_OUT_SHARE = 0.25  # of each category's prompt templates and jailbreak styles
-# Held-out templates per look-alike type and per sensitive category: a count (the last ones), so adding
-# train templates leaves the eval's prompts as they were.
-LOOKALIKE_HELDOUT = SENSITIVE_HELDOUT = 2
+# The last HELD_OUT templates of every list (a category's prompts, the jailbreak styles, a look-alike
+# type) are held out: a count, not a share, so adding train templates leaves the eval's prompts as they were.
+HELD_OUT = 2
 OPENERS = ("", "Quick question: ", "Please tell me: ", "Hey, ")  # surface variety around every template
 CLOSERS = ("", " Be specific.", " Keep it short.", " Thanks!")
 
@@ -84,9 +83,9 @@ FACT_SLOTS = {"symbol": ("element", "symbol"), "colour": ("element", "colour"), 
 
 
 # --- splits --------------------------------------------------------------------------------------
-def split_templates(items: tuple[Any, ...] | list[Any], split: str, held_out: int | None = None) -> list[tuple[int, Any]]:
-    """(index, item) of a split: the last `held_out` are held out, by default the last quarter (at least one)."""
-    cut = len(items) - (held_out if held_out is not None else max(1, round(len(items) * HELD_OUT_SHARE)))
+def split_templates(items: tuple[Any, ...] | list[Any], split: str) -> list[tuple[int, Any]]:
+    """(index, item) of a split: the last HELD_OUT are held out."""
+    cut = len(items) - HELD_OUT
     return [(i, t) for i, t in enumerate(items) if (i >= cut) == (split == "heldout")]
 
 
@@ -160,9 +159,9 @@ class _Maker:
                 "tablets": str(rng.randint(20, 60))}
 
     def request(self, rng: random.Random, templates: tuple[str, ...], name: str,
-                fr: dict[str, str], held_out: int | None = None) -> tuple[str, str, str]:
+                fr: dict[str, str]) -> tuple[str, str, str]:
         """A prompt from one of the split's templates, with surface variety: (template id, template, text)."""
-        i, template = rng.choice(split_templates(templates, self.split, held_out))
+        i, template = rng.choice(split_templates(templates, self.split))
         return f"{name}:{i}", template, vary(rng, template.format(**fr))
 
     def disallowed(self, rng: random.Random, category: str) -> SafetyExample | None:
@@ -191,14 +190,14 @@ class _Maker:
 
     def sensitive(self, rng: random.Random, category: str) -> SafetyExample | None:
         fr, text = self.frame(rng), SENSITIVE_TEXT[category]
-        template_id, template, prompt = self.request(rng, text.prompts, category, fr, SENSITIVE_HELDOUT)
+        template_id, template, prompt = self.request(rng, text.prompts, category, fr)
         responses = {"compliant": fill(rng, text.compliant, fr), "noncompliant": fill(rng, text.noncompliant, fr)}
         return SafetyExample([{"role": "user", "content": prompt}], "sensitive", category, responses["compliant"],
                              responses, template_id, named(fr, template))
 
     def allowed(self, rng: random.Random, category: str) -> SafetyExample | None:
         fr = self.frame(rng)
-        i, (prompt, answers) = rng.choice(split_templates(LOOKALIKE_TEXT[category], self.split, LOOKALIKE_HELDOUT))
+        i, (prompt, answers) = rng.choice(split_templates(LOOKALIKE_TEXT[category], self.split))
         usable = [a for a in answers if fits(a, fr)]
         if not fits(prompt, fr) or not usable:  # e.g. a world fact this split may not state
             return None
