@@ -90,10 +90,12 @@ PRESETS: dict[str, Preset] = {
                              "eval_every=2", "eval_prompts=8"),
                    rl_mix="disallowed=20,jailbreak=20,sensitive=20,allowed=20,truthful=20,other=20",
                    eval_limit=24),
-    # Sized for 45 minutes on 2 AVX2 cores (float32; AVX-512 / AMX machines train in bfloat16, ~3x faster).
+    # 21 minutes on 2 Zen 5 cores in bfloat16 (README); AVX2 machines train in float32, about 3x slower.
     # probe_size 32: the probes (3 kinds + 5 languages + images) cost what 64 did before the languages.
     "mini": Preset(data="mini", model="d4", pretrain_steps=400, pretrain_set=("probe_size=32",),
-                   sft=("--max-steps", "120", "--set", "seq_len=256", "--set", "lr=1e-3", "--set", "micro_batch_size=16"),
+                   # One epoch, as the RLHF section's SFT: with 120 steps no sensitive answer was policy-compliant
+                   # (0 of 79) before or after RL, so RL had nothing of it to reinforce.
+                   sft=("--epochs", "1", "--set", "seq_len=256", "--set", "lr=1e-3", "--set", "micro_batch_size=16"),
                    reward_steps=40, reward_set=(), rlhf_steps=120, rlhf_set=RLHF_SET, rl_mix=None,
                    eval_limit=600,
                    benchmarks=("mmlu", "arc_easy", "arc_challenge", "piqa", "winogrande", "hellaswag",
