@@ -1,8 +1,9 @@
-"""Pretraining: exact resume after SIGKILL, DDP/FSDP under torchrun, schedules, bad input."""
+"""Pretraining: exact resume after SIGKILL and after SIGTERM's save, DDP/FSDP under torchrun, schedules, bad input."""
 
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import pytest
 from opengpt4.config import TrainConfig, apply_overrides, get_preset
 from opengpt4.errors import ConfigError
 from opengpt4.train.optim import lr_at
-from tests.helpers import kill_after_checkpoint
+from tests.helpers import kill_after_checkpoint, wait_for
 
 TRAIN = ["--preset", "test", "--set", "seq_len=64", "--set", "batch_size=8", "--set", "eval_every=4",
          "--set", "probe_size=4", "--set", "warmup_steps=2"]
@@ -72,6 +73,33 @@ def test_resume_after_sigkill_gives_the_same_losses(data, tmp_path):
     resumed = losses(out)
     assert sorted(resumed) == list(range(1, 11))
     assert resumed == reference  # exactly, step for step
+
+
+def test_sigterm_saves_the_steps_done_and_resume_gives_the_same_losses(data, tmp_path):
+    """No periodic checkpoints (ckpt_every=0): what SIGTERM leaves is the save it makes after the step
+    in progress, with the shell's status for the signal; resuming it ends as the run never stopped."""
+    args = ["--data", str(data), "--max-steps", "10", *TRAIN, "--set", "eval_every=0"]
+    r = run_train(*args, "--out", str(tmp_path / "straight"))
+    assert r.returncode == 0, r.stderr
+    reference = losses(tmp_path / "straight")
+
+    out = tmp_path / "stopped"
+    metrics = out / "metrics.jsonl"  # appended as the run goes; its last line may be half-written
+    proc = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "train", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: metrics.is_file() and metrics.read_text().count('"loss"') >= 3, timeout=300)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    step = json.loads((out / "trainer_state.json").read_text())["step"]
+    assert 3 <= step < 10 and f"SIGTERM stopped training; the checkpoint in {out} holds its {step} steps" in stderr
+    assert sorted(losses(out)) == list(range(1, step + 1))
+    assert not [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val" in m]
+    r = run_train(*args, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert losses(out) == reference  # exactly, step for step
 
 
 def test_a_time_budget_holds_the_final_eval_and_checkpoint_and_logs_plain_progress(data, tmp_path):

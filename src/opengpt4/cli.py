@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from opengpt4.config import PRECISION_HELP, PRECISIONS
-from opengpt4.errors import CannotListen, KeylessPublicHost, OpenGPT4Error, PortInUse
+from opengpt4.errors import CannotListen, KeylessPublicHost, OpenGPT4Error, PortInUse, TrainingStopped
 
 
 def _load(model: str, dtype: str = "auto"):
@@ -518,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except TrainingStopped as e:
+        print(e, file=sys.stderr)
+        return e.exit_status
     except (OpenGPT4Error, ValueError) as e:
         if os.environ.get("OPENGPT4_DEBUG"):
             raise

@@ -193,6 +193,18 @@ class UnsupportedEvalClass(EvalSpecError):
                          f"the classes that can: {', '.join(self.supported)}", spec, file)
 
 
+# --- training ---
+class TrainingStopped(OpenGPT4Error):
+    """SIGTERM or Ctrl-C stopped a training run between two steps, after it saved every step done.
+    The CLI exits with the shell's status for the signal (128 + its number), as schedulers expect."""
+
+    def __init__(self, signal_name: str, signal_number: int, step: int, out: object, saved: bool) -> None:
+        self.exit_status = 128 + signal_number
+        where = (f"the checkpoint in {out} holds its {step} steps: continue with --resume" if saved
+                 else "no step was done, nothing was saved")
+        super().__init__(f"{signal_name} stopped training; {where}")
+
+
 # --- `opengpt4 scaling`: the sweep and its pre-registered prediction ---
 class SweepError(OpenGPT4Error):
     """A sweep that cannot start or finish: another plan in its dir, or runs that failed."""

@@ -12,7 +12,9 @@ report. An `Objective` says what is trained and on what.
 The loss of a step is summed over what it averages (tokens, pairs) and divided by the global
 count, so one process with gradient accumulation and N processes with DDP compute the same
 update. A checkpoint holds everything a run needs to continue with exactly the losses it
-would have had, so a run killed after one resumes as if it never stopped.
+would have had, so a run killed after one resumes as if it never stopped. SIGTERM (a scheduler's
+preemption, torchrun stopping its workers) and Ctrl-C stop a run after the step in progress and save
+it; a second one acts at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -36,7 +40,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from opengpt4.config import LoopConfig, ModelConfig
-from opengpt4.errors import CheckpointError, ConfigError, OpenGPT4Error
+from opengpt4.errors import CheckpointError, ConfigError, OpenGPT4Error, TrainingStopped
 from opengpt4.model.checkpoint import save_checkpoint
 from opengpt4.model.precision import autocast_dtype
 from opengpt4.model.transformer import IGNORE_INDEX, Transformer
@@ -221,6 +225,8 @@ class Trainer:
         self.schedule_progress, self.finished = 0.0, False  # rank 0's progress() and done(), see sync_clock
         self.evaluated_at: int | None = None  # the steps the last eval and checkpoint were made at
         self.saved_at: int | None = None
+        self.stop_signal: int | None = None  # SIGTERM or SIGINT this rank received: stop after this step and save
+        self.stopped = False  # any rank received one (sync_clock): every rank stops at the same step
         self.metrics = MetricsLog(out / METRICS_FILE)
         if state is not None:
             load_optimizer(self.optimizer, self.param_names, out / OPTIMIZER_FILE)
@@ -276,8 +282,10 @@ class Trainer:
         """Take rank 0's progress() and done() on every rank: ranks reading their own clocks would
         apply different learning rates, or one would stop while another waits in a collective."""
         mine = [self.progress(), float(self.done())] if self.dist.is_main else [0.0, 0.0]
-        progress, done = distributed.all_reduce_sum(torch.tensor(mine, dtype=torch.float64), self.dist).tolist()
-        self.schedule_progress, self.finished = progress, done > 0
+        mine.append(float(self.stop_signal is not None))  # a signal to any rank stops them all at the same step
+        progress, done, stop = distributed.all_reduce_sum(torch.tensor(mine, dtype=torch.float64), self.dist).tolist()
+        self.schedule_progress, self.stopped = progress, stop > 0
+        self.finished = done > 0 or self.stopped
 
     # --- a step, an eval, a checkpoint --------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -356,12 +364,38 @@ class Trainer:
         save_checkpoint(self.out, snapshot.model, self.objective.tokenizer, write_extra=write_extra)
 
     # --- the loop ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stop_on_signals(self):
+        """While training, SIGTERM and SIGINT ask for a stop after the step in progress (see run); the
+        handler then puts the previous one back, so a second signal acts as it would have (Ctrl-C twice:
+        KeyboardInterrupt at once). Python lets only the main thread set handlers: elsewhere, none."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous: dict[int, Any] = {}
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            signal.signal(signum, previous[signum])
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(signum)
+            if handler == signal.SIG_IGN:  # e.g. SIGINT in a `nohup ... &` job: ignored it stays
+                continue
+            previous[signum] = signal.SIG_DFL if handler is None else handler  # None: set outside Python
+            signal.signal(signum, request_stop)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
     def run(self) -> None:
         d, cfg = self.dist, self.cfg
         if d.is_main:
             print(f"{self.objective.describe()}, peak {self.peak_flops / 1e9:.0f} GFLOP/s per rank, "
                   f"{d.world_size} rank(s)", file=sys.stderr)
-        with Report(self, enabled=d.is_main) as report:
+        with self.stop_on_signals(), Report(self, enabled=d.is_main) as report:
             # A time budget must hold the final eval and checkpoint: measure them first, on the
             # untrained model (whose probe answers run to their full length, the slowest case).
             # The run gets a step-0 point on its curves and a checkpoint to resume from.
@@ -385,11 +419,15 @@ class Trainer:
                 if evaluate or save:
                     distributed.barrier(d)
                     self.sync_clock()  # they took time: the next step may no longer fit
-            if self.evaluated_at != self.step:
-                report.eval(self.evaluate())
-            if self.saved_at != self.step:
+            if not self.stopped and self.evaluated_at != self.step:
+                report.eval(self.evaluate())  # a stopped run skips it: a scheduler's grace period is short
+            if self.saved_at != self.step and not (self.stopped and self.step == 0):
                 self.save()
             distributed.barrier(d)
+        if self.stopped:
+            signum = self.stop_signal or signal.SIGTERM  # a rank the signal reached only through another
+            raise TrainingStopped(signal.Signals(signum).name, signum, self.step, self.out,
+                                  saved=self.saved_at is not None)
 
 
 class Report:
