@@ -59,12 +59,21 @@ def test_training_learns_and_writes_a_checkpoint(data, tmp_path):
     assert g.returncode == 0, g.stderr
 
 
-def test_resume_after_sigkill_gives_the_same_losses(data, tmp_path):
-    args = ["--data", str(data), "--max-steps", "10", *TRAIN, "--set", "ckpt_every=3", "--set", "eval_every=0"]
-    r = run_train(*args, "--out", str(tmp_path / "straight"))
-    assert r.returncode == 0, r.stderr
-    reference = losses(tmp_path / "straight")
+def interruptible_args(data, *more: str) -> list[str]:
+    return ["--data", str(data), "--max-steps", "10", *TRAIN, "--set", "eval_every=0", *more]
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory) -> dict[int, float]:
+    """The losses of the 10-step run the interrupted runs below must reproduce once resumed."""
+    out = tmp_path_factory.mktemp("straight") / "ck"
+    r = run_train(*interruptible_args(data), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return losses(out)
+
+
+def test_resume_after_sigkill_gives_the_same_losses(data, uninterrupted, tmp_path):
+    args = interruptible_args(data, "--set", "ckpt_every=3")
     out = tmp_path / "killed"
     step = kill_after_checkpoint([sys.executable, "-m", "opengpt4.cli", "train", *args, "--out", str(out)], out, 6)
     assert 6 <= step < 10
@@ -72,17 +81,13 @@ def test_resume_after_sigkill_gives_the_same_losses(data, tmp_path):
     assert r.returncode == 0, r.stderr
     resumed = losses(out)
     assert sorted(resumed) == list(range(1, 11))
-    assert resumed == reference  # exactly, step for step
+    assert resumed == uninterrupted  # exactly, step for step
 
 
-def test_sigterm_saves_the_steps_done_and_resume_gives_the_same_losses(data, tmp_path):
+def test_sigterm_saves_the_steps_done_and_resume_gives_the_same_losses(data, uninterrupted, tmp_path):
     """No periodic checkpoints (ckpt_every=0): what SIGTERM leaves is the save it makes after the step
     in progress, with the shell's status for the signal; resuming it ends as the run never stopped."""
-    args = ["--data", str(data), "--max-steps", "10", *TRAIN, "--set", "eval_every=0"]
-    r = run_train(*args, "--out", str(tmp_path / "straight"))
-    assert r.returncode == 0, r.stderr
-    reference = losses(tmp_path / "straight")
-
+    args = interruptible_args(data)
     out = tmp_path / "stopped"
     metrics = out / "metrics.jsonl"  # appended as the run goes; its last line may be half-written
     proc = subprocess.Popen([sys.executable, "-m", "opengpt4.cli", "train", *args, "--out", str(out)],
@@ -99,7 +104,7 @@ def test_sigterm_saves_the_steps_done_and_resume_gives_the_same_losses(data, tmp
     assert not [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val" in m]
     r = run_train(*args, "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr
-    assert losses(out) == reference  # exactly, step for step
+    assert losses(out) == uninterrupted  # exactly, step for step
 
 
 def test_a_time_budget_holds_the_final_eval_and_checkpoint_and_logs_plain_progress(data, tmp_path):
