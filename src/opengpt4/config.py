@@ -42,11 +42,6 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     pixel_shuffle: int = 2  # s x s neighbouring patches become one token (s*s*width wide)
     conv_stem: bool = False  # patches from a stack of stride-2 3x3 convolutions instead of one patch_size conv
-    # Extra image tokens made by cross-attention from learned queries shifted by the question (the text
-    # after the image in its turn, up to <|im_end|>), as InstructBLIP's instruction-aware Q-Former: the
-    # lookup "the colour of the circle" happens in the projector, where a fresh module learns it at the
-    # projector's rate, instead of in the LM's attention. 0: none (LLaVA's projector alone).
-    query_tokens: int = 0
     norm_eps: float = 1e-6
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -54,7 +49,6 @@ class VisionConfig:
     def __post_init__(self) -> None:
         self.image_mean = tuple(float(x) for x in self.image_mean)
         self.image_std = tuple(float(x) for x in self.image_std)
-        _require(self.query_tokens >= 0, f"vision.query_tokens must be >= 0, got {self.query_tokens}")
         for name in ("image_size", "patch_size", "n_layer", "width", "n_head", "pixel_shuffle"):
             _require(getattr(self, name) > 0, f"vision.{name} must be positive, got {getattr(self, name)}")
         _require(
@@ -80,7 +74,7 @@ class VisionConfig:
 
     @property
     def tokens_per_image(self) -> int:
-        return (self.grid_size // self.pixel_shuffle) ** 2 + self.query_tokens
+        return (self.grid_size // self.pixel_shuffle) ** 2
 
 
 @dataclass
@@ -104,7 +98,6 @@ class ModelConfig:
     smear_keys: bool = False
     vision: VisionConfig | None = None
     image_token_id: int | None = None  # the id the tokenizer expands <|image|> into
-    turn_end_id: int | None = None  # <|im_end|>: where the text that conditions vision.query_tokens stops
     name: str = "custom"
 
     def __post_init__(self) -> None:

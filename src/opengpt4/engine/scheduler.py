@@ -34,7 +34,6 @@ from opengpt4.engine.generate import Delta, Engine, Prompt, Row
 from opengpt4.engine.kv_cache import BlockPool, PagedStep, Sequence, block_names, worst_case_blocks
 from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import ConfigError, InvalidRequest, QueueFull, Unavailable
-from opengpt4.model.multimodal import QUESTION_WINDOW
 
 
 class RequestHandle:
@@ -318,24 +317,10 @@ class Scheduler:
             end = min(start + left, len(ids))
             while 0 < end < len(ids) and ids[end - 1] == image_id and ids[end] == image_id:
                 end += 1  # an image's placeholders go through the model together with its pixels
-            end = self._question_end(ids, start, end)
             self._grow(request, request.seq, end - start)
             chunks.append((request, ids[start:end]))
             left -= end - start
         return chunks
-
-    def _question_end(self, ids: list[int], start: int, end: int) -> int:
-        """`end`, moved on to the end of the question after the chunk's last image when the model's query
-        tokens read it (multimodal.image_questions: the text after an image in its turn, which must be in
-        the same forward as the image)."""
-        vision, image_id = self.engine.config.vision, self.tokenizer.image_id
-        if vision is None or not vision.query_tokens or image_id not in ids[start:end]:
-            return end
-        last = end - 1 - ids[start:end][::-1].index(image_id)
-        stop = min(last + 1 + QUESTION_WINDOW, len(ids))
-        turn_end = self.engine.config.turn_end_id
-        window = ids[end:stop]
-        return end + (window.index(turn_end) + 1 if turn_end in window else len(window))
 
     def _forward(self, decoding: list[_Decoding], chunks: list[tuple[_Request, list[int]]]
                  ) -> tuple[Tensor, list[tuple[_Request, list[int]]]]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from opengpt4.config import ModelConfig
 from opengpt4.errors import ImageError
-from opengpt4.model.multimodal import Projector, image_questions, scatter_image_features
+from opengpt4.model.multimodal import Projector, scatter_image_features
 from opengpt4.model.vision import VisionEncoder
 
 IGNORE_INDEX = -100  # targets with this value contribute no loss (PyTorch and HF convention)
@@ -370,9 +370,7 @@ class Transformer(nn.Module):
             self.projector.init_weights()
 
     # --- forward -------------------------------------------------------------------------
-    def embed(self, input_ids: Tensor, images: Tensor | None, segments: Tensor | None = None) -> Tensor:
-        """Token embeddings with the images' features in their placeholders. segments: (B, T) which sequence
-        each token is (packed rows, flat batches), so an image's question is read from its own sequence."""
+    def embed(self, input_ids: Tensor, images: Tensor | None) -> Tensor:
         x = self.model.embed_tokens(input_ids)
         image_id = self.config.image_token_id
         has_placeholders = image_id is not None and bool((input_ids == image_id).any())
@@ -390,13 +388,7 @@ class Transformer(nn.Module):
             return x
         if self.config.vision is None or image_id is None:
             raise ImageError("this model has no vision encoder: it does not accept images")
-        question = None
-        if self.config.vision.query_tokens:
-            question = image_questions(x, input_ids, image_id, self.config.vision.tokens_per_image,
-                                       self.config.turn_end_id, segments)
-            if len(question) != len(images):  # scatter_image_features names the mismatch
-                question = None
-        features = self.projector(self.vision(images.to(x.device)), question)
+        features = self.projector(self.vision(images.to(x.device)))
         return scatter_image_features(x, input_ids, features, image_id)
 
     def forward(
@@ -430,7 +422,7 @@ class Transformer(nn.Module):
         a response's tokens, not its prompt's).
         """
         B, T = input_ids.shape
-        x = self.embed(input_ids, images, segments)
+        x = self.embed(input_ids, images)
         if num_valid is None:
             num_valid = torch.full((B,), T, dtype=torch.long, device=input_ids.device)
         mask = None
@@ -481,8 +473,7 @@ class Transformer(nn.Module):
         whether each token's sequence holds an image (its placeholders may be in earlier steps):
         where the adapters apply on a model with `image_adapters`."""
         input_ids = torch.tensor([step.ids], device=self.rope_cos.device)
-        segments = torch.tensor([[i for i, (_, ids) in enumerate(step.entries) for _ in ids]], device=input_ids.device)
-        x = self.embed(input_ids, images, segments)
+        x = self.embed(input_ids, images)
         cos, sin = self.rope_cos[step.positions][None, :, None], self.rope_sin[step.positions][None, :, None]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if self.image_adapters:

@@ -115,13 +115,10 @@ class AlignConfig(LoopConfig):
     # the image, the cell a scene puts each shape in; with 2 each shape is split over four tokens, and the
     # scene-only stage 2 of the README's "What led here" counted shapes at 0.26 instead of 0.91.
     pixel_shuffle: int = 0
-    # Stage 1: question-conditioned image tokens the fresh projector adds (VisionConfig.query_tokens); stage 2
-    # keeps stage 1's, and asks each question of a multi-question chat with the image again (one_question_each).
-    query_tokens: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("probe_size", "self_replay", "pixel_shuffle", "query_tokens"):
+        for name in ("probe_size", "self_replay", "pixel_shuffle"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("seq_len", "epochs", "eval_rows", "decoder_depth"):
@@ -170,11 +167,10 @@ def _with_image_token(lm_dir: Path, tokenizer: Tokenizer, vision: VisionConfig) 
                                  "tokens_per_image": vision.tokens_per_image})
 
 
-def regrouped(vision: VisionConfig, pixel_shuffle: int, query_tokens: int = 0) -> VisionConfig:
-    """`vision` with its projector grouping `pixel_shuffle` x `pixel_shuffle` patches per token (0: as it is)
-    and `query_tokens` question-conditioned tokens after them. The ViT is the same; only the projector changes."""
-    vision = dataclasses.replace(vision, pixel_shuffle=pixel_shuffle) if pixel_shuffle else vision
-    return dataclasses.replace(vision, query_tokens=query_tokens)
+def regrouped(vision: VisionConfig, pixel_shuffle: int) -> VisionConfig:
+    """`vision` with its projector grouping `pixel_shuffle` x `pixel_shuffle` patches per token (0: as it is).
+    The ViT is the same; only how the projector merges its patches into tokens changes."""
+    return dataclasses.replace(vision, pixel_shuffle=pixel_shuffle) if pixel_shuffle else vision
 
 
 def captioner(lm_dir: Path, depth: int, seed: int, pixel_shuffle: int = 0) -> tuple[Transformer, Tokenizer]:
@@ -193,27 +189,22 @@ def captioner(lm_dir: Path, depth: int, seed: int, pixel_shuffle: int = 0) -> tu
 
 
 def attach_vision(lm_dir: Path, vision_from: str | Path | None, seed: int = 0, *, pixel_shuffle: int = 0,
-                  query_tokens: int = 0, towers: tuple[VisionConfig, dict[str, torch.Tensor]] | None = None
-                  ) -> tuple[Transformer, Tokenizer]:
+                  towers: tuple[VisionConfig, dict[str, torch.Tensor]] | None = None) -> tuple[Transformer, Tokenizer]:
     """The LM at `lm_dir` with a ViT (from `vision_from`'s checkpoint, or fresh) and a fresh projector
-    merging `pixel_shuffle` x `pixel_shuffle` patches per token (0: the ViT config's) plus `query_tokens`
-    question-conditioned ones, and its tokenizer with an <|image|> token. `towers`: a vision config and
-    trained `vision.*` / `projector.*` weights to use instead (a shipped delta, vision/bundle.py)."""
+    merging `pixel_shuffle` x `pixel_shuffle` patches per token (0: the ViT config's), and its tokenizer
+    with an <|image|> token. `towers`: a vision config and trained `vision.*` / `projector.*` weights to
+    use instead (a shipped delta, vision/bundle.py)."""
     config = load_model_config(lm_dir)
     if config.vision is not None:
         raise ConfigError(f"{lm_dir} already has a vision tower: stage 1 starts from a text-only LM")
     lm, tokenizer = load_checkpoint(lm_dir)
     torch.manual_seed(seed)
-    if towers is not None:
-        vision_cfg, tower = towers
-    else:
-        vision_cfg, tower = read_tower(vision_from)
-        vision_cfg = regrouped(vision_cfg, pixel_shuffle, query_tokens)
+    vision_cfg, tower = towers if towers is not None else read_tower(vision_from)
+    vision_cfg = regrouped(vision_cfg, pixel_shuffle)
     projector = {f"projector.{k}": v for k, v in Projector(vision_cfg, config.n_embd).state_dict().items()}
     tokenizer = _with_image_token(lm_dir, tokenizer, vision_cfg)
     vocab = max(config.vocab_size, tokenizer.vocab_size)
-    config = dataclasses.replace(config, vocab_size=vocab, vision=vision_cfg, image_token_id=tokenizer.image_id,
-                                 turn_end_id=tokenizer.im_end_id)
+    config = dataclasses.replace(config, vocab_size=vocab, vision=vision_cfg, image_token_id=tokenizer.image_id)
     state = weights_state_dict(lm)
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         if name in state and len(state[name]) < vocab:  # new rows: the mean, a typical embedding (HF's choice too)
@@ -251,31 +242,6 @@ class PackedVisualChats(PackedChats):
         b = super().batch(rows)
         images = [self.pixels[i] for r in rows for i in self.row_images[r]]
         return VisualBatch(b.input_ids, b.targets, b.segments, preprocess(images, self.vision) if images else None)
-
-
-def one_question_each(conversations: list[Conversation]) -> list[Conversation]:
-    """Each question of a chat about images as a chat of its own, the images asked again: the query tokens
-    are conditioned on the text after the images in their turn (image_questions), so a later turn's question
-    would get tokens made for the first one, where an eval asks one question an image. Text-only chats and
-    chats whose later turns bring images of their own stay as they are."""
-    out = []
-    for c in conversations:
-        msgs = c.messages
-        users = [i for i, m in enumerate(msgs) if m["role"] == "user"]
-        first = msgs[users[0]]["content"] if users else None
-        images = [p for p in first if p.get("type") == "image"] if isinstance(first, list) else []
-        later = [msgs[i]["content"] for i in users[1:]]
-        if len(users) < 2 or not images or any(isinstance(x, list) for x in later):
-            out.append(c)
-            continue
-        head = msgs[: users[0]]  # a system message, if any
-        for k, i in enumerate(users):
-            end = users[k + 1] if k + 1 < len(users) else len(msgs)
-            question = msgs[i]["content"] if k else [p for p in first if p.get("type") != "image"]
-            text = question if isinstance(question, list) else [{"type": "text", "text": question}]
-            out.append(Conversation([*head, {"role": "user", "content": [*images, *text]}, *msgs[i + 1: end]],
-                                    f"{c.source} (question {k + 1})", c.meta))
-    return out
 
 
 def heldout_conversations(data_dir: Path, stage: int) -> list[Conversation]:
@@ -360,18 +326,16 @@ class VisualAlign(SFT):
         elif stage == 1:
             self.base = resolve_model(lm)
             self.model, self.tokenizer = load_checkpoint(out) if resumed else attach_vision(
-                self.base, vision, cfg.seed, pixel_shuffle=cfg.pixel_shuffle, query_tokens=cfg.query_tokens)
+                self.base, vision, cfg.seed, pixel_shuffle=cfg.pixel_shuffle)
             self.model.requires_grad_(False)
         else:
-            if cfg.pixel_shuffle or cfg.query_tokens:
-                raise ConfigError("pixel_shuffle and query_tokens are set when a projector is made (stages 0 and 1); "
-                                  "stage 2 keeps stage 1's")
+            if cfg.pixel_shuffle:
+                raise ConfigError("pixel_shuffle is set when a projector is made (stages 0 and 1); stage 2 keeps "
+                                  "stage 1's")
             self.base = resolve_model(lm)
             if load_model_config(self.base).vision is None:
                 raise ConfigError(f"{self.base} has no vision tower: stage 2 starts from a stage-1 checkpoint")
             self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base)
-            if self.model.config.vision.query_tokens:
-                conversations = one_question_each(conversations)
             if cfg.self_replay:
                 visual, text_chats = [], []
                 for c in conversations:
