@@ -79,10 +79,12 @@ def test_default_precision_agrees_with_transformers_float32_on_smollm2(smollm2, 
 
 
 def test_bf16_weights_stays_close_to_float32_on_smollm2(smollm2):
-    """The opt-in fast mode: next-token argmax over 2,048 held-out tokens against float32.
-    Measured ~99% (README); the bar leaves room for other CPUs' bfloat16 kernels."""
+    """The opt-in fast mode: next-token argmax over 1,024 held-out tokens against float32.
+    Measured ~99% (README); the bar leaves room for other CPUs' bfloat16 kernels (and is 5
+    standard errors below 99% at this size). 1,024 tokens, not 2,048: without native bfloat16
+    (AVX2 only) the mode's matmuls run at ~1% of float32's speed."""
     model, tokenizer = load_checkpoint(smollm2)
-    ids = held_out_ids(tokenizer, 2048)
+    ids = held_out_ids(tokenizer, 1024)
     reference = top1(model, ids)
     fast = top1(apply_precision(model, "bf16-weights"), ids)
     assert float((fast == reference).float().mean()) >= 0.97

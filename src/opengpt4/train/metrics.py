@@ -74,22 +74,41 @@ def plot_metrics(lines: list[dict], png: Path) -> None:
 
 
 def matmul_peak_flops(dtype: torch.dtype, device: torch.device, seconds: float = 0.5, windows: int = 5) -> float:
-    """FLOP/s of a large square matmul on this process's threads: the MFU denominator on
-    hardware without a published peak (a CPU's depends on its clocks and thread count). The best
-    of `windows` equal windows: another process on the same cores slows some windows, not the
-    peak (one 0.5 s window read 128 and 170 GFLOP/s on the same machine, busy and idle)."""
-    n = 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    """FLOP/s of a square matmul on this process's threads: the MFU denominator on hardware
+    without a published peak (a CPU's depends on its clocks and thread count). The best of
+    `windows` equal windows: another process on the same cores slows some windows, not the
+    peak (one 0.5 s window read 128 and 170 GFLOP/s on the same machine, busy and idle).
+
+    The matrix grows from 128 to at most 1024 while the next size's product fits in a window, so
+    the measurement takes about `seconds` everywhere: a bfloat16 matmul on a CPU without native
+    bfloat16 (AVX2 only) runs at ~1 GFLOP/s, where a fixed 1024 matrix took 24 s of every
+    training run's start."""
+    def product_seconds(n: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # the first call pays for allocation and kernel selection
+        _sync(device)
+        start = time.perf_counter()
         a @ b
+        _sync(device)
+        return time.perf_counter() - start, a, b
+
+    n = 128
+    took, a, b = product_seconds(n)
+    while n < 1024 and took * 8 < seconds / windows:  # the next size costs 8x as much
+        n *= 2
+        took, a, b = product_seconds(n)
     best = 0.0
     for _ in range(windows):
         runs, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / windows:
             a @ b
             runs += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         best = max(best, 2 * n**3 * runs / (time.perf_counter() - start))
     return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
