@@ -288,9 +288,9 @@ def test_self_replay_answers_with_the_lms_own_words_and_a_resume_reads_them_back
     replayed = align.self_replay(model, tokenizer, text_chats, 3, tmp_path / align.REPLAY_FILE)
 
     # The first 3 chats' questions (system message and first user turn), in one batch as self_replay
-    # asks them (the same shapes, so the same bfloat16 kernels), greedily answered.
+    # asks them (the same shapes and dtype, so the same kernels), greedily answered.
     questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_chats[:3]]
-    engine = Engine(model.to(torch.bfloat16), tokenizer, pack=False)
+    engine = Engine(model.to(align.replay_dtype()), tokenizer, pack=False)
     own = [c for (c,) in engine.generate([engine.chat_prompt(q) for q in questions],
                                          SamplingParams(max_tokens=align.REPLAY_MAX_TOKENS, temperature=0.0))]
     expected = [q + [{"role": "assistant", "content": c.text}] for q, c in zip(questions, own, strict=True)

@@ -63,6 +63,7 @@ from opengpt4.model.checkpoint import (
     weights_state_dict,
 )
 from opengpt4.model.multimodal import Projector
+from opengpt4.model.precision import autocast_dtype
 from opengpt4.model.transformer import Transformer
 from opengpt4.model.vision import VisionEncoder, load_image, preprocess
 from opengpt4.tokenizer import Tokenizer, read_backend
@@ -276,17 +277,23 @@ def visual_probe(model: Transformer, tokenizer: Tokenizer, rows: list[dict[str, 
     return {task: float(np.mean(v)) for task, v in scores.items()}
 
 
+def replay_dtype() -> torch.dtype:
+    """bfloat16 where the CPU multiplies it natively (2x faster than float32 there), float32 elsewhere:
+    without AVX-512 or AMX a bfloat16 matmul runs at ~1% of float32's speed."""
+    return autocast_dtype("auto", torch.device("cpu"))
+
+
 def self_replay(model: Transformer | None, tokenizer: Tokenizer, text_chats: list[Conversation], n: int,
                 cached: Path, batch: int = 64) -> list[Conversation]:
     """The first `n` of `text_chats`' first questions (with the system message) answered greedily by
     `model` itself, those answers that end within REPLAY_MAX_TOKENS. Replaying the LM's own answers keeps
     its text behaviour as it was (self-distillation, as in Yang et al. 2024's SDFT) whatever the chats' own
-    answers would teach. Generated in bfloat16 (2x faster on CPU; this is training data, not a
-    measurement). A resumed run reads them from its checkpoint (`cached`, written with each one by
+    answers would teach. Generated in replay_dtype() (this is training data, not a measurement). A
+    resumed run reads them from its checkpoint (`cached`, written with each one by
     VisualAlign.snapshot) instead, so it trains on the same answers."""
     if cached.is_file():  # may hold none: an LM that never finishes an answer in time
         return [parse_conversation(row, f"{cached}:{number}") for number, row in iter_jsonl(cached)]
-    engine = Engine(copy.deepcopy(model).to(torch.bfloat16).eval(), tokenizer, pack=False)
+    engine = Engine(copy.deepcopy(model).to(replay_dtype()).eval(), tokenizer, pack=False)
     questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_chats[:n]]
     replayed = []
     params = SamplingParams(max_tokens=REPLAY_MAX_TOKENS, temperature=0.0)
