@@ -284,11 +284,13 @@ def test_sft_lowers_the_held_out_loss_and_writes_a_normal_checkpoint(tiny_checkp
     from opengpt4.engine.generate import Engine
     from opengpt4.engine.sampling import SamplingParams
 
-    engine = Engine.load(str(out))  # a normal checkpoint; and the system message steers what it writes
+    # A normal checkpoint; and the system message steers what it writes (greedy: a sampled reply
+    # may draw a rare token of the other case).
+    engine = Engine.load(str(out))
     for system, case in (("Use capitals.", str.isupper), ("Use lowercase.", str.islower)):
         for thing in ("cat", "bird"):
             prompt = engine.chat_prompt([{"role": "system", "content": system}, {"role": "user", "content": f"{thing}?"}])
-            reply = engine.generate([prompt], SamplingParams(max_tokens=8))[0][0].text
+            reply = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0))[0][0].text
             assert case(reply), (system, thing, reply)
 
 

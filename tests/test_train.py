@@ -9,9 +9,11 @@ import sys
 import time
 
 import pytest
+import torch
 
 from opengpt4.config import TrainConfig, apply_overrides, get_preset
 from opengpt4.errors import ConfigError
+from opengpt4.train.metrics import matmul_peak_flops
 from opengpt4.train.optim import lr_at
 from tests.helpers import kill_after_checkpoint, wait_for
 
@@ -190,3 +192,14 @@ def test_overrides_set_nested_typed_fields_and_reject_unknown_or_ill_typed():
         apply_overrides(TrainConfig(), ["batch_size=big"])
     with pytest.raises(ConfigError, match="schedule must be"):
         apply_overrides(TrainConfig(), ["schedule=linear"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_mfu_peak_leaves_the_global_generator_as_it_was(dtype):
+    """How many matrix sizes the peak measurement tries depends on the clock; a run's randomness
+    after it (initialisation, unseeded sampling) must not."""
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    assert matmul_peak_flops(dtype, torch.device("cpu"), seconds=0.05) > 0
+    assert torch.equal(torch.rand(4), expected)

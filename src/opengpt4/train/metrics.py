@@ -82,10 +82,13 @@ def matmul_peak_flops(dtype: torch.dtype, device: torch.device, seconds: float =
     The matrix grows from 128 to at most 1024 while the next size's product fits in a window, so
     the measurement takes about `seconds` everywhere: a bfloat16 matmul on a CPU without native
     bfloat16 (AVX2 only) runs at ~1 GFLOP/s, where a fixed 1024 matrix took 24 s of every
-    training run's start."""
+    training run's start. The matrices come from a generator of their own: how many sizes are tried
+    depends on the clock, and the global generator must not (it seeds what the run does next)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+
     def product_seconds(n: int) -> tuple[float, torch.Tensor, torch.Tensor]:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
         a @ b  # the first call pays for allocation and kernel selection
         _sync(device)
         start = time.perf_counter()
