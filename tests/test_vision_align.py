@@ -21,6 +21,7 @@ from opengpt4.engine.sampling import SamplingParams
 from opengpt4.errors import CheckpointError, ConfigError
 from opengpt4.files import write_jsonl
 from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpoint
+from opengpt4.model.precision import autocast_dtype
 from opengpt4.vision import align, bundle
 from opengpt4.vision.data import build_visual_data, read_visual_chats
 
@@ -290,7 +291,7 @@ def test_self_replay_answers_with_the_lms_own_words_and_a_resume_reads_them_back
     # The first 3 chats' questions (system message and first user turn), in one batch as self_replay
     # asks them (the same shapes and dtype, so the same kernels), greedily answered.
     questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_chats[:3]]
-    engine = Engine(model.to(align.replay_dtype()), tokenizer, pack=False)
+    engine = Engine(model.to(autocast_dtype("auto", torch.device("cpu"))), tokenizer, pack=False)
     own = [c for (c,) in engine.generate([engine.chat_prompt(q) for q in questions],
                                          SamplingParams(max_tokens=align.REPLAY_MAX_TOKENS, temperature=0.0))]
     expected = [q + [{"role": "assistant", "content": c.text}] for q, c in zip(questions, own, strict=True)

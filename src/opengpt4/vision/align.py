@@ -277,23 +277,19 @@ def visual_probe(model: Transformer, tokenizer: Tokenizer, rows: list[dict[str, 
     return {task: float(np.mean(v)) for task, v in scores.items()}
 
 
-def replay_dtype() -> torch.dtype:
-    """bfloat16 where the CPU multiplies it natively (2x faster than float32 there), float32 elsewhere:
-    without AVX-512 or AMX a bfloat16 matmul runs at ~1% of float32's speed."""
-    return autocast_dtype("auto", torch.device("cpu"))
-
-
 def self_replay(model: Transformer | None, tokenizer: Tokenizer, text_chats: list[Conversation], n: int,
                 cached: Path, batch: int = 64) -> list[Conversation]:
     """The first `n` of `text_chats`' first questions (with the system message) answered greedily by
     `model` itself, those answers that end within REPLAY_MAX_TOKENS. Replaying the LM's own answers keeps
     its text behaviour as it was (self-distillation, as in Yang et al. 2024's SDFT) whatever the chats' own
-    answers would teach. Generated in replay_dtype() (this is training data, not a measurement). A
-    resumed run reads them from its checkpoint (`cached`, written with each one by
-    VisualAlign.snapshot) instead, so it trains on the same answers."""
+    answers would teach. Generated in training's `auto` dtype for the model's device (bfloat16 where it
+    is multiplied natively, 2x faster on such a CPU; float32 elsewhere, where bfloat16 runs at ~1% of its
+    speed): this is training data, not a measurement. A resumed run reads them from its checkpoint
+    (`cached`, written with each one by VisualAlign.snapshot) instead, so it trains on the same answers."""
     if cached.is_file():  # may hold none: an LM that never finishes an answer in time
         return [parse_conversation(row, f"{cached}:{number}") for number, row in iter_jsonl(cached)]
-    engine = Engine(copy.deepcopy(model).to(replay_dtype()).eval(), tokenizer, pack=False)
+    dtype = autocast_dtype("auto", next(model.parameters()).device)
+    engine = Engine(copy.deepcopy(model).to(dtype).eval(), tokenizer, pack=False)
     questions = [c.messages[: [m["role"] for m in c.messages].index("user") + 1] for c in text_chats[:n]]
     replayed = []
     params = SamplingParams(max_tokens=REPLAY_MAX_TOKENS, temperature=0.0)
