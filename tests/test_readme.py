@@ -103,9 +103,22 @@ def shell(tmp_path) -> Shell:
     return Shell(tmp_path)
 
 
-def test_pretraining_commands_and_the_synopsis_export_import_info_run_as_written(shell):
-    results = {}
-    for text in section_commands("Pretraining in 10 minutes"):
+D4_COMMANDS = 2  # the Pretraining section's data build and train: the d4 run the Post-training section starts from
+
+
+@pytest.fixture(scope="module")
+def d4_shell(tmp_path_factory) -> Shell:
+    """A Shell whose working directory holds the d4 run of the Pretraining section's first commands,
+    run as written once for the two tests that start from it (~40 s each time)."""
+    shell = Shell(tmp_path_factory.mktemp("readme"))
+    for text in section_commands("Pretraining in 10 minutes")[:D4_COMMANDS]:
+        shell.run(substitute(text, SIZES))
+    return shell
+
+
+def test_pretraining_commands_and_the_synopsis_export_import_info_run_as_written(d4_shell):
+    shell, results = d4_shell, {}
+    for text in section_commands("Pretraining in 10 minutes")[D4_COMMANDS:]:
         if not text.startswith(tuple(NOT_RUN)):
             results[text] = shell.run(substitute(text, SIZES))
     generate = results[command("Pretraining in 10 minutes", "opengpt4 generate")]
@@ -125,9 +138,8 @@ POST_TRAINING_SIZES = {**SIZES, "--epochs 4": "--max-steps 2", "--out runs/rbrm"
 POST_TRAINING_NOT_RUN = ("opengpt4 sft --model smollm2-135m-instruct", "opengpt4 eval run ifeval_system")
 
 
-def test_post_training_commands_run_as_written(shell):
-    for text in section_commands("Pretraining in 10 minutes")[:2]:  # data build, train: the d4 they start from
-        shell.run(substitute(text, SIZES))
+def test_post_training_commands_run_as_written(d4_shell):
+    shell = d4_shell
     ran = [text for text in section_commands("Post-training: chat data, SFT, safety graders, steerability")
            if not text.startswith(POST_TRAINING_NOT_RUN)]
     results = {text: shell.run(substitute(text, POST_TRAINING_SIZES)) for text in ran}
