@@ -226,7 +226,7 @@ def test_load_image_makes_grayscale_rgb_and_composites_alpha_on_white():
 def test_load_image_errors_are_one_line_and_name_the_problem(tmp_path, make_src, pattern):
     with pytest.raises(ImageError, match=pattern) as info:
         load_image(make_src(tmp_path, png_bytes(noise_image(0))))
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and str(info.value).count("cannot read image from") == 1, info.value
 
 
 # --- preprocessing -----------------------------------------------------------------------

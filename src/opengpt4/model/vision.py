@@ -103,6 +103,8 @@ def _read_file(path: Path) -> bytes:
         if path.stat().st_size > MAX_ENCODED_BYTES:
             raise _error(source, f"{path.stat().st_size} bytes is larger than the {MAX_ENCODED_BYTES // 2**20} MB limit")
         return path.read_bytes()
+    except ImageError:  # raised just above, already naming the file (it is a ValueError too)
+        raise
     except (OSError, ValueError) as e:
         raise _error(source, getattr(e, "strerror", None) or str(e)) from e
 
