@@ -22,8 +22,11 @@ from opengpt4.errors import CheckpointError, ConfigError
 from opengpt4.files import write_jsonl
 from opengpt4.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from opengpt4.model.precision import autocast_dtype
+from opengpt4.model.vision import preprocess
+from opengpt4.train.sft import encode
 from opengpt4.vision import align, bundle
-from opengpt4.vision.data import build_visual_data, read_visual_chats
+from opengpt4.vision.data import build_visual_data, iter_images, read_visual_chats
+from opengpt4.vision.reading import ReadConfig, build_reader_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -340,3 +343,77 @@ def test_stage1_can_group_the_patches_into_fewer_tokens_and_refuses_a_grouping_t
     with pytest.raises(ConfigError, match="pixel_shuffle"):
         align.build_trainer(2, str(tower), data_dir, tmp_path, small(align.stage_config(2), pixel_shuffle=4),
                             max_steps=1)
+
+
+@pytest.fixture(scope="module")
+def reader_run(tmp_path_factory, stage1, data_dir):
+    """`vision read` on the stage-1 checkpoint: a small reader, 20 steps."""
+    out = tmp_path_factory.mktemp("run") / "reader"
+    cfg = ReadConfig(batch_size=32, warmup_steps=2, eval_every=10, ckpt_every=0, hidden=64, channels="8,16")
+    trainer = build_reader_trainer(str(stage1), data_dir, out, cfg, max_steps=20)
+    trainer.run()
+    return trainer
+
+
+def ask(image, question="What digit is this?"):
+    return [{"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": question}]}]
+
+
+def test_vision_read_trains_the_reader_alone_and_engine_writes_its_reading_after_the_image(reader_run, stage1,
+                                                                                          data_dir):
+    out = reader_run.out
+    losses = evals(out)
+    assert losses[-1] < 0.7 * losses[0], losses
+    exact = [m["exact"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "exact" in m]
+    assert set(exact[-1]) == {"scene", "chart", "text", "digit"}
+    trained, before = load_file(str(out / "model.safetensors")), load_file(str(stage1 / "model.safetensors"))
+    added = set(trained) - set(before)
+    assert added and all(k.startswith("reader.") for k in added)
+    for name, tensor in before.items():  # the LM, the ViT and the projector, bit for bit
+        assert torch.equal(trained[name], tensor), name
+
+    model, tokenizer = load_checkpoint(out)
+    pixels = preprocess([str(data_dir / DIGIT)], model.config.vision)
+    [reading] = model.reader.read(pixels)
+    assert reader_run.objective.model.reader.read(pixels) == [reading]  # the checkpoint reads as the run did
+    engine = Engine(model, tokenizer, pack=False)
+    prompt = engine.chat_prompt(ask(data_dir / DIGIT))
+    typed = tokenizer.render_chat(ask(data_dir / DIGIT, reading + "\nWhat digit is this?"), add_generation_prompt=True)
+    assert prompt.ids == typed.ids and torch.equal(prompt.images, pixels)
+    [[reply]] = engine.generate([prompt], SamplingParams(max_tokens=3, temperature=0.0))
+    assert len(reply.token_ids) > 0
+
+
+def test_stage2_trains_on_the_readers_readings_from_given_adapters_and_the_delta_carries_the_reader(
+        reader_run, stage2, lm, data_dir, tmp_path):
+    """Stage 2 from a checkpoint with a reader packs each chat with its images' readings (read in batches
+    as Engine reads one image), starts its LoRA from `init_adapters`, leaves the reader as it was, and
+    `vision export`/`import` carry the reader."""
+    adapters = load_file(str(stage2.out / "adapter.safetensors"))
+    cfg = small(align.stage_config(2, lora_rank=4), probe_size=0, init_adapters=str(stage2.out / "adapter.safetensors"))
+    trainer = align.build_trainer(2, str(reader_run.out), data_dir, tmp_path / "stage2", cfg, max_steps=1)
+    model = trainer.objective.model
+    for name, p in model.named_parameters():
+        if name.endswith((".lora_A", ".lora_B")):
+            assert torch.equal(p.detach(), adapters[name]), name
+
+    chats = read_visual_chats(data_dir / "stage2.json")[:3]
+    vision = model.config.vision
+    packed = align.PackedVisualChats(chats, trainer.objective.tokenizer, 256, None, vision, model.reader)
+    readings = [model.reader.read(preprocess([source], vision))[0] for c in chats for source in iter_images([c])]
+    assert any(readings)
+    for row, sources in enumerate(packed.sources):  # each row starts with its first conversation, read one by one
+        first = next(c for c in chats if c.source == sources[0])
+        ids = encode(trainer.objective.tokenizer, first, lambda s: model.reader.read(preprocess([s], vision))[0])[0]
+        assert packed.input_ids[row][:len(ids)].tolist() == ids.tolist()
+
+    trainer.run()
+    saved = load_file(str(trainer.out / "model.safetensors"))
+    reader = {k: v for k, v in load_file(str(reader_run.out / "model.safetensors")).items() if k.startswith("reader.")}
+    assert all(torch.equal(saved[k], v) for k, v in reader.items())
+    delta = bundle.write_delta(trainer.out, tmp_path / "delta.safetensors")
+    assert set(reader) <= set(load_file(str(delta)))
+    rebuilt, _ = load_checkpoint(bundle.build_from_delta(lm, delta, tmp_path / "rebuilt"))
+    pixels = preprocess([str(data_dir / DIGIT)], vision)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.reader.eval()(pixels), model.reader.eval()(pixels), rtol=0, atol=2e-2)

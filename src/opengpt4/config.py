@@ -31,6 +31,25 @@ def _require(condition: bool, message: str) -> None:
 
 
 @dataclass
+class ReaderConfig:
+    """The image reader (model/reader.py): a CNN filling `slots` words from the closed vocabulary
+    `words` ("" an empty slot, "##x" glued to the word before)."""
+
+    words: tuple[str, ...] = ("",)
+    slots: int = 16
+    channels: tuple[int, ...] = (16, 32, 64, 128)  # the first at full resolution, each next one halves it
+    hidden: int = 1024
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self.words, self.channels = tuple(self.words), tuple(int(c) for c in self.channels)
+        _require(self.slots > 0 and self.hidden > 0, "reader.slots and reader.hidden must be positive")
+        _require(bool(self.channels) and all(c > 0 for c in self.channels), "reader.channels must be positive")
+        _require(len(set(self.words)) == len(self.words) and "" in self.words,
+                 "reader.words must be distinct and include the empty slot \"\"")
+
+
+@dataclass
 class VisionConfig:
     """A small ViT whose patch grid is pixel-shuffled into `tokens_per_image` tokens."""
 
@@ -45,8 +64,11 @@ class VisionConfig:
     norm_eps: float = 1e-6
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    reader: ReaderConfig | None = None  # writes what the image holds as text after its tokens (model/reader.py)
 
     def __post_init__(self) -> None:
+        if isinstance(self.reader, dict):
+            self.reader = ReaderConfig(**self.reader)
         self.image_mean = tuple(float(x) for x in self.image_mean)
         self.image_std = tuple(float(x) for x in self.image_std)
         for name in ("image_size", "patch_size", "n_layer", "width", "n_head", "pixel_shuffle"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,12 +282,15 @@ class Tokenizer:
 
     # --- chat ---------------------------------------------------------------------------
     def render_chat(self, messages: list[dict], *, tools: list[dict] | None = None,
-                    response_schema: dict | None = None, add_generation_prompt: bool = False) -> ChatEncoding:
+                    response_schema: dict | None = None, add_generation_prompt: bool = False,
+                    read_image: Callable[[Any], str] | None = None) -> ChatEncoding:
         """`tools`: OpenAI tool definitions (`{"type": "function", "function": {...}}`) the
         assistant may call; `response_schema`: the JSON schema its reply must follow
         (response_format). Both are described at the end of the system message: the grammar
         holds the reply to them, and a model told what is wanted stays on course (SmolLM2-135M
-        writes a valid instance for 40 of 40 extraction prompts told the schema, 37 not told)."""
+        writes a valid instance for 40 of 40 extraction prompts told the schema, 37 not told).
+        `read_image`: an image source's reading (model/reader.py), written right after its
+        placeholders, and a newline between it and the text that follows."""
         checked = _merge_tool_turns([_check_message(i, m) for i, m in enumerate(messages)])
         extra = [tools_system_prompt(tools)] if tools else []
         if response_schema is not None:
@@ -308,9 +311,11 @@ class Tokenizer:
             # The header and the text up to the first image are one segment, exactly as the
             # template's single string is split at control tokens; `start` is where content begins.
             text, start = role + "\n", len(role) + 1
+            read = False  # the text so far is an image's reading
             for kind, value in parts:
                 if kind == "text":
-                    text += value
+                    text += ("\n" if read else "") + value
+                    read = False
                     continue
                 self._append_text(out, text, start if train else None)
                 text, start = "", 0
@@ -319,6 +324,9 @@ class Tokenizer:
                 out.ids += [self.image_id] * self.tokens_per_image
                 out.loss_mask += [0] * self.tokens_per_image
                 out.images.append(value)
+                if read_image is not None:
+                    text, read = read_image(value), True
+                    start = len(text)  # a reading is input, never a target
             self._append_text(out, text, start if train else None)
             out.ids += [self.im_end_id, *newline]
             out.loss_mask += [int(train)] + [0] * len(newline)

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from opengpt4.errors import DataFileError, ImageError
 from opengpt4.files import iter_jsonl, read_text, write_jsonl
+from opengpt4.model.reader import GLUE
 from opengpt4.model.vision import load_image
 
 KINDS = ("scene", "chart", "text")
@@ -52,6 +53,14 @@ class ImageSample:
     caption: str
     qa: list[tuple[str, str]]  # (question, short exact answer)
     kind: str  # "scene" | "chart" | "text"
+    # What the image holds, as the image reader's slot words (model/reader.py: "" an empty slot, "##x" glued
+    # to the word before), in a fixed layout per kind so that each slot is one place or field of the image.
+    reading: tuple[str, ...] = ()
+
+
+def _spelled(text: str, width: int) -> list[str]:
+    """A string letter by letter in `width` slots (glued, the rest empty), then its full stop."""
+    return [text[0], *(GLUE + c for c in text[1:])] + [""] * (width - len(text)) + [GLUE + "."]
 
 
 @functools.cache
@@ -131,7 +140,11 @@ def _scene(rng: random.Random, size: int) -> ImageSample:
     parts = [f"{'an' if color == 'orange' else 'a'} {color} {shape} at the {ROW_NAMES[row]} {COL_NAMES[col]}"
              for shape, color, (col, row) in objs]
     caption = f"A {bg_name} image with {', '.join(parts[:-1])}{' and ' if n > 1 else ''}{parts[-1]}."
-    return ImageSample(img, caption, _pick(rng, qs), "scene")
+    held = {cell: (color, shape) for shape, color, cell in objs}
+    reading = tuple(w for col, row in CELLS for w in (
+        [f"{ROW_NAMES[row]} {COL_NAMES[col]}:", held[(col, row)][0], held[(col, row)][1] + "."]
+        if (col, row) in held else [f"{ROW_NAMES[row]} {COL_NAMES[col]}:", "nothing.", ""]))
+    return ImageSample(img, caption, _pick(rng, qs), "scene", reading)
 
 
 # --- bar charts --------------------------------------------------------------------------
@@ -174,7 +187,9 @@ def _chart(rng: random.Random, size: int) -> ImageSample:
           (f"Is {a} taller than {b}?", "yes" if by[a] > by[b] else "no"),
           ("How many bars are there?", str(n))]
     caption = f"A bar chart of {n} {color} bars: " + ", ".join(f"{k} is {v}" for k, v in by.items()) + "."
-    return ImageSample(img, caption, _pick(rng, qs), "chart")
+    reading = tuple(w for k in "ABCDE" for w in ([f"{k}:", f"{by[k]}."] if k in by else ["", ""])) + (
+        "tallest:", f"{max(by, key=by.get)}.", "shortest:", f"{min(by, key=by.get)}.")
+    return ImageSample(img, caption, _pick(rng, qs), "chart", reading)
 
 
 # --- rendered text -----------------------------------------------------------------------
@@ -192,6 +207,7 @@ def _text(rng: random.Random, size: int) -> ImageSample:
         word = _word(rng, rng.randint(3, 5))
         lines, caption = [word], f'The word "{word}" written in {color}.'
         main = ("What word is written?", word)
+        fields = ["word:", *_spelled(word, 5)]
         extra = [("How many letters does the word have?", str(len(word))),
                  ("What is the first letter of the word?", word[0])]
     elif form == "number":
@@ -199,12 +215,14 @@ def _text(rng: random.Random, size: int) -> ImageSample:
         number = str(rng.randint(10 ** (digits - 1), 10**digits - 1))
         lines, caption = [number], f"The number {number} written in {color}."
         main = ("What number is shown?", number)
+        fields = ["number:", *_spelled(number, 4)]
         extra = [("How many digits does the number have?", str(len(number))),
                  ("What is the last digit of the number?", number[-1])]
     else:
         name, age = _word(rng, 3), str(rng.randint(10, 99))
         lines, caption = [f"NAME: {name}", f"AGE: {age}"], f"A form in {color} with the name {name} and the age {age}."
         main = ("What is the age on the form?", age)
+        fields = ["name:", *_spelled(name, 3), "age:", *_spelled(age, 2)]
         extra = [("What is the name on the form?", name)]
     extra.append(("What color is the text?", color))
 
@@ -219,7 +237,7 @@ def _text(rng: random.Random, size: int) -> ImageSample:
                         stroke_width=stroke, stroke_fill=TEXT_COLORS[color])
     # The reading question always comes first: it is the point of the image.
     qa = [main] + rng.sample(extra, rng.randint(1, min(3, len(extra))))
-    return ImageSample(img, caption, qa, "text")
+    return ImageSample(img, caption, qa, "text", (*fields, "color:", f"{color}."))
 
 
 def generate_images(seed: int, n: int, size: int = 64) -> list[ImageSample]:

@@ -137,11 +137,18 @@ class Engine:
         """Render chat messages (OpenAI format, images included) into a prompt for the assistant's
         turn; `tools`: OpenAI tool definitions the assistant may call; `response_schema`: the JSON
         schema its reply must follow (see Tokenizer.render_chat)."""
+        pixels: list[Tensor] = []  # each image decoded once: read (with a reader), then seen
+
+        def read_image(source: Any) -> str:
+            pixels.append(preprocess([source], self.config.vision))
+            return self.model.reader.read(pixels[-1])[0]
+
+        reader = self.config.vision is not None and self.config.vision.reader is not None
         encoding = self.tokenizer.render_chat(messages, tools=tools, response_schema=response_schema,
-                                              add_generation_prompt=True)
+                                              add_generation_prompt=True, read_image=read_image if reader else None)
         images = None
         if encoding.images:
-            images = preprocess(encoding.images, self.config.vision)
+            images = torch.cat(pixels) if reader else preprocess(encoding.images, self.config.vision)
         return Prompt(encoding.ids, images)
 
     def check_prompt(self, prompt: Prompt, max_tokens: int | None = 0, limit: int | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Parameter names are exactly Hugging Face `LlamaForCausalLM`'s (`model.layers.0.self_attn.q_proj.weight`,
 ...), so real checkpoints load by name and ours export by name. The vision tower adds
-`vision.*` and `projector.*`, which a text-only export leaves out.
+`vision.*`, `projector.*` and (with a reader) `reader.*`, which a text-only export leaves out.
 
 The KV cache keeps a length per batch row, so rows of different lengths (a right-padded
 batch, or requests that join a running batch later) each write and attend at their own
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from opengpt4.config import ModelConfig
 from opengpt4.errors import ImageError
 from opengpt4.model.multimodal import Projector, scatter_image_features
+from opengpt4.model.reader import ImageReader
 from opengpt4.model.vision import VisionEncoder
 
 IGNORE_INDEX = -100  # targets with this value contribute no loss (PyTorch and HF convention)
@@ -336,6 +337,8 @@ class Transformer(nn.Module):
         if config.vision is not None:
             self.vision = VisionEncoder(config.vision)
             self.projector = Projector(config.vision, config.n_embd)
+            if config.vision.reader is not None:
+                self.reader = ImageReader(config.vision.reader, config.vision.image_size)
         self.image_adapters: list[nn.Module] = []  # LoRA modules used only by sequences with an image
         self.tie_and_materialize()
 
@@ -355,7 +358,7 @@ class Transformer(nn.Module):
         """GPT-2 style: N(0, std) everywhere, residual output projections scaled by 1/sqrt(2L)."""
         std = self.config.init_std
         for name, p in self.named_parameters():
-            if name.startswith(("vision.", "projector.")):
+            if name.startswith(("vision.", "projector.", "reader.")):  # their own inits (PyTorch's for the reader)
                 continue
             if name.endswith("layernorm.weight") or name == "model.norm.weight":
                 nn.init.ones_(p)

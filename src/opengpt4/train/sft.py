@@ -39,6 +39,7 @@ step, and any (ranks x micro-batches) split of the same batch sees the same rows
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,12 @@ from opengpt4.train.loop import (
 )
 
 
-def encode(tokenizer: Tokenizer, conversation: Conversation) -> tuple[np.ndarray, np.ndarray]:
+def encode(tokenizer: Tokenizer, conversation: Conversation,
+           read_image: Callable[[Any], str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(input ids, next-token targets) of one conversation: a target where the next token is
-    in the assistant-only loss mask, IGNORE_INDEX elsewhere (and on the last token)."""
-    encoding = tokenizer.render_chat(conversation.messages)
+    in the assistant-only loss mask, IGNORE_INDEX elsewhere (and on the last token). `read_image`:
+    each image's reading, written after it (Tokenizer.render_chat)."""
+    encoding = tokenizer.render_chat(conversation.messages, read_image=read_image)
     ids, mask = np.array(encoding.ids, dtype=np.int64), np.array(encoding.loss_mask, dtype=bool)
     weights = [m.get("weight", 1) for m in conversation.messages if m["role"] == "assistant"]
     if 0 in weights:  # the mask's runs are the assistant turns, in order (each ends at its <|im_end|>)
@@ -132,11 +135,11 @@ class PackedChats:
     """Conversations tokenized and packed into rows of seq_len (input ids, targets, segment ids)."""
 
     def __init__(self, conversations: list[Conversation], tokenizer: Tokenizer, seq_len: int,
-                 seed: int | None, pad_id: int) -> None:
-        """`seed`: the order conversations are packed in (None: as in the file)."""
+                 seed: int | None, pad_id: int, read_image: Callable[[Any], str] | None = None) -> None:
+        """`seed`: the order conversations are packed in (None: as in the file); `read_image`: see `encode`."""
         encoded, skipped = [], []
         for c in conversations:
-            ids, targets = encode(tokenizer, c)
+            ids, targets = encode(tokenizer, c, read_image)
             (encoded if len(ids) <= seq_len else skipped).append((c.source, ids, targets))
         if not encoded:
             where = conversations[0].source.rsplit(":", 1)[0]

@@ -64,6 +64,7 @@ from opengpt4.model.checkpoint import (
 )
 from opengpt4.model.multimodal import Projector
 from opengpt4.model.precision import autocast_dtype
+from opengpt4.model.reader import ImageReader
 from opengpt4.model.transformer import Transformer
 from opengpt4.model.vision import VisionEncoder, load_image, preprocess
 from opengpt4.tokenizer import Tokenizer, read_backend
@@ -116,6 +117,10 @@ class AlignConfig(LoopConfig):
     # the image, the cell a scene puts each shape in; with 2 each shape is split over four tokens, and the
     # scene-only stage 2 of the README's "What led here" counted shapes at 0.26 instead of 0.91.
     pixel_shuffle: int = 0
+    # Stage 2 with LoRA: start the adapters from these (a run's adapter.safetensors, or a rebuilt delta's
+    # image_adapters.safetensors) instead of from zero, to go on training a model on new data (PEFT's
+    # is_trainable load); the stage-1 checkpoint is then that model's towers on the plain LM.
+    init_adapters: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -228,8 +233,8 @@ class PackedVisualChats(PackedChats):
     model's image size, normalised per batch by the one `preprocess`)."""
 
     def __init__(self, conversations: list[Conversation], tokenizer: Tokenizer, seq_len: int, seed: int | None,
-                 vision: VisionConfig) -> None:
-        super().__init__(conversations, tokenizer, seq_len, seed, tokenizer.pad_id)
+                 vision: VisionConfig, reader: ImageReader | None = None) -> None:
+        """`reader`: the model's image reader; each image's reading is written after it, as Engine does."""
         self.vision = vision
         images = {c.source: list(iter_images([c])) for c in conversations}
         paths = sorted({p for found in images.values() for p in found})
@@ -237,6 +242,10 @@ class PackedVisualChats(PackedChats):
         s = vision.image_size
         self.pixels = np.stack([np.asarray(load_image(p).resize((s, s), Image.Resampling.BICUBIC)) for p in paths]) \
             if paths else np.zeros((0, s, s, 3), np.uint8)
+        readings = [text for lo in range(0, len(paths), 256)
+                    for text in reader.read(preprocess(list(self.pixels[lo:lo + 256]), vision))] if reader else []
+        super().__init__(conversations, tokenizer, seq_len, seed, tokenizer.pad_id,
+                         (lambda source: readings[index[source]]) if reader else None)
         self.row_images = [[index[p] for source in row for p in images[source]] for row in self.sources]
 
     def batch(self, rows: list[int]) -> VisualBatch:
@@ -351,6 +360,8 @@ class VisualAlign(SFT):
                       flush=True)
             if cfg.lora_rank:
                 lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)  # freezes the rest
+                if cfg.init_adapters and not resumed:
+                    lora.load_adapters(self.model, read_safetensors(Path(cfg.init_adapters)), cfg.init_adapters)
                 if resumed:
                     lora.load_adapters(self.model, read_safetensors(out / ADAPTER_FILE), str(out / ADAPTER_FILE))
                     towers = {k: v for k, v in read_safetensors(out / WEIGHTS_FILE).items()
@@ -360,14 +371,17 @@ class VisualAlign(SFT):
                 self.model.requires_grad_(True)
         self.model.projector.requires_grad_(True)
         self.model.vision.requires_grad_(cfg.train_vision)
+        if hasattr(self.model, "reader"):  # trained by `vision read`, on its own objective
+            self.model.reader.requires_grad_(False)
         self.model.train()
         config = self.model_config = self.model.config
         if cfg.seq_len > config.max_seq_len:
             raise ConfigError(f"seq_len {cfg.seq_len} is longer than {self.base}'s context ({config.max_seq_len})")
 
-        self.train = PackedVisualChats(conversations, self.tokenizer, cfg.seq_len, cfg.seed, config.vision)
+        reader = getattr(self.model, "reader", None)  # its readings of the images go into the chats
+        self.train = PackedVisualChats(conversations, self.tokenizer, cfg.seq_len, cfg.seed, config.vision, reader)
         self.heldout = PackedVisualChats(heldout_conversations(Path(data_dir), stage), self.tokenizer, cfg.seq_len,
-                                         None, config.vision)
+                                         None, config.vision, reader)
         # Stage 1 only captions: its model cannot answer questions yet.
         self.probe_rows = [r for task in TASKS for r in read_eval(data_dir, task)[: cfg.probe_size]] \
             if stage == 2 else []

@@ -4,8 +4,8 @@
     opengpt4 vision import --delta vision.safetensors --lm smollm2-135m-instruct --out DIR
 
 Stage 2's checkpoint holds the whole LM (540 MB in float32 for SmolLM2-135M); what alignment
-changed is much smaller: the ViT, the projector and the LoRA adapters (~7M parameters, 15 MB in
-float16), so that is what to share. Import rebuilds the model: the LM, <|image|> added as stage 1
+changed is much smaller: the ViT, the projector, the image reader if it has one, and the LoRA
+adapters (~7M parameters, 15 MB in float16; the reader ~10M more), so that is what to share. Import rebuilds the model: the LM, <|image|> added as stage 1
 adds it (`attach_vision`), the adapters kept apart: the engine runs them only for sequences that
 hold an image, so a text-only chat is SmolLM2's own (loaded for fine-tuning, they are folded in).
 
@@ -44,7 +44,7 @@ from opengpt4.train.loop import read_state
 from opengpt4.vision.align import attach_vision
 
 FORMAT = "opengpt4-vision-delta/1"
-TOWERS = ("vision.", "projector.")
+TOWERS = ("vision.", "projector.", "reader.")  # the reader only where the run has one (`vision read`)
 VISION_MODEL_NAME = "smollm2-135m-vision"
 SHIPPED_DELTA = Path(__file__).parent / "weights" / f"{VISION_MODEL_NAME}.safetensors"
 

@@ -65,6 +65,18 @@ def cmd_align(args: argparse.Namespace) -> None:
                   resume=args.resume and (out / STATE_FILE).is_file()).run()  # both: stage 2 may not have begun
 
 
+def cmd_read(args: argparse.Namespace) -> None:
+    from opengpt4.train.loop import STATE_FILE
+    from opengpt4.vision.data import default_data_dir
+    from opengpt4.vision.reading import ReadConfig, build_reader_trainer
+
+    cfg = ReadConfig()
+    apply_overrides(cfg, args.set)
+    out = Path(args.out)
+    build_reader_trainer(args.model, Path(args.data or default_data_dir()), out, cfg, max_steps=args.steps,
+                         max_minutes=args.minutes, resume=args.resume and (out / STATE_FILE).is_file()).run()
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from opengpt4.vision.bundle import write_delta
 
@@ -112,6 +124,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"a stage-{stage} setting (vision/align.py AlignConfig), repeatable")
     a.add_argument("--resume", action="store_true", help="continue the stage(s) from their checkpoints")
     a.set_defaults(func=cmd_align)
+
+    r = verb.add_parser("read", help="train a vision checkpoint's image reader: a CNN that writes what an image "
+                                     "holds as text after its tokens (model/reader.py)")
+    r.add_argument("--model", required=True, help="the vision checkpoint (a stage-1 run, or any with a ViT)")
+    r.add_argument("--out", required=True, help="the checkpoint dir to write: the model with the reader")
+    r.add_argument("--data", default=None, help="visual data dir (default: built once under $OPENGPT4_HOME)")
+    r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 20 epochs)")
+    r.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting (vision/reading.py ReadConfig), repeatable")
+    r.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    r.set_defaults(func=cmd_read)
 
     e = verb.add_parser("export", help="a stage-2 run (LoRA) as a small delta on its text-only LM")
     e.add_argument("--model", required=True, help="the stage-2 checkpoint dir (OUT/stage2 of `vision align`)")
