@@ -346,11 +346,18 @@ def test_stage1_can_group_the_patches_into_fewer_tokens_and_refuses_a_grouping_t
 
 
 @pytest.fixture(scope="module")
-def reader_run(tmp_path_factory, stage1, data_dir):
-    """`vision read` on the stage-1 checkpoint: a small reader, 20 steps."""
+def rebuilt(tmp_path_factory, stage2, lm):
+    """Stage 2's run as a shipped model is: rebuilt from its delta, the image adapters kept apart."""
+    where = tmp_path_factory.mktemp("rebuilt")
+    return bundle.build_from_delta(lm, bundle.write_delta(stage2.out, where / "delta.safetensors"), where / "model")
+
+
+@pytest.fixture(scope="module")
+def reader_run(tmp_path_factory, rebuilt, data_dir):
+    """`vision read` on the rebuilt model: a small reader, 20 steps."""
     out = tmp_path_factory.mktemp("run") / "reader"
     cfg = ReadConfig(batch_size=32, warmup_steps=2, eval_every=10, ckpt_every=0, hidden=64, channels="8,16")
-    trainer = build_reader_trainer(str(stage1), data_dir, out, cfg, max_steps=20)
+    trainer = build_reader_trainer(str(rebuilt), data_dir, out, cfg, max_steps=20)
     trainer.run()
     return trainer
 
@@ -359,18 +366,22 @@ def ask(image, question="What digit is this?"):
     return [{"role": "user", "content": [{"type": "image", "image": str(image)}, {"type": "text", "text": question}]}]
 
 
-def test_vision_read_trains_the_reader_alone_and_engine_writes_its_reading_after_the_image(reader_run, stage1,
+def test_vision_read_trains_the_reader_alone_and_engine_writes_its_reading_after_the_image(reader_run, rebuilt,
                                                                                           data_dir):
     out = reader_run.out
     losses = evals(out)
     assert losses[-1] < 0.7 * losses[0], losses
     exact = [m["exact"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "exact" in m]
     assert set(exact[-1]) == {"scene", "chart", "text", "digit"}
-    trained, before = load_file(str(out / "model.safetensors")), load_file(str(stage1 / "model.safetensors"))
+    trained, before = load_file(str(out / "model.safetensors")), load_file(str(rebuilt / "model.safetensors"))
     added = set(trained) - set(before)
     assert added and all(k.startswith("reader.") for k in added)
     for name, tensor in before.items():  # the LM, the ViT and the projector, bit for bit
         assert torch.equal(trained[name], tensor), name
+    kept = load_file(str(out / "image_adapters.safetensors"))  # still apart, as they were
+    assert kept.keys() == load_file(str(rebuilt / "image_adapters.safetensors")).keys()
+    assert json.loads((out / "config.json").read_text())["image_adapters"] == \
+        json.loads((rebuilt / "config.json").read_text())["image_adapters"]
 
     model, tokenizer = load_checkpoint(out)
     pixels = preprocess([str(data_dir / DIGIT)], model.config.vision)
@@ -384,13 +395,15 @@ def test_vision_read_trains_the_reader_alone_and_engine_writes_its_reading_after
     assert len(reply.token_ids) > 0
 
 
-def test_stage2_trains_on_the_readers_readings_from_given_adapters_and_the_delta_carries_the_reader(
-        reader_run, stage2, lm, data_dir, tmp_path):
+def test_stage2_goes_on_training_the_image_adapters_on_the_readings_and_the_delta_carries_the_reader(
+        reader_run, rebuilt, lm, data_dir, tmp_path):
     """Stage 2 from a checkpoint with a reader packs each chat with its images' readings (read in batches
-    as Engine reads one image), starts its LoRA from `init_adapters`, leaves the reader as it was, and
-    `vision export`/`import` carry the reader."""
-    adapters = load_file(str(stage2.out / "adapter.safetensors"))
-    cfg = small(align.stage_config(2, lora_rank=4), probe_size=0, init_adapters=str(stage2.out / "adapter.safetensors"))
+    as Engine reads one image), starts its LoRA from the image adapters kept apart, leaves the reader as it
+    was, and `vision export`/`import` carry the reader. Another LoRA rank than the adapters' is refused."""
+    adapters = load_file(str(rebuilt / "image_adapters.safetensors"))
+    with pytest.raises(ConfigError, match="rank 4"):
+        align.build_trainer(2, str(reader_run.out), data_dir, tmp_path / "other", small(align.stage_config(2, 8)))
+    cfg = small(align.stage_config(2, lora_rank=4), probe_size=0)
     trainer = align.build_trainer(2, str(reader_run.out), data_dir, tmp_path / "stage2", cfg, max_steps=1)
     model = trainer.objective.model
     for name, p in model.named_parameters():

@@ -149,25 +149,37 @@ def load_tokenizer(path: Path, tokens_per_image: int | None = None) -> Tokenizer
     return Tokenizer.from_dir(path, read_config(path).get("tokenizer"), tokens_per_image=tokens_per_image)
 
 
-def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32,
-                    route_image_adapters: bool = False) -> tuple[Transformer, Tokenizer]:
+def read_image_adapters(path: str | Path) -> tuple[int, float, dict[str, torch.Tensor]] | None:
+    """A checkpoint's image adapters kept apart (IMAGE_ADAPTERS_FILE): (rank, alpha, tensors), or None."""
+    path = resolve_model(path)
+    adapters = read_config(path).get("image_adapters")
+    if adapters is None:
+        return None
+    try:
+        rank, alpha = int(adapters["rank"]), float(adapters["alpha"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG_FILE}: image_adapters needs a rank and an alpha ({e!r})") from None
+    return rank, alpha, read_safetensors(path / IMAGE_ADAPTERS_FILE)
+
+
+def load_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, route_image_adapters: bool = False,
+                    image_adapters_apart: bool = False) -> tuple[Transformer, Tokenizer]:
     """A checkpoint's model and tokenizer. A checkpoint with image adapters (IMAGE_ADAPTERS_FILE) gives
     a plain model with the adapters folded into its weights (what fine-tuning starts from), or, with
     `route_image_adapters` (the engine), the LM's own weights plus adapters that only sequences with an
-    image use."""
+    image use; `image_adapters_apart`: the LM's own weights alone (the caller reads the adapters with
+    `read_image_adapters`, to train them further or to keep them)."""
     path = resolve_model(path)
     config = load_model_config(path)
     weights = path / WEIGHTS_FILE
     state = read_safetensors(weights)
     model = build_model(config, state, str(weights), dtype)
-    adapters = read_config(path).get("image_adapters")
+    adapters = None if image_adapters_apart else read_image_adapters(path)
     if adapters is not None:
-        try:
-            lora.apply_lora(model, int(adapters["rank"]), float(adapters["alpha"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path / CONFIG_FILE}: image_adapters needs a rank and an alpha ({e!r})") from None
+        rank, alpha, tensors = adapters
+        lora.apply_lora(model, rank, alpha)
         file = path / IMAGE_ADAPTERS_FILE
-        lora.load_adapters(model, {k: v.to(dtype) for k, v in read_safetensors(file).items()}, str(file))
+        lora.load_adapters(model, {k: v.to(dtype) for k, v in tensors.items()}, str(file))
         model = lora.route_to_images(model) if route_image_adapters else lora.fold(model)
     tokenizer = load_tokenizer(path, config.vision.tokens_per_image if config.vision else None)
     if tokenizer.vocab_size > config.vocab_size:

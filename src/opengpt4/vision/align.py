@@ -10,7 +10,9 @@
     DIR/stage2   stage 2: projector + LM (LoRA, merged when saved, or full) on visual instruction
                  chats with text-only chats mixed in (`--set2 self_replay=N`: N of their questions
                  answered by the LM itself instead): the model, a normal checkpoint with a vision
-                 config that Engine, `opengpt4 eval` and the server load
+                 config that Engine, `opengpt4 eval` and the server load; from a checkpoint with an
+                 image reader (`vision read --out DIR/reader`, vision/reading.py), each image's reading
+                 is written after it in the chats, as Engine writes it
 
 LLaVA freezes a contrastively pretrained encoder (CLIP). No pretrained encoder ships with weights
 inside a PyPI package that fits here (torchvision, timm, open_clip and the CLIP packages fetch
@@ -52,12 +54,14 @@ from opengpt4.evals.benchmarks.visual_qa import score
 from opengpt4.files import iter_jsonl, write_jsonl
 from opengpt4.model import lora
 from opengpt4.model.checkpoint import (
+    IMAGE_ADAPTERS_FILE,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     build_model,
     load_checkpoint,
     load_model_config,
     load_tokenizer,
+    read_image_adapters,
     read_safetensors,
     resolve_model,
     weights_state_dict,
@@ -117,10 +121,6 @@ class AlignConfig(LoopConfig):
     # the image, the cell a scene puts each shape in; with 2 each shape is split over four tokens, and the
     # scene-only stage 2 of the README's "What led here" counted shapes at 0.26 instead of 0.91.
     pixel_shuffle: int = 0
-    # Stage 2 with LoRA: start the adapters from these (a run's adapter.safetensors, or a rebuilt delta's
-    # image_adapters.safetensors) instead of from zero, to go on training a model on new data (PEFT's
-    # is_trainable load); the stage-1 checkpoint is then that model's towers on the plain LM.
-    init_adapters: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -347,7 +347,11 @@ class VisualAlign(SFT):
             self.base = resolve_model(lm)
             if load_model_config(self.base).vision is None:
                 raise ConfigError(f"{self.base} has no vision tower: stage 2 starts from a stage-1 checkpoint")
-            self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base)
+            # A start with image adapters kept apart (a rebuilt delta such as smollm2-135m-vision, or `vision read`
+            # on one): LoRA goes on training them (PEFT's is_trainable load) instead of folding them in.
+            apart = read_image_adapters(self.base) if cfg.lora_rank else None
+            self.model, self.tokenizer = load_checkpoint(out if resumed and not cfg.lora_rank else self.base,
+                                                         image_adapters_apart=apart is not None)
             if cfg.self_replay:
                 visual, text_chats = [], []
                 for c in conversations:
@@ -360,8 +364,12 @@ class VisualAlign(SFT):
                       flush=True)
             if cfg.lora_rank:
                 lora.apply_lora(self.model, cfg.lora_rank, cfg.lora_alpha)  # freezes the rest
-                if cfg.init_adapters and not resumed:
-                    lora.load_adapters(self.model, read_safetensors(Path(cfg.init_adapters)), cfg.init_adapters)
+                if apart is not None and not resumed:
+                    rank, alpha, tensors = apart
+                    if (rank, alpha) != (cfg.lora_rank, cfg.lora_alpha):
+                        raise ConfigError(f"{self.base} has image adapters of rank {rank} (alpha {alpha:g}): stage 2 "
+                                          f"goes on training them with --lora {rank} --set2 lora_alpha={alpha:g}")
+                    lora.load_adapters(self.model, tensors, str(self.base / IMAGE_ADAPTERS_FILE))
                 if resumed:
                     lora.load_adapters(self.model, read_safetensors(out / ADAPTER_FILE), str(out / ADAPTER_FILE))
                     towers = {k: v for k, v in read_safetensors(out / WEIGHTS_FILE).items()

@@ -39,6 +39,12 @@ def _tower(args: argparse.Namespace) -> str | None:
     return str(stage0) if (stage0 / "config.json").is_file() else None
 
 
+def _stage2_start(out: Path) -> Path:
+    """Stage 2 starts from OUT/reader when `vision read --out OUT/reader` made one, else from OUT/stage1."""
+    reader = out / "reader"
+    return reader if (reader / "config.json").is_file() else out / "stage1"
+
+
 def cmd_align(args: argparse.Namespace) -> None:
     from opengpt4.train.loop import STATE_FILE
     from opengpt4.vision.align import build_trainer, stage_config
@@ -58,7 +64,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     cfg = stage_config(stage, args.lora, args.train_vision or (stage == 1 and vision is None))
     apply_overrides(cfg, getattr(args, f"set{stage}"))
     out = Path(args.out) / f"stage{stage}"
-    lm = args.lm if stage < 2 else str(Path(args.out) / "stage1")
+    lm = args.lm if stage < 2 else str(_stage2_start(Path(args.out)))
     build_trainer(stage, lm, Path(args.data), out, cfg, vision=vision,
                   max_steps=getattr(args, f"steps{stage}"), epochs=getattr(args, f"epochs{stage}"),
                   max_minutes=getattr(args, f"minutes{stage}"),
@@ -106,7 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = verb.add_parser("align", help="stage 0 (the ViT learns to caption with a small decoder), stage 1 (the "
                                       "projector on captions) and stage 2 (visual instruction tuning)")
     a.add_argument("--lm", default="smollm2-135m-instruct", help="the text-only LM (default smollm2-135m-instruct)")
-    a.add_argument("--out", required=True, help="run dir: OUT/stage1, OUT/stage2 (the model)")
+    a.add_argument("--out", required=True, help="run dir: OUT/stage0, OUT/stage1, OUT/stage2 (the model); stage 2 "
+                                                "starts from OUT/reader when `vision read` wrote one there")
     a.add_argument("--vision", default=None,
                    help="a checkpoint whose pretrained ViT to use, frozen, instead of stage 0's")
     a.add_argument("--train-vision", action="store_true",
@@ -128,7 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = verb.add_parser("read", help="train a vision checkpoint's image reader: a CNN that writes what an image "
                                      "holds as text after its tokens (model/reader.py)")
     r.add_argument("--model", required=True, help="the vision checkpoint (a stage-1 run, or any with a ViT)")
-    r.add_argument("--out", required=True, help="the checkpoint dir to write: the model with the reader")
+    r.add_argument("--out", required=True, help="the checkpoint dir to write: the model with the reader (OUT/reader "
+                                                "of a `vision align` run dir, and its stage 2 starts from it)")
     r.add_argument("--data", default=None, help="visual data dir (default: built once under $OPENGPT4_HOME)")
     r.add_argument("--steps", type=int, default=None, help="optimizer steps (default 20 epochs)")
     r.add_argument("--minutes", type=float, default=None, help="wall-clock budget")

@@ -5,7 +5,8 @@
 The reader learns, on the visual data dir's training images (stage1.json's "reading" of each), to
 fill its slots from the pixels; the rest of the model is frozen and copied as it is. The result is
 the checkpoint with a reader: Engine writes each image's reading after its tokens, and a stage 2
-run from it trains on those readings (vision/align.py). It is an objective of the one training
+run from it trains on those readings (vision/align.py). A model whose image adapters are kept apart
+(smollm2-135m-vision, any rebuilt delta) keeps them so, and stage 2 goes on training them. It is an objective of the one training
 loop like the alignment stages: checkpoints, resume, the loss curve, evals of held-out images.
 """
 
@@ -29,7 +30,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from opengpt4.config import LoopConfig, ReaderConfig
 from opengpt4.errors import ConfigError, DataFileError
 from opengpt4.files import read_text
-from opengpt4.model.checkpoint import build_model, load_checkpoint, resolve_model, weights_state_dict
+from opengpt4.model.checkpoint import (
+    CONFIG_FILE,
+    IMAGE_ADAPTERS_FILE,
+    build_model,
+    load_checkpoint,
+    read_image_adapters,
+    resolve_model,
+    weights_state_dict,
+)
 from opengpt4.model.reader import ImageReader
 from opengpt4.model.vision import load_image, preprocess
 from opengpt4.train import distributed
@@ -121,7 +130,10 @@ class ReaderTraining:
         self.base = resolve_model(model)
         train = training_readings(data_dir)
         self.heldout = heldout_readings(data_dir)
-        loaded, self.tokenizer = load_checkpoint(out if resumed else self.base)
+        # Image adapters kept apart (a rebuilt delta's) stay apart, as they were: stage 2 goes on training them.
+        source = out if resumed else self.base
+        loaded, self.tokenizer = load_checkpoint(source, image_adapters_apart=True)
+        self.image_adapters = read_image_adapters(source)
         if loaded.config.vision is None:
             raise ConfigError(f"{self.base} has no vision tower: the reader reads for a vision model")
         if resumed:
@@ -223,7 +235,16 @@ class ReaderTraining:
         return f"step {result['step']}: held-out loss {result['val']['heldout']:.4f} | read exactly: {exact}"
 
     def snapshot(self, model: nn.Module) -> Snapshot:
-        return Snapshot(plain_model(model, self.model_config))
+        if self.image_adapters is None:
+            return Snapshot(plain_model(model, self.model_config))
+        rank, alpha, tensors = self.image_adapters
+
+        def name_them(tmp: Path) -> None:  # config.json says the adapters are there, as bundle.build_from_delta does
+            config = json.loads((tmp / CONFIG_FILE).read_text())
+            (tmp / CONFIG_FILE).write_text(json.dumps({**config, "image_adapters": {"rank": rank, "alpha": alpha}},
+                                                      indent=2) + "\n")
+
+        return Snapshot(plain_model(model, self.model_config), {IMAGE_ADAPTERS_FILE: tensors}, name_them)
 
     def state_dict(self) -> dict[str, Any]:
         return {"vision_read": {"step": self.step, "base": str(self.base)}}
