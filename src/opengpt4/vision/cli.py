@@ -87,7 +87,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     from opengpt4.vision.bundle import write_delta
 
     out = write_delta(args.model, args.out)
-    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB (ViT, projector and LoRA adapters, float16)")
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB (ViT, projector, image reader if any, and LoRA adapters, "
+          "float16)")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
