@@ -148,6 +148,15 @@ def load_image(src: ImageSource) -> Image.Image:
     raise _error(type(src).__name__, "expected a PIL image, numpy array, bytes, path or data URL")
 
 
+def load_resized(images: Sequence[ImageSource], size: int) -> np.ndarray:
+    """The images as uint8 RGB (N, size, size, 3), each resized as `preprocess` resizes it: what a
+    trainer keeps in memory and normalises per batch."""
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, src in enumerate(images):
+        out[i] = np.asarray(load_image(src).resize((size, size), Image.Resampling.BICUBIC))
+    return out
+
+
 def preprocess(images: Sequence[ImageSource], cfg: VisionConfig) -> torch.Tensor:
     """Load, resize and normalize images into a float32 tensor of shape (N, 3, S, S).
 
@@ -159,11 +168,7 @@ def preprocess(images: Sequence[ImageSource], cfg: VisionConfig) -> torch.Tensor
     """
     if isinstance(images, (str, bytes, bytearray, np.ndarray, Image.Image, os.PathLike)):
         raise TypeError("preprocess takes a sequence of images; wrap a single image in a list")
-    s = cfg.image_size
-    pixels = torch.empty(len(images), 3, s, s)
-    for i, src in enumerate(images):
-        img = load_image(src).resize((s, s), Image.Resampling.BICUBIC)
-        pixels[i] = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 255.0
+    pixels = torch.from_numpy(load_resized(images, cfg.image_size)).permute(0, 3, 1, 2).float() / 255.0
     mean = torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(cfg.image_std).view(1, 3, 1, 1)
     return (pixels - mean) / std

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from tokenizers import AddedToken
 from torch import nn
@@ -70,7 +69,7 @@ from opengpt4.model.multimodal import Projector
 from opengpt4.model.precision import autocast_dtype
 from opengpt4.model.reader import ImageReader
 from opengpt4.model.transformer import Transformer
-from opengpt4.model.vision import VisionEncoder, load_image, preprocess
+from opengpt4.model.vision import VisionEncoder, load_resized, preprocess
 from opengpt4.tokenizer import Tokenizer, read_backend
 from opengpt4.train import distributed
 from opengpt4.train.finetune import ADAPTER_FILE
@@ -239,9 +238,7 @@ class PackedVisualChats(PackedChats):
         images = {c.source: list(iter_images([c])) for c in conversations}
         paths = sorted({p for found in images.values() for p in found})
         index = {p: i for i, p in enumerate(paths)}
-        s = vision.image_size
-        self.pixels = np.stack([np.asarray(load_image(p).resize((s, s), Image.Resampling.BICUBIC)) for p in paths]) \
-            if paths else np.zeros((0, s, s, 3), np.uint8)
+        self.pixels = load_resized(paths, vision.image_size)
         readings = [text for lo in range(0, len(paths), 256)
                     for text in reader.read(preprocess(list(self.pixels[lo:lo + 256]), vision))] if reader else []
         super().__init__(conversations, tokenizer, seq_len, seed, tokenizer.pad_id,

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -40,7 +39,7 @@ from opengpt4.model.checkpoint import (
     weights_state_dict,
 )
 from opengpt4.model.reader import ImageReader
-from opengpt4.model.vision import load_image, preprocess
+from opengpt4.model.vision import load_resized, preprocess
 from opengpt4.train import distributed
 from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, plain_model, read_state
 from opengpt4.vision.data import TASKS
@@ -99,11 +98,6 @@ def heldout_readings(data_dir: Path) -> list[tuple[str, str, list[str]]]:
     return list(seen.values())
 
 
-def _pixels(paths: list[str], size: int) -> np.ndarray:
-    """The images as uint8 (n, size, size, 3), resized as `preprocess` does."""
-    return np.stack([np.asarray(load_image(p).resize((size, size), Image.Resampling.BICUBIC)) for p in paths])
-
-
 def with_reader(model: nn.Module, reader: ReaderConfig) -> nn.Module:
     """`model` (a vision checkpoint's) with a fresh reader of `reader`'s config."""
     vision = dataclasses.replace(model.config.vision, reader=reader)
@@ -152,8 +146,8 @@ class ReaderTraining:
         self.train_targets = self._targets([r for _, r in train], index)
         self.heldout_targets = self._targets([r for *_, r in self.heldout], index)
         size = self.model_config.vision.image_size
-        self.train_pixels = _pixels([p for p, _ in train], size)
-        self.heldout_pixels = _pixels([p for p, *_ in self.heldout], size)
+        self.train_pixels = load_resized([p for p, _ in train], size)
+        self.heldout_pixels = load_resized([p for p, *_ in self.heldout], size)
         self.n_micro = micro_batches(cfg, d)
         self.per_micro = cfg.batch_size // d.world_size // self.n_micro
         self.step = resumed["step"] if resumed is not None else 0
