@@ -39,6 +39,7 @@ from opengpt4.model.checkpoint import (
     weights_state_dict,
 )
 from opengpt4.model.reader import ImageReader
+from opengpt4.model.transformer import IGNORE_INDEX
 from opengpt4.model.vision import load_resized, preprocess
 from opengpt4.train import distributed
 from opengpt4.train.loop import SeededEpochs, Snapshot, Trainer, micro_batches, plain_model, read_state
@@ -162,7 +163,7 @@ class ReaderTraining:
         slots = self.reader_config.slots
         if any(len(r) > slots for r in readings):
             raise DataFileError(f"a reading is longer than the reader's {slots} slots")
-        return torch.tensor([[index.get(w, -100) for w in r] + [index[""]] * (slots - len(r)) for r in readings])
+        return torch.tensor([[index.get(w, IGNORE_INDEX) for w in r] + [index[""]] * (slots - len(r)) for r in readings])
 
     def describe(self) -> str:
         r = self.reader_config
@@ -189,7 +190,7 @@ class ReaderTraining:
                 for j in range(self.n_micro)]
 
     def count(self, batch: ReadBatch) -> int:
-        return int((batch.targets != -100).sum())
+        return int((batch.targets != IGNORE_INDEX).sum())
 
     def tokens(self, batch: ReadBatch) -> int:
         return len(batch.pixels)
@@ -201,7 +202,7 @@ class ReaderTraining:
         reader = distributed.unwrap(model).reader
         logits = reader(batch.pixels.to(next(reader.parameters()).device))
         return F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten().to(logits.device),
-                               reduction="sum", ignore_index=-100)
+                               reduction="sum", ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, autocast: AbstractContextManager) -> dict[str, Any]:
@@ -215,7 +216,7 @@ class ReaderTraining:
             with autocast:
                 logits = reader(batch.pixels)
             total += float(F.cross_entropy(logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="sum",
-                                           ignore_index=-100))
+                                           ignore_index=IGNORE_INDEX))
             count += self.count(batch)
             exact = (logits.argmax(-1) == batch.targets).all(-1).tolist()
             for i, ok in zip(rows, exact, strict=True):
