@@ -175,23 +175,40 @@ def test_stage0_trains_a_captioner_from_scratch(lm, data_dir, tmp_path):
 
 
 def test_cli_runs_all_stages_into_a_vision_checkpoint(lm, tower, data_dir, tmp_path):
-    """Without --vision, `--stage all` pretrains the ViT (stage 0), then stages 1 and 2 keep it frozen."""
-    fast = [x for s in "012" for x in (f"--set{s}", "seq_len=256", f"--set{s}", "batch_size=4",
-                                       f"--set{s}", "eval_at_start=false", f"--steps{s}", "2")]
+    """Without --vision, `--stage all` pretrains the ViT (stage 0), then stage 1, the image reader on stage 1's
+    model, and stage 2 from the reader's checkpoint, the ViT frozen after stage 0."""
+    quick = {s: [f"--set{s}", "seq_len=256", f"--set{s}", "batch_size=4", f"--set{s}", "eval_at_start=false",
+                 f"--steps{s}", "2"] for s in "012"}
+    fast = [*quick["0"], *quick["1"], *quick["2"], "--steps-read", "2",
+            *(x for setting in ("batch_size=8", "hidden=32", "channels=4,8", "eval_every=0")
+              for x in ("--set-read", setting))]
     run = subprocess.run([sys.executable, "-m", "opengpt4.cli", "vision", "align", "--lm", str(lm), "--data",
                           str(data_dir), "--out", str(tmp_path), "--lora", "4", "--set0", "decoder_depth=1", *fast],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     towers = []
-    for stage in (0, 1, 2):
-        state = json.loads((tmp_path / f"stage{stage}" / "trainer_state.json").read_text())
-        assert state["step"] == 2 and state["vision_align"]["stage"] == stage
-        weights = load_file(str(tmp_path / f"stage{stage}" / "model.safetensors"))
+    for stage in ("stage0", "stage1", "reader", "stage2"):
+        state = json.loads((tmp_path / stage / "trainer_state.json").read_text())
+        assert state["step"] == 2
+        weights = load_file(str(tmp_path / stage / "model.safetensors"))
         towers.append({k: v for k, v in weights.items() if k.startswith("vision.")})
+        assert any(k.startswith("reader.") for k in weights) == (stage in ("reader", "stage2")), stage
+    assert json.loads((tmp_path / "stage2" / "trainer_state.json").read_text())["vision_align"]["base"] == str(
+        tmp_path / "reader")
     assert towers[0] and all(torch.equal(towers[0][k], t[k]) for t in towers[1:] for k in towers[0])
     model, tokenizer = load_checkpoint(tmp_path / "stage2")
     assert model.config.vision is not None and tokenizer.image_id == model.config.image_token_id
+    assert model.config.vision.reader is not None
     assert model.config.n_embd == load_checkpoint(lm)[0].config.n_embd  # the LM, not stage 0's decoder
+    # --vision from a checkpoint with a reader takes its ViT alone: stage 1's model has no reader
+    again = subprocess.run([sys.executable, "-m", "opengpt4.cli", "vision", "align", "--lm", str(lm), "--data",
+                            str(data_dir), "--out", str(tmp_path / "again"), "--stage", "1", "--vision",
+                            str(tmp_path / "stage2"), *quick["1"]],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    stage1 = load_file(str(tmp_path / "again" / "stage1" / "model.safetensors"))
+    assert not any(k.startswith("reader.") for k in stage1)
+    assert all(torch.equal(stage1[k], towers[0][k]) for k in towers[0])
     bad = subprocess.run([sys.executable, "-m", "opengpt4.cli", "vision", "align", "--lm", str(tower), "--data",
                           str(data_dir), "--out", str(tmp_path / "again"), "--stage", "1"],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -160,7 +160,9 @@ def read_tower(vision_from: str | Path | None) -> tuple[VisionConfig, dict[str, 
     cfg = load_model_config(vision_dir).vision
     if cfg is None:
         raise ConfigError(f"--vision {vision_from}: that checkpoint has no vision tower")
-    return cfg, {k: v for k, v in read_safetensors(vision_dir / WEIGHTS_FILE).items() if k.startswith("vision.")}
+    # The ViT alone: a reader that checkpoint has is not taken (this run's `--stage read` trains its own)
+    tower = {k: v for k, v in read_safetensors(vision_dir / WEIGHTS_FILE).items() if k.startswith("vision.")}
+    return dataclasses.replace(cfg, reader=None), tower
 
 
 def _with_image_token(lm_dir: Path, tokenizer: Tokenizer, vision: VisionConfig) -> Tokenizer:
