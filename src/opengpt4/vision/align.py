@@ -1,18 +1,19 @@
 """Giving a pretrained language model eyes, LLaVA's way (Liu et al., 2023; LLaVA-1.5's recipe).
 
     opengpt4 vision align --lm smollm2-135m-instruct --out DIR [--vision CKPT] [--data DIR]
-                          [--stage 0|1|2|all] [--steps0 N] [--steps1 N] [--steps2 N] [--lora R]
+                          [--stage 0|1|read|2|all] [--steps0 N] [--steps1 N] [--steps-read N] [--steps2 N] [--lora R]
 
     DIR/stage0   stage 0: our ViT (with a convolutional stem) learns to caption, with a fresh projector
                  and a small decoder trained from scratch alongside it (CapPa: captioning pretrains
                  vision encoders as well as contrastive learning does); skipped when --vision gives a ViT
     DIR/stage1   stage 1: the projector alone learns to caption (the LM frozen, the ViT frozen)
+    DIR/reader   stage 1's model with an image reader trained on the data's readings (vision/reading.py;
+                 skipped for a data dir without readings)
     DIR/stage2   stage 2: projector + LM (LoRA, merged when saved, or full) on visual instruction
                  chats with text-only chats mixed in (`--set2 self_replay=N`: N of their questions
                  answered by the LM itself instead): the model, a normal checkpoint with a vision
-                 config that Engine, `opengpt4 eval` and the server load; from a checkpoint with an
-                 image reader (`vision read --out DIR/reader`, vision/reading.py), each image's reading
-                 is written after it in the chats, as Engine writes it
+                 config that Engine, `opengpt4 eval` and the server load; from DIR/reader when there
+                 is one, each image's reading written after it in the chats, as Engine writes it
 
 LLaVA freezes a contrastively pretrained encoder (CLIP). No pretrained encoder ships with weights
 inside a PyPI package that fits here (torchvision, timm, open_clip and the CLIP packages fetch
